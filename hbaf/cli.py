@@ -1,0 +1,335 @@
+"""`hbaf`: corpus building, training, evaluation, ablations and distillation."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+from hbaf.errors import HBAFError, cli_entry
+
+log = logging.getLogger("hbaf")
+
+ABLATIONS = {
+    "text-only": {"modalities": "text"},
+    "audio-only": {"modalities": "audio"},
+    "fused-no-gate": {"use_gate": False},
+    "fused-no-contrastive": {"w_abs": 0.0, "w_rel": 0.0},
+    "full": {},
+}
+
+
+def _add_data_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_mutually_exclusive_group(required=True)
+    g.add_argument("--manifest", help="JSONL manifest (audio, text, label, speaker, dialogue, index, split)")
+    g.add_argument("--corpus", help="a corpus built by `hbaf make-corpus` (name under $HBAF_HOME/corpora, or its folder)")
+    g.add_argument("--meld-raw", help="root of the official MELD.Raw release")
+    g.add_argument("--iemocap", help="root of IEMOCAP_full_release")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--workers", type=int, default=None, help="feature-extraction processes (default: all cores)")
+
+
+def _add_train_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--preset", default="teacher", help="teacher | student | tiny")
+    p.add_argument("--epochs", type=int, default=8)
+    p.add_argument("--max-steps", type=int, default=None, help="stop after this many optimizer steps")
+    p.add_argument("--max-utts", type=int, default=64, help="utterances per batch (whole dialogues)")
+    p.add_argument("--lr", type=float, default=5e-4)
+    p.add_argument("--text-lr", type=float, default=5e-5)
+    p.add_argument("--patience", type=int, default=3)
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--text-encoder", default=None, help="local folder or hub name of the BERT-style text encoder")
+
+
+def load_records(args: argparse.Namespace, labels: list[str] | None = None):
+    """Records from whichever data flag was given; manifest paths are checked up front."""
+    if args.manifest:
+        from hbaf.data.manifest import load_manifest
+
+        return load_manifest(args.manifest, seed=args.seed, labels=labels), Path(args.manifest)
+    if args.corpus:
+        manifest = corpus_manifest(args.corpus)
+        from hbaf.data.manifest import load_manifest
+
+        return load_manifest(manifest, seed=args.seed, labels=labels), manifest
+    if args.meld_raw:
+        from hbaf.data.meld_raw import load_meld_raw
+
+        recs = load_meld_raw(args.meld_raw, workers=args.workers)
+        return _filter_labels(recs, labels), Path(args.meld_raw) / "manifest.jsonl"
+    from hbaf.data.iemocap import load_iemocap
+
+    recs = load_iemocap(args.iemocap)
+    return _filter_labels(recs, labels), Path(args.iemocap) / "manifest.jsonl"
+
+
+def _filter_labels(records, labels):
+    if labels is not None:
+        unknown = sorted({r.label for r in records} - set(labels))
+        if unknown:
+            raise HBAFError(f"labels {unknown} are not in the model's label set {labels}; evaluate on data with the model's labels")
+    return records
+
+
+def corpus_manifest(name: str) -> Path:
+    from hbaf.data.meld_tts import default_corpus_dir
+
+    p = Path(name)
+    folder = p if p.is_dir() else default_corpus_dir(name)
+    manifest = folder / "manifest.jsonl"
+    if not manifest.exists():
+        raise HBAFError(f"corpus '{name}' is not built ({manifest} missing); run `hbaf make-corpus --out {folder}` first")
+    return manifest
+
+
+def _feature_store(records, manifest: Path, workers):
+    from hbaf.train import FeatureStore, feature_cache_path
+
+    return FeatureStore(records, feature_cache_path(manifest), workers=workers)
+
+
+def _new_model(cfg, labels):
+    from hbaf.model import HBAF
+    from hbaf.text import load_encoder_weights, resolve_text_encoder
+
+    model = HBAF(cfg, labels)
+    enc_path = resolve_text_encoder(cfg.text_encoder)
+    if model.use_text:
+        model.init_text_from_pretrained(load_encoder_weights(enc_path))
+    return model, enc_path
+
+
+def _train_one(args, cfg, records, store, out_dir: Path, teacher_out=None, tc_overrides: dict | None = None) -> dict:
+    from hbaf.data.manifest import label_set
+    from hbaf.text import Tokenizer
+    from hbaf.train import TrainConfig, train
+
+    labels = label_set(records)
+    model, enc_path = _new_model(cfg, labels)
+    tok = Tokenizer(enc_path, cfg.max_tokens)
+    tc = TrainConfig(epochs=args.epochs, max_utts=args.max_utts, lr=args.lr, text_lr=args.text_lr, patience=args.patience,
+                     seed=args.seed, max_steps=args.max_steps, threads=args.threads, **(tc_overrides or {}))
+    summary = train(model, records, store, tok, out_dir, tc, teacher_out=teacher_out)
+    return _report_test(out_dir, records, store, summary)
+
+
+def _report_test(out_dir: Path, records, store, summary: dict) -> dict:
+    from hbaf.checkpoint import load_checkpoint, tokenizer_path
+    from hbaf.io import write_json_atomic
+    from hbaf.model import count_parameters
+    from hbaf.text import Tokenizer
+    from hbaf.train import _SubStore, evaluate, write_eval_outputs
+
+    model, meta = load_checkpoint(out_dir)
+    tok = Tokenizer(tokenizer_path(out_dir), model.cfg.max_tokens)
+    idx = [i for i, r in enumerate(records) if r.split == "test"]
+    metrics = {"checkpoint": str(out_dir), "preset_config": meta["config"], "parameters": count_parameters(model), **summary}
+    if idx:
+        report, _ = evaluate(model, [records[i] for i in idx], _SubStore(store, idx), tok, desc="test")
+        metrics["test"] = report
+        write_eval_outputs(out_dir, "test_metrics", report, f"test, weighted F1 {100 * report['weighted_f1']:.1f}")
+    write_json_atomic(out_dir / "metrics.json", metrics)
+    return metrics
+
+
+def _cfg_from_args(args, **overrides):
+    from hbaf.model import preset
+
+    cfg = preset(args.preset, **overrides)
+    if getattr(args, "text_encoder", None):
+        cfg = replace(cfg, text_encoder=args.text_encoder)
+    return cfg
+
+
+def cmd_make_corpus(args) -> int:
+    from hbaf.data.meld_tts import build_corpus, default_corpus_dir
+
+    out = Path(args.out) if args.out else default_corpus_dir()
+    manifest = build_corpus(out, limit=args.limit, strength=args.strength, seed=args.seed, workers=args.workers)
+    print(f"corpus manifest: {manifest}")
+    return 0
+
+
+def cmd_train(args) -> int:
+    overrides = {}
+    if args.modalities:
+        overrides["modalities"] = args.modalities
+    if args.no_gate:
+        overrides["use_gate"] = False
+    if args.no_contrastive:
+        overrides.update(w_abs=0.0, w_rel=0.0)
+    cfg = _cfg_from_args(args, **overrides)
+    records, manifest = load_records(args)
+    store = _feature_store(records, manifest, args.workers)
+    metrics = _train_one(args, cfg, records, store, Path(args.out))
+    _print_summary(args.out, metrics)
+    return 0
+
+
+def _print_summary(out, metrics: dict) -> None:
+    line = f"checkpoint: {out}  dev wF1 {100 * metrics['best_dev_weighted_f1']:.1f}"
+    if "test" in metrics:
+        t = metrics["test"]
+        maj = metrics.get("majority_baseline_test") or {}
+        line += (f"  test wF1 {100 * t['weighted_f1']:.1f}  acc {100 * t['accuracy']:.1f}  macro-F1 {100 * t['macro_f1']:.1f}"
+                 f"  (majority-class wF1 {100 * maj.get('weighted_f1', 0):.1f})")
+    print(line)
+
+
+def cmd_evaluate(args) -> int:
+    from hbaf.checkpoint import load_checkpoint, tokenizer_path
+    from hbaf.text import Tokenizer
+    from hbaf.train import _SubStore, evaluate, write_eval_outputs
+
+    model, _ = load_checkpoint(args.checkpoint)
+    records, manifest = load_records(args, labels=model.labels)
+    idx = [i for i, r in enumerate(records) if r.split == args.split]
+    if not idx:
+        raise HBAFError(f"no utterances in split '{args.split}'; choose --split train|dev|test")
+    store = _feature_store(records, manifest, args.workers)
+    tok = Tokenizer(tokenizer_path(args.checkpoint), model.cfg.max_tokens)
+    out = Path(args.out or args.checkpoint)
+    name = f"eval_{args.split}" + ("_blank_text" if args.blank_text else "")
+    report, _ = evaluate(model, [records[i] for i in idx], _SubStore(store, idx), tok, blank_text=args.blank_text)
+    write_eval_outputs(out, name, report, f"{args.split}, weighted F1 {100 * report['weighted_f1']:.1f}")
+    print(f"{args.split}: weighted F1 {100 * report['weighted_f1']:.1f}  accuracy {100 * report['accuracy']:.1f}  "
+          f"UA {100 * report['unweighted_accuracy']:.1f}  macro F1 {100 * report['macro_f1']:.1f}  "
+          f"mean gate (text->audio, audio->text) {report['mean_gate'][0]:.2f}/{report['mean_gate'][1]:.2f}  -> {out / (name + '.json')}")
+    return 0
+
+
+def cmd_ablate(args) -> int:
+    """Train every ablation variant (resumable: a variant with metrics.json is reused) and print one table."""
+    import json
+
+    from hbaf.io import write_json_atomic, write_text_atomic
+
+    records, manifest = load_records(args)
+    store = _feature_store(records, manifest, args.workers)
+    out = Path(args.out)
+    rows = {}
+    for name in args.variants.split(","):
+        if name not in ABLATIONS:
+            raise HBAFError(f"unknown ablation '{name}'; choose from {', '.join(ABLATIONS)}")
+        vdir = out / name
+        if (vdir / "metrics.json").exists() and not args.retrain:
+            metrics = json.loads((vdir / "metrics.json").read_text())
+        else:
+            log.info("training ablation %s", name)
+            metrics = _train_one(args, _cfg_from_args(args, **ABLATIONS[name]), records, store, vdir)
+        rows[name] = metrics
+    table = ["| variant | test weighted F1 | accuracy | macro F1 | dev weighted F1 | epochs |", "|---|---|---|---|---|---|"]
+    for name, m in rows.items():
+        t = m.get("test", {})
+        table.append(f"| {name} | {100 * t.get('weighted_f1', 0):.1f} | {100 * t.get('accuracy', 0):.1f} | "
+                     f"{100 * t.get('macro_f1', 0):.1f} | {100 * m['best_dev_weighted_f1']:.1f} | {len(m['history'])} |")
+    text = "\n".join(table)
+    write_text_atomic(out / "ablations.md", text + "\n")
+    write_json_atomic(out / "ablations.json", {k: {"test": v.get("test"), "best_dev_weighted_f1": v["best_dev_weighted_f1"]}
+                                               for k, v in rows.items()})
+    print(text)
+    return 0
+
+
+def cmd_distill(args) -> int:
+    import numpy as np
+
+    from hbaf.checkpoint import load_checkpoint, tokenizer_path
+    from hbaf.text import Tokenizer
+    from hbaf.train import _SubStore
+
+    teacher, _ = load_checkpoint(args.teacher)
+    records, manifest = load_records(args, labels=teacher.labels)
+    store = _feature_store(records, manifest, args.workers)
+    tok = Tokenizer(tokenizer_path(args.teacher), teacher.cfg.max_tokens)
+    idx = list(range(len(records)))
+    log.info("computing teacher soft targets")
+    logits, embs = _teacher_outputs(teacher, records, _SubStore(store, idx), tok)
+    teacher_out = {"logits": logits.astype(np.float32), "utt_emb": embs.astype(np.float32)}
+    cfg = _cfg_from_args(args)
+    metrics = _train_one(args, cfg, records, store, Path(args.out), teacher_out=teacher_out,
+                         tc_overrides={"distill_temperature": args.temperature, "distill_alpha": args.alpha,
+                                       "hint_weight": args.hint_weight})
+    _print_summary(args.out, metrics)
+    return 0
+
+
+def _teacher_outputs(teacher, records, store, tok):
+    import numpy as np
+    import torch
+
+    from hbaf.train import _relabel, forward_dialogues, group_dialogues, pack_batches
+
+    logits = np.zeros((len(records), len(teacher.labels)), np.float32)
+    embs = np.zeros((len(records), teacher.memory_dim), np.float32)
+    with torch.no_grad():
+        for batch in pack_batches(group_dialogues(records), 96, None):
+            flat = [i for g in batch for i in g]
+            out = forward_dialogues(teacher, _relabel(batch), [store[i] for i in flat], [records[i].text for i in flat], tok)
+            logits[flat] = out["logits"].numpy()
+            embs[flat] = out["utt_emb"].numpy()
+    return logits, embs
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="hbaf", description="HBAF speech emotion recognition: data, training, evaluation")
+    ap.add_argument("-v", "--verbose", action="store_true")
+    sub = ap.add_subparsers(dest="cmd", required=True)
+
+    p = sub.add_parser("make-corpus", help="render the MELD-TTS corpus (synthetic speech) with espeak-ng")
+    p.add_argument("--out", default=None)
+    p.add_argument("--limit", type=int, default=None, help="max utterances per split (whole dialogues)")
+    p.add_argument("--strength", type=float, default=0.5, help="how strongly prosody follows the label (0..1)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--workers", type=int, default=None)
+    p.set_defaults(fn=cmd_make_corpus)
+
+    p = sub.add_parser("train", help="train a teacher or student; early stopping on dev weighted F1")
+    _add_data_args(p)
+    _add_train_args(p)
+    p.add_argument("--out", required=True)
+    p.add_argument("--modalities", choices=["both", "audio", "text"], default=None)
+    p.add_argument("--no-gate", action="store_true")
+    p.add_argument("--no-contrastive", action="store_true")
+    p.set_defaults(fn=cmd_train)
+
+    p = sub.add_parser("evaluate", help="metrics JSON + confusion matrix PNG of a checkpoint on a split")
+    _add_data_args(p)
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--split", default="test")
+    p.add_argument("--out", default=None)
+    p.add_argument("--blank-text", action="store_true", help="evaluate with empty transcripts (audio must carry it)")
+    p.set_defaults(fn=cmd_evaluate)
+
+    p = sub.add_parser("ablate", help="train and compare text-only, audio-only, no-gate, no-contrastive and full")
+    _add_data_args(p)
+    _add_train_args(p)
+    p.add_argument("--out", required=True)
+    p.add_argument("--variants", default=",".join(ABLATIONS))
+    p.add_argument("--retrain", action="store_true")
+    p.set_defaults(fn=cmd_ablate)
+
+    p = sub.add_parser("distill", help="train the student from a teacher's soft targets")
+    _add_data_args(p)
+    _add_train_args(p)
+    p.set_defaults(preset="student")
+    p.add_argument("--teacher", required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--temperature", type=float, default=2.0)
+    p.add_argument("--alpha", type=float, default=0.7)
+    p.add_argument("--hint-weight", type=float, default=0.0)
+    p.set_defaults(fn=cmd_distill)
+    return ap
+
+
+@cli_entry
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s", stream=sys.stderr)
+    return args.fn(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

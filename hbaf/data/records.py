@@ -1,0 +1,32 @@
+"""The one internal record every loader produces."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Record:
+    """One utterance.
+
+    audio: absolute path of a 16 kHz (or any rate; resampled on load) audio file.
+    text: the transcript (may be empty: the model then leans on audio).
+    label: emotion name, as the dataset spells it (lower case).
+    speaker, dialogue: identifiers (strings); ``index`` is the position in the dialogue.
+    split: "train", "dev" or "test".
+    """
+
+    audio: str
+    text: str
+    label: str
+    speaker: str
+    dialogue: str
+    index: int
+    split: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+SPLITS = ("train", "dev", "test")

@@ -1,0 +1,155 @@
+"""The single waveform -> log-mel implementation (training, calibration and runtime all call this).
+
+80 mel bins, 16 kHz, 25 ms Hann window (400 samples), 10 ms hop (160 samples),
+512-point FFT, Slaney-style mel filters, log10 with a floor, then a fixed affine
+scaling. There is deliberately no per-utterance normalisation: loudness is an
+emotion cue and must survive into the features.
+"""
+
+from __future__ import annotations
+
+import functools
+import subprocess
+from pathlib import Path
+
+import numpy as np
+
+from hbaf.errors import HBAFError
+
+SAMPLE_RATE = 16000
+N_MELS = 80
+WIN_LENGTH = 400
+HOP_LENGTH = 160
+N_FFT = 512
+MAX_SECONDS = 10.0
+MAX_FRAMES = int(MAX_SECONDS * SAMPLE_RATE) // HOP_LENGTH  # 1000: the export contract's T <= 10 s
+LOG_FLOOR = 1e-10
+
+
+def _hz_to_mel(hz: np.ndarray) -> np.ndarray:
+    hz = np.asarray(hz, dtype=np.float64)
+    f_sp = 200.0 / 3
+    mel = hz / f_sp
+    min_log_hz = 1000.0
+    logstep = np.log(6.4) / 27.0
+    return np.where(hz >= min_log_hz, min_log_hz / f_sp + np.log(np.maximum(hz, 1e-9) / min_log_hz) / logstep, mel)
+
+
+def _mel_to_hz(mel: np.ndarray) -> np.ndarray:
+    mel = np.asarray(mel, dtype=np.float64)
+    f_sp = 200.0 / 3
+    min_log_mel = 1000.0 / f_sp
+    logstep = np.log(6.4) / 27.0
+    return np.where(mel >= min_log_mel, 1000.0 * np.exp(logstep * (mel - min_log_mel)), f_sp * mel)
+
+
+@functools.lru_cache(maxsize=4)
+def mel_filterbank(n_mels: int = N_MELS, n_fft: int = N_FFT, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
+    """Slaney-normalised triangular mel filters, shape [n_mels, n_fft // 2 + 1]."""
+    fft_freqs = np.linspace(0.0, sample_rate / 2, n_fft // 2 + 1)
+    mel_pts = np.linspace(_hz_to_mel(0.0), _hz_to_mel(sample_rate / 2), n_mels + 2)
+    hz_pts = _mel_to_hz(mel_pts)
+    fdiff = np.diff(hz_pts)
+    ramps = hz_pts[:, None] - fft_freqs[None, :]
+    lower = -ramps[:-2] / fdiff[:-1, None]
+    upper = ramps[2:] / fdiff[1:, None]
+    weights = np.maximum(0.0, np.minimum(lower, upper))
+    weights *= (2.0 / (hz_pts[2 : n_mels + 2] - hz_pts[:n_mels]))[:, None]
+    return weights.astype(np.float32)
+
+
+@functools.lru_cache(maxsize=1)
+def _window() -> np.ndarray:
+    return np.hanning(WIN_LENGTH + 1)[:-1].astype(np.float32)
+
+
+def num_frames(num_samples: int) -> int:
+    """Frames ``log_mel`` returns for ``num_samples`` samples (centre padding, like librosa)."""
+    return 1 + num_samples // HOP_LENGTH
+
+
+def log_mel(wave: np.ndarray) -> np.ndarray:
+    """16 kHz mono float waveform in [-1, 1] -> float32 log-mel, shape [T, 80], T = 1 + n // 160."""
+    wave = np.asarray(wave, dtype=np.float32)
+    if wave.ndim != 1:
+        raise HBAFError(f"log_mel expects mono audio of shape [n], got {wave.shape}; down-mix with to_mono() first")
+    wave = np.nan_to_num(wave, nan=0.0, posinf=1.0, neginf=-1.0)
+    pad = N_FFT // 2
+    padded = np.pad(wave, (pad, pad), mode="reflect" if wave.size > pad else "constant")
+    n_frames = num_frames(wave.size)
+    idx = np.arange(N_FFT)[None, :] + HOP_LENGTH * np.arange(n_frames)[:, None]
+    frames = padded[idx]
+    # Hann window of 400 samples centred inside the 512-point frame.
+    win = np.zeros(N_FFT, dtype=np.float32)
+    off = (N_FFT - WIN_LENGTH) // 2
+    win[off : off + WIN_LENGTH] = _window()
+    spec = np.abs(np.fft.rfft(frames * win, n=N_FFT, axis=1)) ** 2
+    mel = spec.astype(np.float32) @ mel_filterbank().T
+    logmel = np.log10(np.maximum(mel, LOG_FLOOR))
+    return ((logmel + 4.0) / 4.0).astype(np.float32)
+
+
+def to_mono(wave: np.ndarray) -> np.ndarray:
+    """[n] or [n, channels] -> [n] by averaging channels."""
+    wave = np.asarray(wave, dtype=np.float32)
+    if wave.ndim == 1:
+        return wave
+    if wave.ndim == 2:
+        return wave.mean(axis=1, dtype=np.float32)
+    raise HBAFError(f"audio must be [samples] or [samples, channels], got shape {wave.shape}")
+
+
+def resample(wave: np.ndarray, orig_rate: int, target_rate: int = SAMPLE_RATE) -> np.ndarray:
+    """Band-limited resampling (polyphase FIR, Kaiser window) of a mono float signal."""
+    if orig_rate <= 0:
+        raise HBAFError(f"invalid sample rate {orig_rate}; the audio header is corrupt, re-encode the file")
+    wave = np.asarray(wave, dtype=np.float32)
+    if orig_rate == target_rate or wave.size == 0:
+        return wave
+    from math import gcd
+
+    from scipy.signal import resample_poly
+
+    g = gcd(orig_rate, target_rate)
+    return resample_poly(wave, target_rate // g, orig_rate // g).astype(np.float32)
+
+
+def load_audio(path: str | Path, target_rate: int = SAMPLE_RATE) -> np.ndarray:
+    """Any audio file -> float32 mono at ``target_rate``.
+
+    WAV/FLAC/OGG go through soundfile; anything else (mp3, mp4, ...) through ffmpeg.
+    Raises HBAFError naming the file when it is missing, empty or not audio.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise HBAFError(f"audio file not found: {path}; check the path")
+    if path.stat().st_size == 0:
+        raise HBAFError(f"audio file is empty (0 bytes): {path}; re-record or remove it")
+    try:
+        import soundfile as sf
+
+        data, rate = sf.read(str(path), dtype="float32", always_2d=True)
+        wave = to_mono(data)
+    except Exception:
+        wave, rate = _ffmpeg_decode(path, target_rate), target_rate
+    if not np.all(np.isfinite(wave)):
+        wave = np.nan_to_num(wave, nan=0.0, posinf=1.0, neginf=-1.0)
+    return resample(wave, int(rate), target_rate)
+
+
+def _ffmpeg_decode(path: Path, rate: int) -> np.ndarray:
+    cmd = ["ffmpeg", "-nostdin", "-v", "error", "-i", str(path), "-ac", "1", "-ar", str(rate), "-f", "f32le", "-"]
+    try:
+        proc = subprocess.run(cmd, capture_output=True, check=False)
+    except FileNotFoundError as err:
+        raise HBAFError(f"cannot decode {path}: ffmpeg is not installed; apt-get install ffmpeg, or convert it to WAV") from err
+    if proc.returncode != 0 or not proc.stdout:
+        detail = proc.stderr.decode("utf-8", "replace").strip().splitlines()
+        why = detail[-1] if detail else "no audio stream"
+        raise HBAFError(f"not a readable audio file: {path} ({why}); convert it to 16 kHz WAV with ffmpeg")
+    return np.frombuffer(proc.stdout, dtype=np.float32).copy()
+
+
+def features_for(path: str | Path) -> np.ndarray:
+    """Audio file -> log-mel [T, 80], truncated to the export contract's 10 s."""
+    return log_mel(load_audio(path))[:MAX_FRAMES]

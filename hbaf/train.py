@@ -1,0 +1,406 @@
+"""Training, evaluation and distillation: a plain loop over dialogue batches.
+
+A batch is a set of whole dialogues. The heavy, memory-free part of the model
+(encoders + level-1 fusion) runs once over every utterance of the batch, in
+length-sorted chunks to avoid padding waste; the light part (dialogue context,
+level-2 fusion, heads) then steps through dialogue positions, feeding each
+utterance the embeddings of the previous K utterances of its own dialogue,
+exactly as the runtime's dialogue memory does.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import random
+import time
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from hbaf.checkpoint import save_checkpoint, sha256_file
+from hbaf.data.records import Record
+from hbaf.errors import HBAFError
+from hbaf.features import features_for, log_mel
+from hbaf.io import atomic_path, write_json_atomic
+from hbaf.losses import distillation_loss, hbaf_loss
+from hbaf.metrics import classification_report, majority_baseline, plot_confusion
+from hbaf.model import HBAF, HBAFConfig
+from hbaf.text import Tokenizer
+
+log = logging.getLogger(__name__)
+
+SILENCE_LEVEL = float(log_mel(np.zeros(160, dtype=np.float32))[0, 0])  # log-mel value of digital silence
+FEATURE_CACHE_VERSION = 1
+
+
+# ----------------------------------------------------------------------------- features
+
+
+def _feature_job(path: str) -> np.ndarray:
+    return features_for(path).astype(np.float16)
+
+
+class FeatureStore:
+    """Log-mel features of a list of records, computed once (in parallel) and cached on disk."""
+
+    def __init__(self, records: list[Record], cache_file: str | Path | None = None, workers: int | None = None):
+        self.paths = [r.audio for r in records]
+        self.feats: list[np.ndarray] = []
+        key = self._key()
+        if cache_file and Path(cache_file).exists() and self._load(Path(cache_file), key):
+            return
+        self._compute(workers)
+        if cache_file:
+            self._save(Path(cache_file), key)
+
+    def _key(self) -> str:
+        h = __import__("hashlib").sha256(f"v{FEATURE_CACHE_VERSION}".encode())
+        for p in self.paths:
+            st = os.stat(p) if os.path.exists(p) else None
+            h.update(f"{p}|{st.st_size if st else -1}|{int(st.st_mtime) if st else -1}\n".encode())
+        return h.hexdigest()
+
+    def _compute(self, workers: int | None) -> None:
+        workers = workers or min(os.cpu_count() or 1, 8)
+        if workers > 1 and len(self.paths) > 64:
+            with ProcessPoolExecutor(workers) as pool:
+                it = pool.map(_feature_job, self.paths, chunksize=32)
+                self.feats = list(tqdm(it, total=len(self.paths), desc="log-mel", unit="utt", leave=False))
+        else:
+            self.feats = [_feature_job(p) for p in tqdm(self.paths, desc="log-mel", unit="utt", leave=False)]
+
+    def _load(self, path: Path, key: str) -> bool:
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                if str(z["key"]) != key:
+                    return False
+                flat, offsets = z["flat"], z["offsets"]
+        except (OSError, ValueError, KeyError):
+            log.warning("feature cache %s unreadable; recomputing", path)
+            return False
+        self.feats = [flat[offsets[i] : offsets[i + 1]] for i in range(len(offsets) - 1)]
+        return len(self.feats) == len(self.paths)
+
+    def _save(self, path: Path, key: str) -> None:
+        offsets = np.cumsum([0] + [f.shape[0] for f in self.feats])
+        flat = np.concatenate(self.feats) if self.feats else np.zeros((0, 80), np.float16)
+        with atomic_path(path) as tmp:
+            with open(tmp, "wb") as fh:
+                np.savez(fh, key=np.array(key), flat=flat, offsets=offsets)
+
+    def __getitem__(self, i: int) -> np.ndarray:
+        return self.feats[i]
+
+    def __len__(self) -> int:
+        return len(self.feats)
+
+
+# ----------------------------------------------------------------------------- batching
+
+
+def group_dialogues(records: list[Record]) -> list[list[int]]:
+    """Indices of ``records`` grouped by (split, dialogue), each group ordered by position."""
+    groups: dict[tuple[str, str], list[int]] = {}
+    for i, r in enumerate(records):
+        groups.setdefault((r.split, r.dialogue), []).append(i)
+    return [sorted(g, key=lambda i: records[i].index) for g in groups.values()]
+
+
+def pack_batches(groups: list[list[int]], max_utts: int, rng: random.Random | None) -> list[list[list[int]]]:
+    order = list(range(len(groups)))
+    if rng is not None:
+        rng.shuffle(order)
+    batches, cur, n = [], [], 0
+    for gi in order:
+        g = groups[gi]
+        if cur and n + len(g) > max_utts:
+            batches.append(cur)
+            cur, n = [], 0
+        cur.append(g)
+        n += len(g)
+    if cur:
+        batches.append(cur)
+    return batches
+
+
+@dataclass
+class Inputs:
+    feats: torch.Tensor  # [N, T, 80]
+    feat_mask: torch.Tensor  # [N, T]
+    ids: torch.Tensor  # [N, L] int32
+    id_mask: torch.Tensor  # [N, L] int32
+
+
+def make_inputs(feats: list[np.ndarray], texts: list[str], tokenizer: Tokenizer) -> Inputs:
+    t = max(1, max(f.shape[0] for f in feats))
+    x = np.full((len(feats), t, feats[0].shape[1] if feats[0].ndim == 2 else 80), SILENCE_LEVEL, dtype=np.float32)
+    m = np.zeros((len(feats), t), dtype=np.float32)
+    for i, f in enumerate(feats):
+        x[i, : f.shape[0]] = f
+        m[i, : f.shape[0]] = 1.0
+    ids, id_mask = tokenizer(texts)
+    return Inputs(torch.from_numpy(x), torch.from_numpy(m), torch.from_numpy(ids), torch.from_numpy(id_mask))
+
+
+def _pad_cat(tensors: list[torch.Tensor], value: float = 0.0) -> torch.Tensor:
+    width = max(t.shape[1] for t in tensors)
+    padded = [torch.nn.functional.pad(t, (0, 0, 0, width - t.shape[1]) if t.dim() == 3 else (0, width - t.shape[1]), value=value)
+              for t in tensors]
+    return torch.cat(padded, dim=0)
+
+
+def encode_chunked(model: HBAF, feats: list[np.ndarray], texts: list[str], tokenizer: Tokenizer, chunk: int = 16):
+    """model.encode over utterances in length-sorted chunks; results in the original order, re-padded."""
+    from hbaf.model import Encoded
+
+    order = sorted(range(len(feats)), key=lambda i: feats[i].shape[0])
+    parts = []
+    for s in range(0, len(order), chunk):
+        sel = order[s : s + chunk]
+        inp = make_inputs([feats[i] for i in sel], [texts[i] for i in sel], tokenizer)
+        parts.append(model.encode(inp.feats, inp.feat_mask, inp.ids, inp.id_mask))
+    inv = torch.empty(len(order), dtype=torch.long)
+    inv[torch.tensor(order)] = torch.arange(len(order))
+    enc = Encoded(
+        _pad_cat([p.a_seq for p in parts]), _pad_cat([p.a_mask for p in parts]),
+        _pad_cat([p.t_seq for p in parts]), _pad_cat([p.t_mask for p in parts]),
+        torch.cat([p.a_vec for p in parts]), torch.cat([p.t_vec for p in parts]),
+    )
+    return enc.select(inv)
+
+
+def forward_dialogues(model: HBAF, dialogues: list[list[int]], feats: list[np.ndarray], texts: list[str],
+                      tokenizer: Tokenizer) -> dict[str, torch.Tensor]:
+    """Run the model over whole dialogues with the dialogue memory; outputs follow the flattened order."""
+    flat = [i for g in dialogues for i in g]
+    pos = {i: p for g in dialogues for p, i in enumerate(g)}
+    local = {i: k for k, i in enumerate(flat)}
+    enc = encode_chunked(model, [feats[local[i]] for i in flat], [texts[local[i]] for i in flat], tokenizer)
+    k, d = model.cfg.context_size, model.memory_dim
+    history: list[list[torch.Tensor]] = [[] for _ in dialogues]
+    outs, rows = [], []
+    for step in range(max(len(g) for g in dialogues)):
+        active = [j for j, g in enumerate(dialogues) if len(g) > step]
+        idx = [local[dialogues[j][step]] for j in active]
+        memory_mask = enc.a_vec.new_zeros((len(active), k))
+        rows_mem = []
+        for r, j in enumerate(active):
+            past = history[j][-k:]
+            pad = enc.a_vec.new_zeros((k - len(past), d))
+            rows_mem.append(torch.cat([pad, torch.stack(past)]) if past else pad)
+            memory_mask[r, k - len(past):] = 1.0 if past else 0.0
+        memory = torch.stack(rows_mem)
+        out = model.fuse(enc.select(torch.tensor(idx)), memory, memory_mask)
+        for r, j in enumerate(active):
+            history[j].append(out["utt_emb"][r])
+        outs.append(out)
+        rows.extend(idx)
+    inv = torch.empty(len(rows), dtype=torch.long)
+    inv[torch.tensor(rows)] = torch.arange(len(rows))
+    return {key: torch.cat([o[key] for o in outs])[inv] for key in outs[0]}
+
+
+# ----------------------------------------------------------------------------- evaluation
+
+
+@torch.no_grad()
+def predict(model: HBAF, records: list[Record], store: FeatureStore, tokenizer: Tokenizer,
+            max_utts: int = 96, desc: str = "eval", blank_text: bool = False, blank_audio: bool = False) -> dict[str, np.ndarray]:
+    model.eval()
+    groups = group_dialogues(records)
+    probs = np.zeros((len(records), len(model.labels)), dtype=np.float32)
+    logits = np.zeros_like(probs)
+    gates = np.zeros((len(records), 2), dtype=np.float32)
+    for batch in tqdm(pack_batches(groups, max_utts, None), desc=desc, leave=False, unit="batch"):
+        flat = [i for g in batch for i in g]
+        feats = [_silence_like(store[i]) if blank_audio else store[i] for i in flat]
+        texts = ["" if blank_text else records[i].text for i in flat]
+        local_dialogues = _relabel(batch)
+        out = forward_dialogues(model, local_dialogues, feats, texts, tokenizer)
+        probs[flat] = out["probs"].numpy()
+        logits[flat] = out["logits"].numpy()
+        gates[flat] = out["gate"].numpy()
+    return {"probs": probs, "logits": logits, "gate": gates}
+
+
+def _relabel(batch: list[list[int]]) -> list[list[int]]:
+    """Dialogues of global indices -> the same shape over 0..N-1 (flattened order)."""
+    out, k = [], 0
+    for g in batch:
+        out.append(list(range(k, k + len(g))))
+        k += len(g)
+    return out
+
+
+def _silence_like(f: np.ndarray) -> np.ndarray:
+    return np.full_like(f, SILENCE_LEVEL)
+
+
+def evaluate(model: HBAF, records: list[Record], store: FeatureStore, tokenizer: Tokenizer, **kw) -> tuple[dict, dict]:
+    label_index = {lab: i for i, lab in enumerate(model.labels)}
+    unknown = sorted({r.label for r in records} - set(label_index))
+    if unknown:
+        raise HBAFError(f"labels {unknown} are not in the model's label set {model.labels}; evaluate on data with the model's labels")
+    pred = predict(model, records, store, tokenizer, **kw)
+    y = [label_index[r.label] for r in records]
+    report = classification_report(y, pred["probs"].argmax(1), model.labels)
+    report["mean_gate"] = pred["gate"].mean(0).tolist()
+    return report, pred
+
+
+# ----------------------------------------------------------------------------- training
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 8
+    max_utts: int = 64  # utterances per batch (whole dialogues)
+    lr: float = 5e-4
+    text_lr: float = 5e-5  # pretrained text encoder
+    weight_decay: float = 0.01
+    warmup: float = 0.06
+    patience: int = 3
+    seed: int = 0
+    max_steps: int | None = None  # cap on optimizer steps (quick runs)
+    distill_temperature: float = 2.0
+    distill_alpha: float = 0.7  # weight of the soft-target term (1 - alpha on the hard labels)
+    hint_weight: float = 0.0  # hidden-state hint: MSE(proj(student utt_emb), teacher utt_emb)
+    threads: int | None = None
+
+
+def _param_groups(model: HBAF, tc: TrainConfig) -> list[dict]:
+    text, rest = [], []
+    for n, p in model.named_parameters():
+        (text if n.startswith("text.") else rest).append(p)
+    groups = [{"params": rest, "lr": tc.lr}]
+    if text:
+        groups.append({"params": text, "lr": tc.text_lr})
+    return groups
+
+
+def train(model: HBAF, records: list[Record], store: FeatureStore, tokenizer: Tokenizer, out_dir: str | Path,
+          tc: TrainConfig, teacher_out: dict | None = None) -> dict:
+    """Train on split 'train', select on 'dev' weighted F1 (early stopping), report 'test'.
+
+    ``teacher_out`` (distillation): {"logits": [N, C], "utt_emb": [N, D_t]} aligned with ``records``.
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if tc.threads:
+        torch.set_num_threads(tc.threads)
+    torch.manual_seed(tc.seed)
+    rng = random.Random(tc.seed)
+    label_index = {lab: i for i, lab in enumerate(model.labels)}
+    split_idx = {s: [i for i, r in enumerate(records) if r.split == s] for s in ("train", "dev", "test")}
+    if not split_idx["train"]:
+        raise HBAFError("no training utterances (split 'train' is empty); check the manifest's split field")
+    if not split_idx["dev"]:
+        raise HBAFError("no dev utterances for model selection (split 'dev' is empty); add a dev split to the manifest")
+    train_recs = [records[i] for i in split_idx["train"]]
+    groups = group_dialogues(train_recs)
+    targets = torch.tensor([label_index[r.label] for r in train_recs])
+    steps_per_epoch = len(pack_batches(groups, tc.max_utts, None))
+    total_steps = tc.epochs * steps_per_epoch if tc.max_steps is None else min(tc.max_steps, tc.epochs * steps_per_epoch)
+    opt = torch.optim.AdamW(_param_groups(model, tc), weight_decay=tc.weight_decay)
+    warm = max(1, int(tc.warmup * total_steps))
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min(1.0, (s + 1) / warm) * max(0.05, 0.5 * (1 + math.cos(math.pi * min(1.0, s / max(1, total_steps))))))
+    hint = None
+    if teacher_out is not None and tc.hint_weight > 0:
+        hint = torch.nn.Linear(model.memory_dim, teacher_out["utt_emb"].shape[1])
+        opt.add_param_group({"params": hint.parameters(), "lr": tc.lr})
+    t_train = {k: torch.from_numpy(v[split_idx["train"]]) for k, v in teacher_out.items()} if teacher_out else None
+
+    dev_recs = [records[i] for i in split_idx["dev"]]
+    dev_store = _SubStore(store, split_idx["dev"])
+    tr_store = _SubStore(store, split_idx["train"])
+    history, best, bad, step = [], -1.0, 0, 0
+    t0 = time.time()
+    cfg: HBAFConfig = model.cfg
+    for epoch in range(tc.epochs):
+        model.train()
+        batches = pack_batches(groups, tc.max_utts, rng)
+        bar = tqdm(batches, desc=f"epoch {epoch + 1}/{tc.epochs}", unit="batch", leave=False)
+        run_loss = 0.0
+        for bi, batch in enumerate(bar):
+            flat = [i for g in batch for i in g]
+            feats, texts = [], []
+            for i in flat:
+                f, txt = tr_store[i], train_recs[i].text
+                u = rng.random()
+                if cfg.modalities == "both" and u < cfg.modality_dropout:
+                    txt = ""  # as if ASR returned nothing: the model must lean on audio
+                elif cfg.modalities == "both" and u < 1.5 * cfg.modality_dropout:
+                    f = _silence_like(f)
+                feats.append(f)
+                texts.append(txt)
+            out = forward_dialogues(model, _relabel(batch), feats, texts, tokenizer)
+            y = targets[flat]
+            loss, parts = hbaf_loss(out, y, cfg)
+            if t_train is not None:
+                kd = distillation_loss(out["logits"], t_train["logits"][flat], tc.distill_temperature)
+                loss = (1 - tc.distill_alpha) * loss + tc.distill_alpha * kd
+                if hint is not None:
+                    loss = loss + tc.hint_weight * torch.nn.functional.mse_loss(hint(out["utt_emb"]), t_train["utt_emb"][flat])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+            sched.step()
+            step += 1
+            loss_value = loss.item()
+            run_loss = 0.9 * run_loss + 0.1 * loss_value if bi else loss_value
+            bar.set_postfix(loss=f"{run_loss:.3f}")
+            if tc.max_steps is not None and step >= tc.max_steps:
+                break
+        dev_report, _ = evaluate(model, dev_recs, dev_store, tokenizer, desc="dev")
+        history.append({"epoch": epoch + 1, "step": step, "train_loss": run_loss, "dev_weighted_f1": dev_report["weighted_f1"],
+                        "dev_accuracy": dev_report["accuracy"], "seconds": round(time.time() - t0, 1)})
+        log.info("epoch %d: loss %.3f dev wF1 %.4f acc %.4f (%.0fs)", epoch + 1, run_loss, dev_report["weighted_f1"],
+                 dev_report["accuracy"], time.time() - t0)
+        if dev_report["weighted_f1"] > best:
+            best, bad = dev_report["weighted_f1"], 0
+            save_checkpoint(model, out_dir, tokenizer.file, extra={"trained_epochs": epoch + 1, "dev_weighted_f1": best})
+        else:
+            bad += 1
+        write_json_atomic(out_dir / "history.json", history)
+        if bad >= tc.patience or (tc.max_steps is not None and step >= tc.max_steps):
+            break
+    return {"history": history, "best_dev_weighted_f1": best, "train_seconds": round(time.time() - t0, 1),
+            "majority_baseline_test": _majority(records, split_idx, model.labels)}
+
+
+def _majority(records: list[Record], split_idx: dict, labels: list[str]) -> dict | None:
+    if not split_idx["test"]:
+        return None
+    li = {lab: i for i, lab in enumerate(labels)}
+    return majority_baseline([li[records[i].label] for i in split_idx["train"]],
+                             [li[records[i].label] for i in split_idx["test"]], labels)
+
+
+class _SubStore:
+    def __init__(self, store: FeatureStore, idx: list[int]):
+        self.store, self.idx = store, idx
+
+    def __getitem__(self, i: int) -> np.ndarray:
+        return self.store[self.idx[i]]
+
+    def __len__(self) -> int:
+        return len(self.idx)
+
+
+def write_eval_outputs(out_dir: str | Path, name: str, report: dict, title: str) -> None:
+    out_dir = Path(out_dir)
+    write_json_atomic(out_dir / f"{name}.json", report)
+    plot_confusion(report["confusion_matrix"], report["labels"], out_dir / f"{name}_confusion.png", title=title)
+
+
+def feature_cache_path(manifest: str | Path) -> Path:
+    m = Path(manifest)
+    return m.parent / ".hbaf_cache" / f"{m.stem}.features.npz"

@@ -1,0 +1,67 @@
+import numpy as np
+import pytest
+import soundfile as sf
+
+from hbaf.errors import HBAFError
+from hbaf.features import HOP_LENGTH, N_MELS, SAMPLE_RATE, load_audio, log_mel, mel_filterbank, num_frames, resample, to_mono
+
+
+def tone(freq, seconds=1.0, rate=SAMPLE_RATE):
+    t = np.arange(int(seconds * rate)) / rate
+    return (0.5 * np.sin(2 * np.pi * freq * t)).astype(np.float32)
+
+
+def test_shape_and_frame_count():
+    x = tone(440, 3.0)
+    f = log_mel(x)
+    assert f.shape == (num_frames(x.size), N_MELS) == (1 + 48000 // HOP_LENGTH, 80)
+    assert f.dtype == np.float32
+
+
+def test_tone_energy_lands_in_the_right_mel_bin():
+    fb = mel_filterbank()
+    freqs = np.linspace(0, SAMPLE_RATE / 2, fb.shape[1])
+    centre = freqs[fb.argmax(axis=1)]
+    for hz in (300, 1000, 4000):
+        f = log_mel(tone(hz))
+        peak_bin = int(np.median(f.argmax(axis=1)))
+        assert abs(centre[peak_bin] - hz) / hz < 0.15
+
+
+def test_loudness_is_preserved():
+    quiet, loud = log_mel(tone(500) * 0.05), log_mel(tone(500))
+    assert loud.mean() > quiet.mean() + 0.2
+
+
+def test_silence_and_nan_are_finite():
+    f = log_mel(np.zeros(1600, np.float32))
+    assert np.isfinite(f).all()
+    x = tone(300)
+    x[100:200] = np.nan
+    assert np.isfinite(log_mel(x)).all()
+
+
+def test_resample_and_downmix(tmp_path):
+    x48 = tone(440, 1.0, 48000)
+    stereo = np.stack([x48, x48], axis=1)
+    path = tmp_path / "s.wav"
+    sf.write(path, stereo, 48000, subtype="PCM_24")
+    y = load_audio(path)
+    assert y.shape == (16000,)
+    ref = tone(440, 1.0)
+    assert np.corrcoef(y[200:-200], ref[200:-200])[0, 1] > 0.99
+    assert resample(tone(440, 1.0, 8000), 8000).shape == (16000,)
+    assert to_mono(stereo).shape == (48000,)
+
+
+def test_bad_files(tmp_path):
+    with pytest.raises(HBAFError, match="not found"):
+        load_audio(tmp_path / "missing.wav")
+    empty = tmp_path / "empty.wav"
+    empty.write_bytes(b"")
+    with pytest.raises(HBAFError, match="empty"):
+        load_audio(empty)
+    text = tmp_path / "notes.wav"
+    text.write_text("this is not audio\n" * 10)
+    with pytest.raises(HBAFError, match="not a readable audio file"):
+        load_audio(text)

@@ -41,6 +41,8 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--patience", type=int, default=3)
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--text-encoder", default=None, help="local folder or hub name of the BERT-style text encoder")
+    p.add_argument("--train-fraction", type=float, default=1.0,
+                   help="train on this seeded fraction of the training dialogues (dev/test untouched)")
 
 
 def load_records(args: argparse.Namespace, labels: list[str] | None = None):
@@ -104,14 +106,22 @@ def _new_model(cfg, labels):
 def _train_one(args, cfg, records, store, out_dir: Path, teacher_out=None, tc_overrides: dict | None = None) -> dict:
     from hbaf.data.manifest import label_set
     from hbaf.text import Tokenizer
-    from hbaf.train import TrainConfig, train
+    from hbaf.train import TrainConfig, _SubStore, subset_train
 
     labels = label_set(records)
+    if args.train_fraction < 1.0:
+        keep = subset_train(records, args.train_fraction, args.seed)
+        records, store = [records[i] for i in keep], _SubStore(store, keep)
+        if teacher_out is not None:
+            teacher_out = {k: v[keep] for k, v in teacher_out.items()}
     model, enc_path = _new_model(cfg, labels)
     tok = Tokenizer(enc_path, cfg.max_tokens)
     tc = TrainConfig(epochs=args.epochs, max_utts=args.max_utts, lr=args.lr, text_lr=args.text_lr, patience=args.patience,
                      seed=args.seed, max_steps=args.max_steps, threads=args.threads, **(tc_overrides or {}))
+    from hbaf.train import train
+
     summary = train(model, records, store, tok, out_dir, tc, teacher_out=teacher_out)
+    summary["train_fraction"] = args.train_fraction
     return _report_test(out_dir, records, store, summary)
 
 

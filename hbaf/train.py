@@ -112,6 +112,16 @@ def group_dialogues(records: list[Record]) -> list[list[int]]:
     return [sorted(g, key=lambda i: records[i].index) for g in groups.values()]
 
 
+def subset_train(records: list[Record], fraction: float, seed: int) -> list[int]:
+    """Indices keeping a seeded ``fraction`` of the training dialogues and every dev/test utterance."""
+    if not 0.0 < fraction <= 1.0:
+        raise HBAFError(f"--train-fraction must be in (0, 1], got {fraction}")
+    dialogues = sorted({r.dialogue for r in records if r.split == "train"})
+    random.Random(seed).shuffle(dialogues)
+    kept = set(dialogues[: max(1, round(fraction * len(dialogues)))])
+    return [i for i, r in enumerate(records) if r.split != "train" or r.dialogue in kept]
+
+
 def pack_batches(groups: list[list[int]], max_utts: int, rng: random.Random | None) -> list[list[list[int]]]:
     order = list(range(len(groups)))
     if rng is not None:

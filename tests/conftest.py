@@ -1,5 +1,35 @@
 import os
+import shutil
+from pathlib import Path
+
+import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+CI_CORPUS_LIMIT = 200  # utterances per split, whole dialogues
+
+
+@pytest.fixture(scope="session")
+def ci_corpus(tmp_path_factory) -> Path:
+    """A small real MELD-TTS subset (synthetic speech), rendered once per test run."""
+    if not shutil.which("espeak-ng") or not shutil.which("sox"):
+        pytest.skip("espeak-ng and sox are needed to render speech; run scripts/install.sh")
+    from hbaf.data.meld_tts import build_corpus
+
+    out = tmp_path_factory.mktemp("meld-tts-ci")
+    build_corpus(out, limit=CI_CORPUS_LIMIT, seed=0, workers=2)
+    return out
+
+
+@pytest.fixture(scope="session")
+def ci_student(ci_corpus, tmp_path_factory) -> Path:
+    """A student trained on the CI subset through the real CLI (a few minutes on 2 cores at most)."""
+    from hbaf.cli import main
+
+    out = tmp_path_factory.mktemp("student")
+    rc = main(["train", "--corpus", str(ci_corpus), "--preset", "student", "--epochs", "10", "--patience", "4",
+               "--max-utts", "32", "--lr", "1e-3", "--text-lr", "1e-4", "--out", str(out)])
+    assert rc == 0
+    return out

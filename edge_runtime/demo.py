@@ -1,0 +1,173 @@
+"""`hbaf-edge run --source demo`: a short synthetic conversation, and the default model's location.
+
+``demo_conversation()`` renders (once; cached under ``$HBAF_HOME/demo`` or
+``~/.cache/hbaf/demo``) a three-speaker, twelve-turn conversation of about 50 s with
+espeak-ng: one voice per speaker, prosody (rate, pitch, loudness) shifted with the
+scripted emotion, and 1-1.4 s pauses between turns so the VAD cuts one utterance
+per turn. It is synthetic speech, meant to let a newcomer see events on a machine
+without a microphone, not to measure accuracy. A JSON file next to the WAV holds the
+script (speaker, text, emotion, start and end in seconds).
+
+``default_model_path()`` is the model ``hbaf-edge run`` uses without ``--model``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import subprocess
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from hbaf.errors import HBAFError
+from hbaf.features import SAMPLE_RATE, load_audio
+from hbaf.io import atomic_path, write_json_atomic
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Turn:
+    speaker: str
+    text: str
+    emotion: str
+
+
+SCRIPT: tuple[Turn, ...] = (
+    Turn("Alex", "Hi Sam, did you get a chance to look at the report?", "neutral"),
+    Turn("Sam", "I did, and I'm sorry, I don't think we can finish it this week.", "sadness"),
+    Turn("Alex", "What? We promised the client it would be ready on Friday!", "anger"),
+    Turn("Jo", "Let's stay calm and see what is actually missing.", "neutral"),
+    Turn("Sam", "The numbers from last quarter are gone and I can't find them anywhere.", "fear"),
+    Turn("Alex", "How can a whole quarter of numbers just disappear?", "surprise"),
+    Turn("Jo", "Wait, I have a backup on my laptop with everything on it!", "joy"),
+    Turn("Sam", "That's wonderful news, thank you so much!", "joy"),
+    Turn("Alex", "Keeping the only copy on a shared drive was a terrible idea.", "disgust"),
+    Turn("Jo", "Agreed, from now on we keep two copies of everything.", "neutral"),
+    Turn("Sam", "I feel bad that I caused all this trouble.", "sadness"),
+    Turn("Alex", "It's fine, let's finish the report tomorrow morning.", "neutral"),
+)
+
+VOICES = {"Alex": "en-us+m3", "Sam": "en-gb+f3", "Jo": "en-us+m7"}
+
+# espeak-ng words per minute, pitch (0-99) and amplitude (0-200) by emotion
+PROSODY = {
+    "neutral": (160, 50, 100),
+    "joy": (180, 72, 120),
+    "sadness": (125, 32, 70),
+    "anger": (190, 62, 175),
+    "surprise": (170, 82, 125),
+    "fear": (200, 76, 90),
+    "disgust": (140, 38, 110),
+}
+PAUSES = (1.0, 1.2, 1.4)  # seconds of silence after each turn, cycled
+LEAD_IN = 0.5
+
+
+def hbaf_home() -> Path:
+    """``$HBAF_HOME``, else ``~/.cache/hbaf``."""
+    return Path(os.environ.get("HBAF_HOME") or Path.home() / ".cache" / "hbaf").expanduser()
+
+
+def _espeak() -> str:
+    exe = shutil.which("espeak-ng")
+    if exe is None:
+        raise HBAFError("the demo conversation is rendered with espeak-ng, which is not installed; apt-get install espeak-ng, or pass --source FILE")
+    return exe
+
+
+def _cache_key(exe: str) -> str:
+    version = subprocess.run([exe, "--version"], capture_output=True, text=True, check=False).stdout.strip()
+    spec = json.dumps([[asdict(t) for t in SCRIPT], VOICES, PROSODY, PAUSES, LEAD_IN, version, SAMPLE_RATE])
+    return hashlib.sha256(spec.encode()).hexdigest()[:12]
+
+
+def _render_turn(exe: str, turn: Turn, tmp: Path) -> np.ndarray:
+    rate, pitch, amp = PROSODY[turn.emotion]
+    out = tmp / "turn.wav"
+    cmd = [exe, "-v", VOICES[turn.speaker], "-s", str(rate), "-p", str(pitch), "-a", str(amp), "-w", str(out), turn.text]
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if proc.returncode != 0 or not out.exists():
+        raise HBAFError(f"espeak-ng failed to render the demo ({proc.stderr.strip()[:120]}); check `espeak-ng --voices=en`, or pass --source FILE")
+    return load_audio(out)
+
+
+def demo_conversation(cache_dir: str | Path | None = None) -> Path:
+    """The demo WAV (rendered on first use, then reused); its script is ``<wav>.json``."""
+    from tqdm import tqdm
+
+    exe = _espeak()
+    folder = Path(cache_dir) if cache_dir is not None else hbaf_home() / "demo"
+    wav = folder / f"conversation-{_cache_key(exe)}.wav"
+    script_file = wav.with_suffix(".json")
+    if wav.is_file() and script_file.is_file():
+        return wav
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise HBAFError(f"cannot create the demo cache {folder} ({err.strerror or err}); set HBAF_HOME to a writable folder") from err
+    pieces = [np.zeros(int(LEAD_IN * SAMPLE_RATE), dtype=np.float32)]
+    t = LEAD_IN
+    turns = []
+    with tempfile.TemporaryDirectory(prefix="hbaf-demo-") as tmp:
+        for i, turn in enumerate(tqdm(SCRIPT, desc="rendering demo conversation", unit="turn", leave=False)):
+            audio = _render_turn(exe, turn, Path(tmp))
+            pause = PAUSES[i % len(PAUSES)]
+            turns.append({**asdict(turn), "voice": VOICES[turn.speaker], "start": round(t, 3), "end": round(t + audio.size / SAMPLE_RATE, 3)})
+            pieces += [audio, np.zeros(int(pause * SAMPLE_RATE), dtype=np.float32)]
+            t += audio.size / SAMPLE_RATE + pause
+    signal = np.concatenate(pieces)
+    peak = float(np.max(np.abs(signal))) or 1.0
+    signal = (signal * min(1.0, 0.9 / peak)).astype(np.float32)
+
+    import soundfile as sf
+
+    with atomic_path(wav) as tmp_wav:
+        sf.write(str(tmp_wav), signal, SAMPLE_RATE, subtype="PCM_16", format="WAV")
+    write_json_atomic(script_file, {"sample_rate": SAMPLE_RATE, "seconds": round(signal.size / SAMPLE_RATE, 3), "synthetic": True, "turns": turns})
+    log.info("demo conversation rendered to %s (%.1f s, %d turns)", wav, signal.size / SAMPLE_RATE, len(turns))
+    return wav
+
+
+def demo_script(wav: str | Path) -> list[dict]:
+    """The turns (speaker, text, emotion, start, end) of a rendered demo WAV."""
+    return json.loads(Path(wav).with_suffix(".json").read_text())["turns"]
+
+
+# ----------------------------------------------------------------------------- default model
+
+
+def _model_in(folder: Path) -> Path | None:
+    """A model inside ``folder``: default.onnx, model.onnx, another .onnx (sorted), or the folder
+    itself when it is a checkpoint (config.json + model.safetensors)."""
+    if not folder.is_dir():
+        return None
+    for name in ("default.onnx", "model.onnx"):
+        if (folder / name).is_file():
+            return folder / name
+    onnx_files = sorted(folder.glob("*.onnx"))
+    if onnx_files:
+        return onnx_files[0]
+    if (folder / "config.json").is_file() and (folder / "model.safetensors").is_file():
+        return folder
+    return None
+
+
+def default_model_path() -> Path:
+    """The model used when ``--model`` is omitted: one packaged in ``hbaf/assets/``, else
+    ``$HBAF_HOME/models/default`` (``~/.cache/hbaf/models/default``)."""
+    import hbaf
+
+    assets = Path(hbaf.__file__).resolve().parent / "assets"
+    home = hbaf_home() / "models" / "default"
+    for folder in (assets, home):
+        found = _model_in(folder)
+        if found is not None:
+            return found
+    raise HBAFError(f"no default model (none packaged in {assets}, none in {home}); build it with `hbaf quickstart` or pass --model FILE")

@@ -1,0 +1,224 @@
+"""Emotion events: one per utterance, to stdout (a readable line or JSON) and to a JSONL file.
+
+The JSONL file is opened for appending and every line is written with one ``write``
+and made durable (``fsync``) before the next event, so a file cut short by a crash,
+``kill -9`` or a power cut holds only whole lines. A run ends with a
+``{"summary": {...}}`` line. When a write fails mid-run (disk full, device gone)
+the runtime warns once on stderr, removes the partial line when it can, keeps
+printing events on stdout, tries again at the next event, and counts the lost lines
+in the summary.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import logging
+import os
+import sys
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, TextIO
+
+from hbaf.errors import HBAFError
+
+log = logging.getLogger(__name__)
+
+STDOUT_FORMATS = ("text", "json", "none")
+
+
+@dataclass
+class Event:
+    """What the runtime says about one utterance.
+
+    ``start``/``end`` are seconds of stream time; ``emotion`` is the top label, or
+    ``"uncertain"`` when ``confidence`` (the top probability) is below the configured
+    threshold (``uncertain`` is then True and ``probs`` still holds every label).
+    ``gate`` is the mean fusion gate of each direction: how much the text flowed into
+    the audio stream and how much the audio flowed into the text stream.
+    ``latency_ms``: vad (VAD compute spent on this utterance's audio), queue (waiting for
+    the worker), asr, features, fusion, and total = end of speech detected -> event.
+    ``context`` is the number of earlier utterances in the dialogue memory.
+    """
+
+    utterance: int
+    start: float
+    end: float
+    text: str
+    emotion: str
+    confidence: float
+    probs: dict[str, float]
+    gate: dict[str, float]
+    latency_ms: dict[str, float]
+    uncertain: bool = False
+    context: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["start"], d["end"] = round(self.start, 3), round(self.end, 3)
+        d["confidence"] = round(self.confidence, 4)
+        d["probs"] = {k: round(float(v), 4) for k, v in self.probs.items()}
+        d["gate"] = {k: round(float(v), 4) for k, v in self.gate.items()}
+        d["latency_ms"] = {k: round(float(v), 1) for k, v in self.latency_ms.items()}
+        return d
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), ensure_ascii=False)
+
+    @property
+    def top_label(self) -> str:
+        return max(self.probs, key=self.probs.get) if self.probs else self.emotion
+
+    def format_line(self) -> str:
+        """``[00:12.3-00:14.1] anger 0.82  "text"  (text->audio 0.31, audio->text 0.64)  123 ms``"""
+        label = f"uncertain ({self.top_label} {self.confidence:.2f})" if self.uncertain else f"{self.emotion} {self.confidence:.2f}"
+        gate = f"(text->audio {self.gate.get('text_to_audio', 0.0):.2f}, audio->text {self.gate.get('audio_to_text', 0.0):.2f})"
+        total = self.latency_ms.get("total", 0.0)
+        return f"[{format_clock(self.start)}-{format_clock(self.end)}] {label}  \"{self.text}\"  {gate}  {total:.0f} ms"
+
+
+def format_clock(seconds: float) -> str:
+    """Stream time as ``MM:SS.s`` (``H:MM:SS.s`` past an hour)."""
+    tenths = int(round(max(0.0, seconds) * 10))
+    minutes, rest = divmod(tenths, 600)
+    hours, minutes = divmod(minutes, 60)
+    clock = f"{minutes:02d}:{rest // 10:02d}.{rest % 10}"
+    return f"{hours}:{clock}" if hours else clock
+
+
+@dataclass
+class WriterStats:
+    events: int = 0
+    jsonl_lines_written: int = 0
+    jsonl_lines_lost: int = 0
+    stdout_lost: bool = False
+    errors: list[str] = field(default_factory=list)
+
+
+class EventWriter:
+    """Events to stdout (``stdout_format``: text | json | none) and, if ``path`` is given,
+    appended to a JSONL file, one durable line per event.
+
+    Opening a path that cannot be written (missing folder, read-only folder or file
+    system, a folder in the way) raises a one-line HBAFError at construction, before
+    any model is loaded.
+    """
+
+    def __init__(
+        self,
+        path: str | Path | None,
+        *,
+        stdout: TextIO | None = None,
+        stdout_format: str = "text",
+        stderr: TextIO | None = None,
+    ) -> None:
+        if stdout_format not in STDOUT_FORMATS:
+            raise HBAFError(f"unknown stdout format '{stdout_format}'; use one of {', '.join(STDOUT_FORMATS)}")
+        self.path = Path(path).expanduser() if path is not None else None
+        self.stdout = stdout if stdout is not None else sys.stdout
+        self.stderr = stderr if stderr is not None else sys.stderr
+        self.stdout_format = stdout_format
+        self.stats = WriterStats()
+        self._warned = False
+        self._fd: int | None = None
+        if self.path is not None:
+            self._fd = self._open(self.path)
+
+    @staticmethod
+    def _open(path: Path) -> int:
+        try:
+            return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        except FileNotFoundError as err:
+            raise HBAFError(f"cannot write events to {path}: folder {path.parent} does not exist; create it or pass another --output") from err
+        except IsADirectoryError as err:
+            raise HBAFError(f"cannot write events to {path}: it is a folder; pass a file name such as {path / 'events.jsonl'}") from err
+        except PermissionError as err:
+            raise HBAFError(f"cannot write events to {path}: permission denied; pass --output in a folder you can write") from err
+        except OSError as err:
+            if err.errno == errno.EROFS:
+                raise HBAFError(f"cannot write events to {path}: read-only file system; pass --output on a writable disk") from err
+            raise HBAFError(f"cannot write events to {path} ({err.strerror or err}); pass another --output") from err
+
+    # -- output
+
+    def write(self, event: Event) -> None:
+        """Print ``event`` and append it to the JSONL file (flushed and fsynced)."""
+        self.stats.events += 1
+        line = event.to_json()
+        if self.stdout_format == "text":
+            self._print(event.format_line())
+        elif self.stdout_format == "json":
+            self._print(line)
+        self._append(line)
+
+    def write_summary(self, summary: dict[str, Any], *, to_jsonl: bool = True) -> None:
+        """The final ``{"summary": ...}`` line of the JSONL file (and of stdout in json format)."""
+        line = json.dumps({"summary": summary}, ensure_ascii=False)
+        if self.stdout_format == "json":
+            self._print(line)
+        if to_jsonl:
+            self._append(line)
+
+    def _print(self, text: str) -> None:
+        if self.stats.stdout_lost:
+            return
+        try:
+            self.stdout.write(text + "\n")
+            self.stdout.flush()
+        except (BrokenPipeError, ValueError, OSError):
+            # the reader went away (e.g. piped into `head`); keep going with the JSONL file
+            self.stats.stdout_lost = True
+            log.warning("stdout closed; events continue to the JSONL file only")
+
+    def _append(self, line: str) -> None:
+        if self._fd is None:
+            return
+        data = (line + "\n").encode("utf-8")
+        try:
+            size = os.fstat(self._fd).st_size
+        except OSError:
+            size = None
+        try:
+            view = memoryview(data)
+            while view:
+                n = os.write(self._fd, view)
+                view = view[n:]
+            os.fsync(self._fd)
+        except OSError as err:
+            self._lost(err, size)
+            return
+        self.stats.jsonl_lines_written += 1
+
+    def _lost(self, err: OSError, size: int | None) -> None:
+        self.stats.jsonl_lines_lost += 1
+        if size is not None:
+            try:
+                os.ftruncate(self._fd, size)  # drop a partial line, so the file stays valid JSONL
+            except OSError:
+                pass
+        reason = err.strerror or str(err)
+        self.stats.errors.append(reason)
+        if not self._warned:
+            self._warned = True
+            try:
+                self.stderr.write(
+                    f"warning: writing {self.path} failed ({reason}); events continue on stdout, "
+                    "lost lines are counted in the summary\n"
+                )
+                self.stderr.flush()
+            except (OSError, ValueError):
+                pass
+
+    def close(self) -> None:
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            try:
+                os.close(fd)
+            except OSError as err:
+                log.warning("closing %s failed: %s", self.path, err)
+
+    def __enter__(self) -> EventWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

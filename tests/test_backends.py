@@ -1,0 +1,199 @@
+"""Fusion backends: PyTorch vs ONNX Runtime agreement over a dialogue, open_backend's file checks,
+tokenizer resolution, and the runtime memory convention against training's."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from edge_runtime.backends import (
+    Backend,
+    OnnxBackend,
+    TorchBackend,
+    make_feeds,
+    model_kind,
+    open_backend,
+    resolve_tokenizer,
+    sniff,
+)
+from edge_runtime.memory import DialogueMemory
+from hbaf.checkpoint import save_checkpoint
+from hbaf.errors import HBAFError
+from hbaf.features import log_mel
+from hbaf.model import HBAF, preset
+from hbaf.text import resolve_text_encoder
+
+LABELS = ["neutral", "joy", "sadness", "anger"]
+TEXTS = ["hello there, how are you", "I cannot believe you did that!", "well, okay then"]
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory) -> Path:
+    torch.manual_seed(0)
+    model = HBAF(preset("tiny"), LABELS).eval()
+    return save_checkpoint(model, tmp_path_factory.mktemp("ckpt") / "tiny", resolve_text_encoder() / "tokenizer.json")
+
+
+@pytest.fixture(scope="module")
+def onnx_model(ckpt, tmp_path_factory) -> Path:
+    onnx_export = pytest.importorskip("export.onnx_export", reason="export/onnx_export.py is not available")
+    out = tmp_path_factory.mktemp("onnx") / "tiny.onnx"
+    # the TorchScript exporter is several times faster here; exporter parity is tested with the exporter
+    return onnx_export.export_onnx(ckpt, out, exporter="torchscript", check=False)
+
+
+def _utterances(n: int = 3) -> list[np.ndarray]:
+    rng = np.random.default_rng(1)
+    return [log_mel((0.1 * rng.standard_normal(16000 * (1 + i))).astype(np.float32)) for i in range(n)]
+
+
+def _dialogue(backend: Backend) -> list[dict[str, np.ndarray]]:
+    tok = backend.tokenizer()
+    memory = DialogueMemory(backend.context_size, backend.memory_dim)
+    outs = []
+    for feats, text in zip(_utterances(), TEXTS):
+        ids, mask = tok([text])
+        out = backend.run(backend.feeds(feats, ids, mask, *memory.arrays()))
+        memory.push(out["utt_emb"][0])
+        outs.append(out)
+    return outs
+
+
+def test_torch_and_onnx_agree_over_a_dialogue(ckpt, onnx_model):
+    tb, ob = open_backend(ckpt), open_backend(onnx_model, threads=1)
+    assert isinstance(tb, TorchBackend) and isinstance(ob, OnnxBackend)
+    assert (ob.labels, ob.context_size, ob.memory_dim) == (tb.labels, tb.context_size, tb.memory_dim) == (LABELS, 4, 64)
+    assert ob.precision == "fp32" and "CPUExecutionProvider" in ob.providers
+    for a, b in zip(_dialogue(tb), _dialogue(ob)):
+        assert a["probs"].shape == (1, len(LABELS)) and a["utt_emb"].shape == (1, 64) and a["gate"].shape == (1, 2)
+        np.testing.assert_allclose(a["probs"], b["probs"], atol=1e-4)
+        np.testing.assert_allclose(a["gate"], b["gate"], atol=1e-4)
+        np.testing.assert_allclose(a["utt_emb"], b["utt_emb"], atol=1e-3)
+    # the memory matters: the third utterance with an empty memory gives other probabilities
+    feats, (ids, mask) = _utterances()[2], tb.tokenizer()([TEXTS[2]])
+    empty = tb.run(tb.feeds(feats, ids, mask, *DialogueMemory(4, 64).arrays()))
+    assert np.abs(empty["probs"] - _dialogue(tb)[2]["probs"]).max() > 1e-6
+
+
+def test_runtime_memory_matches_training(ckpt):
+    """The runtime's left-padded, newest-last memory gives what training's forward_dialogues gives."""
+    from hbaf.train import forward_dialogues
+
+    tb = open_backend(ckpt)
+    texts = TEXTS + ["one more", "and another", "and the last one of six"]
+    feats = [log_mel((0.05 * np.random.default_rng(i).standard_normal(8000 * (i + 2))).astype(np.float32)) for i in range(6)]
+    with torch.no_grad():
+        ref = forward_dialogues(tb.model, [list(range(6))], feats, texts, tb.tokenizer())["probs"].numpy()
+    memory = DialogueMemory(tb.context_size, tb.memory_dim)  # K = 4 < 6: the window slides
+    tok = tb.tokenizer()
+    for i in range(6):
+        ids, mask = tok([texts[i]])
+        out = tb.run(tb.feeds(feats[i], ids, mask, *memory.arrays()))
+        memory.push(out["utt_emb"][0])
+        np.testing.assert_allclose(out["probs"][0], ref[i], atol=1e-4)
+
+
+def test_warmup_records_first_inference(ckpt):
+    tb = open_backend(ckpt)
+    assert tb.first_inference_seconds is None and tb.load_seconds > 0
+    first = tb.warmup()
+    assert first > 0 and tb.first_inference_seconds == first
+    tb.warmup()
+    assert tb.first_inference_seconds == first
+
+
+def test_make_feeds_pads_to_profile_minimum():
+    feeds = make_feeds(np.ones((10, 80)), [[101, 102]], [[1, 1]], np.zeros((1, 4, 8)), np.zeros((1, 4)), min_frames=16, min_tokens=4)
+    assert feeds["audio_feats"].shape == (1, 16, 80) and feeds["audio_mask"].sum() == 10
+    assert feeds["input_ids"].dtype == np.int32 and feeds["input_ids"].shape == (1, 4)
+    assert feeds["attention_mask"].tolist() == [[1, 1, 0, 0]]
+
+
+def test_kind_and_sniff(ckpt, onnx_model):
+    assert model_kind(ckpt) == "torch" and model_kind(ckpt / "model.safetensors") == "torch"
+    assert model_kind(onnx_model) == "onnx"
+    assert sniff(onnx_model) == "onnx" and sniff(ckpt / "model.safetensors") == "safetensors"
+    assert sniff(ckpt / "config.json") == "text"
+    assert isinstance(open_backend(ckpt / "model.safetensors"), TorchBackend)
+
+
+def _one_line_error(path, match: str) -> str:
+    with pytest.raises(HBAFError, match=match) as info:
+        open_backend(path)
+    msg = str(info.value)
+    assert "\n" not in msg and Path(path).name in msg
+    return msg
+
+
+def test_open_backend_rejects_bad_files(ckpt, onnx_model, tmp_path):
+    text = tmp_path / "model.onnx"
+    text.write_text("this is not a model\n")
+    assert "checkpoint folder" in _one_line_error(text, "text file, not an ONNX model")
+
+    renamed = tmp_path / "student.engine"
+    shutil.copyfile(onnx_model, renamed)
+    assert "rename it to .onnx" in _one_line_error(renamed, "is an ONNX model, not a TensorRT engine")
+
+    cut = tmp_path / "cut"
+    shutil.copytree(ckpt, cut)
+    data = (cut / "model.safetensors").read_bytes()
+    (cut / "model.safetensors").write_bytes(data[: len(data) // 2])
+    _one_line_error(cut / "model.safetensors", "truncated")
+    _one_line_error(cut, "truncated")
+    (cut / "model.safetensors").write_bytes(data[:64])
+    _one_line_error(cut / "model.safetensors", "not safetensors weights")
+
+    cut_onnx = tmp_path / "cut.onnx"
+    cut_onnx.write_bytes(onnx_model.read_bytes()[:100_000])
+    _one_line_error(cut_onnx, "cut.onnx")
+
+    _one_line_error(tmp_path / "missing.onnx", "model not found")
+    empty = tmp_path / "empty.onnx"
+    empty.touch()
+    _one_line_error(empty, "empty")
+    pt = tmp_path / "model.pt"
+    pt.write_bytes(b"\x80\x04junk")
+    _one_line_error(pt, "unknown model type")
+    folder = tmp_path / "not_a_checkpoint"
+    folder.mkdir()
+    _one_line_error(folder, "not a checkpoint folder")
+
+
+def test_fp16_needs_cuda(ckpt, onnx_model):
+    if torch.cuda.is_available():
+        pytest.skip("CUDA present: FP16 is allowed here")
+    with pytest.raises(HBAFError, match="CUDA"):
+        open_backend(ckpt, fp16=True)
+    with pytest.raises(HBAFError, match="drop --fp16"):
+        open_backend(onnx_model, fp16=True)
+
+
+def test_tokenizer_resolution(ckpt, onnx_model, tmp_path):
+    # next to the model
+    assert OnnxBackend(onnx_model).tokenizer_file == onnx_model.with_name("tokenizer.json")
+    # alone in another folder: the source checkpoint's (recorded in the metadata)
+    alone = tmp_path / "alone" / "tiny.onnx"
+    alone.parent.mkdir()
+    shutil.copyfile(onnx_model, alone)
+    ob = OnnxBackend(alone)
+    assert ob.tokenizer_file == Path(ob.meta["source_checkpoint"]) / "tokenizer.json"
+    # neither: the text encoder's own tokenizer
+    found = resolve_tokenizer(alone, {"source_checkpoint": str(tmp_path / "gone"), "config": {}})
+    assert found == resolve_text_encoder() / "tokenizer.json"
+    ids, _ = ob.tokenizer()(["hello"])
+    assert ids.dtype == np.int32 and ids[0, 0] == 101
+
+
+def test_engine_route_refuses_a_bogus_engine(tmp_path):
+    """A .engine goes to the TensorRT backend, which refuses a file without its sidecar (or, with
+    TensorRT present, one it cannot deserialize) in one line, before touching the GPU."""
+    bogus = tmp_path / "student.10.3.orin.fp16.engine"
+    bogus.write_bytes(bytes(range(256)) * 16)
+    assert model_kind(bogus) == "engine"
+    with pytest.raises(HBAFError) as info:
+        open_backend(bogus)
+    assert "\n" not in str(info.value) and bogus.name in str(info.value)

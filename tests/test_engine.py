@@ -1,0 +1,724 @@
+"""Engine export and TensorRT backend: everything checkable without a GPU, plus GPU tests that skip cleanly."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from export.engine import (
+    Dims,
+    EngineBuilder,
+    Profiles,
+    Sidecar,
+    check_engine_compat,
+    engine_name,
+    main as engine_main,
+    parse_dims,
+    parse_engine_name,
+    sanitize_gpu_name,
+    sidecar_path,
+)
+from export.trt_compat import check_onnx_for_tensorrt, context_dims, has_qdq, load_onnx, read_metadata
+from hbaf.errors import HBAFError
+
+REPO = Path(__file__).resolve().parents[1]
+K, D, C = 8, 16, 4
+LABELS = ["neutral", "joy", "sadness", "anger"]
+
+HAS_TRT = importlib.util.find_spec("tensorrt") is not None
+
+
+def _cuda_available() -> bool:
+    try:
+        import torch
+
+        return torch.cuda.is_available()
+    except ImportError:
+        return False
+
+
+needs_trt_gpu = pytest.mark.skipif(not (HAS_TRT and _cuda_available()), reason="needs TensorRT and a CUDA GPU")
+
+
+# --------------------------------------------------------------------------- tiny contract ONNX
+
+
+def _vi(name: str, dtype: int, dims: list) -> onnx.ValueInfoProto:
+    return helper.make_tensor_value_info(name, dtype, dims)
+
+
+def make_contract_onnx(
+    *,
+    ids_dtype: int = TensorProto.INT32,
+    opset: int = 17,
+    int64_matmul: bool = False,
+    unsupported_op: str | None = None,
+    qdq_zero_point: int | None = None,
+    qdq_zp_dtype: int = TensorProto.INT8,
+    static_batch: bool = False,
+) -> onnx.ModelProto:
+    """A small graph with the exact HBAF I/O contract; variants inject one TensorRT problem each."""
+    rng = np.random.default_rng(0)
+    b = 1 if static_batch else "B"
+    inputs = [
+        _vi("audio_feats", TensorProto.FLOAT, [b, "T", 80]),
+        _vi("audio_mask", TensorProto.FLOAT, [b, "T"]),
+        _vi("input_ids", ids_dtype, [b, "L"]),
+        _vi("attention_mask", TensorProto.INT32, [b, "L"]),
+        _vi("memory", TensorProto.FLOAT, [b, K, D]),
+        _vi("memory_mask", TensorProto.FLOAT, [b, K]),
+    ]
+    outputs = [
+        _vi("probs", TensorProto.FLOAT, [b, C]),
+        _vi("utt_emb", TensorProto.FLOAT, [b, D]),
+        _vi("gate", TensorProto.FLOAT, [b, 2]),
+    ]
+    inits = [
+        numpy_helper.from_array(rng.standard_normal((80, C)).astype(np.float32) * 0.1, "w_cls"),
+        numpy_helper.from_array(rng.standard_normal((80, D)).astype(np.float32) * 0.1, "w_emb"),
+        numpy_helper.from_array(np.array([2], dtype=np.int64), "axis2"),
+        numpy_helper.from_array(np.array(0.001, dtype=np.float32), "id_scale"),
+    ]
+    nodes = [
+        helper.make_node("Unsqueeze", ["audio_mask", "axis2"], ["mask3"]),
+        helper.make_node("Mul", ["audio_feats", "mask3"], ["masked"]),
+        helper.make_node("ReduceMean", ["masked"], ["pooled"], axes=[1], keepdims=0),
+    ]
+    cls_in = "pooled"
+    if qdq_zero_point is not None:
+        zp = np.array(qdq_zero_point, dtype=helper.tensor_dtype_to_np_dtype(qdq_zp_dtype))
+        inits += [numpy_helper.from_array(np.array(0.02, dtype=np.float32), "q_scale"), numpy_helper.from_array(zp, "q_zp")]
+        nodes += [
+            helper.make_node("QuantizeLinear", ["pooled", "q_scale", "q_zp"], ["pooled_q"]),
+            helper.make_node("DequantizeLinear", ["pooled_q", "q_scale", "q_zp"], ["pooled_dq"]),
+        ]
+        cls_in = "pooled_dq"
+    nodes += [
+        helper.make_node("MatMul", [cls_in, "w_cls"], ["logits"]),
+        helper.make_node("Softmax", ["logits"], ["probs"], axis=-1),
+        helper.make_node("Unsqueeze", ["memory_mask", "axis2"], ["mmask3"]),
+        helper.make_node("Mul", ["memory", "mmask3"], ["mem_masked"]),
+        helper.make_node("ReduceMean", ["mem_masked"], ["mem_pool"], axes=[1], keepdims=0),
+        helper.make_node("MatMul", ["pooled", "w_emb"], ["emb_a"]),
+        helper.make_node("Add", ["emb_a", "mem_pool"], ["utt_emb"]),
+        helper.make_node("Cast", ["input_ids"], ["ids_f"], to=TensorProto.FLOAT),
+        helper.make_node("Cast", ["attention_mask"], ["att_f"], to=TensorProto.FLOAT),
+        helper.make_node("Mul", ["ids_f", "att_f"], ["ids_m"]),
+        helper.make_node("ReduceMean", ["ids_m"], ["ids_mean"], axes=[1], keepdims=1),
+        helper.make_node("Mul", ["ids_mean", "id_scale"], ["t_gate_in"]),
+        helper.make_node("ReduceMean", ["audio_mask"], ["a_gate_in"], axes=[1], keepdims=1),
+        helper.make_node("Concat", ["a_gate_in", "t_gate_in"], ["gate_in"], axis=1),
+        helper.make_node("Sigmoid", ["gate_in"], ["gate"]),
+    ]
+    if int64_matmul:
+        inits += [numpy_helper.from_array(np.ones((1, 3), dtype=np.int64), "w_int"),
+                  numpy_helper.from_array(np.array([1], dtype=np.int64), "axis1")]
+        nodes += [
+            helper.make_node("Cast", ["input_ids"], ["ids64"], to=TensorProto.INT64),
+            helper.make_node("ReduceSum", ["ids64", "axis1"], ["ids_sum"], keepdims=1),
+            helper.make_node("MatMul", ["ids_sum", "w_int"], ["ids_proj"]),
+        ]
+    if unsupported_op:
+        nodes.append(helper.make_node(unsupported_op, ["audio_mask"], ["uniq"]))
+    graph = helper.make_graph(nodes, "hbaf_tiny", inputs, outputs, inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], producer_name="test")
+    model.ir_version = 8
+    helper.set_model_props(model, {"hbaf": json.dumps({"labels": LABELS, "config": {"d": D}, "version": "0.1.0"})})
+    return model
+
+
+def save(model: onnx.ModelProto, path: Path) -> Path:
+    onnx.save(model, str(path))
+    return path
+
+
+def contract_feeds(b: int = 2, t: int = 50, ln: int = 12) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(1)
+    return {
+        "audio_feats": rng.standard_normal((b, t, 80)).astype(np.float32),
+        "audio_mask": np.ones((b, t), np.float32),
+        "input_ids": rng.integers(100, 3000, (b, ln)).astype(np.int32),
+        "attention_mask": np.ones((b, ln), np.int32),
+        "memory": rng.standard_normal((b, K, D)).astype(np.float32),
+        "memory_mask": np.ones((b, K), np.float32),
+    }
+
+
+def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    env = {"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin", "HOME": str(cwd)}
+    return subprocess.run([sys.executable, "-m", "export.engine", *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=120)
+
+
+def assert_one_line_error(proc: subprocess.CompletedProcess) -> str:
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1, proc.stderr
+    assert lines[0].startswith("error: ")
+    return lines[0]
+
+
+# --------------------------------------------------------------------------- profiles
+
+
+def test_parse_dims_and_defaults():
+    assert parse_dims("1,300,32") == Dims(1, 300, 32)
+    assert parse_dims(" 8, 1000 ,128") == Dims(8, 1000, 128)
+    p = Profiles()
+    assert (p.min, p.opt, p.max) == (Dims(1, 16, 4), Dims(1, 300, 32), Dims(8, 1000, 128))
+    assert Profiles.parse("2,20,8", "2,300,32", "4,500,64") == Profiles(Dims(2, 20, 8), Dims(2, 300, 32), Dims(4, 500, 64))
+
+
+@pytest.mark.parametrize("text", ["1,300", "1,300,32,4", "a,b,c", "1,-3,4", "", "1.5,2,3"])
+def test_parse_dims_rejects(text):
+    with pytest.raises(HBAFError, match="BATCH,FRAMES,TOKENS"):
+        parse_dims(text, "--opt")
+
+
+def test_profiles_parse_keeps_defaults_for_omitted_corners():
+    p = Profiles.parse(max="4,500,64")
+    assert p.max == Dims(4, 500, 64) and p.min == Dims(1, 16, 4) and p.opt == Dims(1, 300, 32)
+
+
+@pytest.mark.parametrize(
+    "lo,mid,hi,match",
+    [
+        ("1,16,4", "1,2000,32", "8,1000,128", "frames: need min <= opt <= max"),
+        ("4,16,4", "1,300,32", "8,1000,128", "batch: need min <= opt <= max"),
+        ("1,16,64", "1,300,32", "8,1000,128", "tokens: need min <= opt <= max"),
+        ("1,16,4", "1,300,32", "8,1001,128", "exceeds 1000"),
+        ("1,16,4", "1,300,32", "8,1000,129", "exceeds 128"),
+        ("0,16,4", "1,300,32", "8,1000,128", "below 1"),
+    ],
+)
+def test_profiles_validation(lo, mid, hi, match):
+    with pytest.raises(HBAFError, match=match):
+        Profiles.parse(lo, mid, hi)
+
+
+def test_profile_input_shapes_cover_all_six_inputs():
+    shapes = Profiles().input_shapes(context_size=K, memory_dim=D)
+    assert shapes["audio_feats"] == ((1, 16, 80), (1, 300, 80), (8, 1000, 80))
+    assert shapes["audio_mask"] == ((1, 16), (1, 300), (8, 1000))
+    assert shapes["input_ids"] == shapes["attention_mask"] == ((1, 4), (1, 32), (8, 128))
+    assert shapes["memory"] == ((1, K, D), (1, K, D), (8, K, D))
+    assert shapes["memory_mask"] == ((1, K), (1, K), (8, K))
+
+
+# --------------------------------------------------------------------------- naming and sidecar
+
+
+def test_engine_name_and_gpu_sanitising():
+    assert sanitize_gpu_name("NVIDIA-H100-80GB-HBM3") == "nvidia-h100-80gb-hbm3"
+    assert sanitize_gpu_name("Orin") == "orin"
+    assert sanitize_gpu_name("NVIDIA GeForce RTX 3090 Ti") == "nvidia-geforce-rtx-3090-ti"
+    assert sanitize_gpu_name("  Tesla T4 (PCIe) ") == "tesla-t4-pcie"
+    name = engine_name("student", "10.3.0.30", "Orin", "int8")
+    assert name == "student.10.3.0.30.orin.int8.engine"
+    assert parse_engine_name(name) == {"model": "student", "trt": "10.3.0.30", "gpu": "orin", "precision": "int8"}
+    assert engine_name("my student.v2", "10.3.0", "NVIDIA H100 80GB HBM3", "fp16") == "my-student-v2.10.3.0.nvidia-h100-80gb-hbm3.fp16.engine"
+    assert parse_engine_name("model.engine") is None
+    assert sidecar_path("engines/" + name) == Path("engines/" + name + ".json")
+
+
+def test_engine_name_rejects_bad_parts():
+    with pytest.raises(HBAFError, match="precision"):
+        engine_name("student", "10.3.0", "orin", "bf16")
+    with pytest.raises(HBAFError, match="TensorRT version"):
+        engine_name("student", "ten", "orin", "fp16")
+
+
+def make_sidecar(**over) -> Sidecar:
+    base = dict(
+        onnx_sha256="ab" * 32, tensorrt_version="10.3.0.30", gpu_name="Orin", compute_capability="8.7",
+        precision="int8", profiles=Profiles.parse("1,16,4", "1,300,32", "4,1000,128"), labels=LABELS,
+        package_version="0.1.0", built_at="2025-01-01T00:00:00+00:00", context_size=K, memory_dim=D,
+        onnx_path="/opt/models/student.int8.onnx", workspace_mb=2048, strongly_typed=True,
+    )
+    base.update(over)
+    return Sidecar(**base)
+
+
+def test_sidecar_json_round_trip():
+    side = make_sidecar()
+    text = side.to_json()
+    data = json.loads(text)
+    assert data["profiles"] == {"min": [1, 16, 4], "opt": [1, 300, 32], "max": [4, 1000, 128]}
+    assert data["labels"] == LABELS and data["context_size"] == K and data["memory_dim"] == D
+    back = Sidecar.from_json(text)
+    assert back == side
+    assert Sidecar.from_json(json.dumps({**data, "future_field": 1})) == side  # unknown keys are ignored
+
+
+@pytest.mark.parametrize(
+    "text,match",
+    [
+        ("{not json", "not valid JSON"),
+        ("[1, 2]", "not a JSON object"),
+        (json.dumps({"precision": "int8"}), "lacks"),
+    ],
+)
+def test_sidecar_rejects_bad_json(text, match):
+    with pytest.raises(HBAFError, match=match):
+        Sidecar.from_json(text)
+
+
+def test_sidecar_rejects_bad_profile():
+    data = json.loads(make_sidecar().to_json())
+    data["profiles"]["max"] = [4, 1000]
+    with pytest.raises(HBAFError, match="malformed"):
+        Sidecar.from_json(json.dumps(data))
+
+
+def test_build_command_is_exact():
+    cmd = make_sidecar().build_command("engines")
+    assert cmd == ("python -m export.engine --onnx /opt/models/student.int8.onnx --precision int8 --out engines "
+                   "--min 1,16,4 --opt 1,300,32 --max 4,1000,128 --workspace-mb 2048")
+
+
+def test_compat_accepts_matching_machine():
+    side = make_sidecar()
+    check_engine_compat(side, "10.3.0.30", "Orin", "8.7")
+    check_engine_compat(make_sidecar(gpu_name="NVIDIA H100 80GB HBM3", compute_capability="9.0"),
+                        "10.3.0.30", "nvidia-h100-80gb-hbm3", "9.0")
+
+
+@pytest.mark.parametrize(
+    "machine,expect",
+    [
+        (("10.7.0.23", "Orin", "8.7"), "TensorRT 10.3.0.30 (this machine has 10.7.0.23)"),
+        (("10.3.0.30", "NVIDIA H100 80GB HBM3", "8.7"), "GPU Orin (this machine has NVIDIA H100 80GB HBM3)"),
+        (("10.3.0.30", "Orin", "9.0"), "compute capability 8.7 (this machine has 9.0)"),
+    ],
+)
+def test_compat_mismatch_says_how_to_rebuild(machine, expect):
+    engine = Path("engines") / "student.10.3.0.30.orin.int8.engine"
+    with pytest.raises(HBAFError) as info:
+        check_engine_compat(make_sidecar(), *machine, engine_path=engine)
+    msg = str(info.value)
+    assert expect in msg
+    assert "\n" not in msg
+    assert msg.startswith("student.10.3.0.30.orin.int8.engine was built for")
+    assert "`python -m export.engine --onnx /opt/models/student.int8.onnx --precision int8 --out engines --min 1,16,4" in msg
+
+
+def test_compat_lists_every_mismatch():
+    with pytest.raises(HBAFError) as info:
+        check_engine_compat(make_sidecar(), "8.6.2", "Xavier", "7.2")
+    msg = str(info.value)
+    assert "TensorRT 10.3.0.30" in msg and "GPU Orin" in msg and "compute capability 8.7" in msg
+
+
+# --------------------------------------------------------------------------- engine files, before TensorRT
+
+
+def write_engine(tmp_path: Path, payload: bytes, *, with_sidecar: bool = True, **over) -> Path:
+    import hashlib
+
+    engine = tmp_path / "student.10.3.0.30.orin.fp16.engine"
+    engine.write_bytes(payload)
+    if with_sidecar:
+        side = make_sidecar(precision="fp16", engine_bytes=len(payload), engine_sha256=hashlib.sha256(payload).hexdigest(), **over)
+        sidecar_path(engine).write_text(side.to_json())
+    return engine
+
+
+def test_engine_file_errors_before_tensorrt(tmp_path):
+    from edge_runtime.trt_backend import TensorRTBackend, read_engine
+
+    with pytest.raises(HBAFError, match="does not exist"):
+        TensorRTBackend(tmp_path / "nope.engine")
+    empty = tmp_path / "empty.engine"
+    empty.write_bytes(b"")
+    with pytest.raises(HBAFError, match="is empty"):
+        TensorRTBackend(empty)
+
+    engine = write_engine(tmp_path, b"\x01" * 4096, with_sidecar=False)
+    with pytest.raises(HBAFError) as info:
+        read_engine(engine)
+    msg = str(info.value)
+    assert "has no sidecar student.10.3.0.30.orin.fp16.engine.json" in msg
+    assert "python -m export.engine --onnx student.onnx --precision fp16" in msg
+
+
+def test_truncated_and_foreign_engines_are_refused(tmp_path):
+    from edge_runtime.trt_backend import read_engine
+
+    payload = bytes(range(256)) * 64
+    engine = write_engine(tmp_path, payload)
+    data, side = read_engine(engine)  # an intact pair passes
+    assert data == payload and side.precision == "fp16"
+
+    engine.write_bytes(payload[:1000])  # truncated copy
+    with pytest.raises(HBAFError, match="truncated or replaced") as info:
+        read_engine(engine)
+    assert "--precision fp16" in str(info.value)
+
+    engine.write_bytes(bytes(reversed(payload)))  # same size, other bytes
+    with pytest.raises(HBAFError, match="corrupted or foreign"):
+        read_engine(engine)
+
+    sidecar_path(engine).write_text("{broken")
+    with pytest.raises(HBAFError, match="not valid JSON"):
+        read_engine(engine)
+
+
+@pytest.mark.skipif(HAS_TRT, reason="TensorRT is installed here, so the not-installed message cannot show")
+def test_backend_without_tensorrt_is_one_line(tmp_path):
+    from edge_runtime.trt_backend import TensorRTBackend
+
+    engine = write_engine(tmp_path, b"\x07" * 2048)
+    with pytest.raises(HBAFError, match="TensorRT is not installed: on Jetson install JetPack's python3-libnvinfer"):
+        TensorRTBackend(engine)
+
+
+# --------------------------------------------------------------------------- ONNX compatibility checker
+
+
+def test_good_contract_graph_passes_and_runs(tmp_path):
+    path = save(make_contract_onnx(), tmp_path / "student.onnx")
+    assert check_onnx_for_tensorrt(path) == []
+    model = load_onnx(path)
+    assert context_dims(model) == (K, D)
+    assert read_metadata(model)["labels"] == LABELS
+    assert not has_qdq(model)
+
+    import onnxruntime as ort
+
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    probs, emb, gate = sess.run(None, contract_feeds(b=3, t=40, ln=7))
+    assert probs.shape == (3, C) and emb.shape == (3, D) and gate.shape == (3, 2)
+    np.testing.assert_allclose(probs.sum(-1), 1.0, rtol=1e-5)
+
+
+def test_int64_matmul_is_flagged():
+    problems = check_onnx_for_tensorrt(make_contract_onnx(int64_matmul=True))
+    assert len(problems) == 1, problems  # a valid graph otherwise: onnx.checker is happy
+    assert problems[0].startswith("MatMul 'ids_proj' has int64 inputs ['ids_sum', 'w_int']"), problems
+
+
+def test_unsupported_op_is_flagged():
+    problems = check_onnx_for_tensorrt(make_contract_onnx(unsupported_op="Unique"))
+    assert len(problems) == 1
+    assert any(p.startswith("operator Unique (1 node)") and "not supported" in p for p in problems), problems
+
+
+def test_wrong_input_dtype_is_flagged():
+    problems = check_onnx_for_tensorrt(make_contract_onnx(ids_dtype=TensorProto.INT64))
+    assert len(problems) == 1
+    assert any(p.startswith("input 'input_ids' is int64, the contract needs int32") for p in problems), problems
+
+
+def test_static_batch_and_old_opset_are_flagged():
+    problems = check_onnx_for_tensorrt(make_contract_onnx(static_batch=True))
+    assert any(p.startswith("input axis B (fixed to 1) in audio_feats[0], audio_mask[0], input_ids[0]") for p in problems), problems
+    assert any(p.startswith("output axis B (fixed to 1) in probs[0], utt_emb[0], gate[0]") for p in problems), problems
+    assert len(problems) == 2, problems
+    model = make_contract_onnx()
+    model.opset_import[0].version = 11
+    assert any("opset 11 is outside 13..20" in p for p in check_onnx_for_tensorrt(model))
+
+
+def test_symmetric_qdq_passes_and_asymmetric_is_flagged():
+    sym = make_contract_onnx(qdq_zero_point=0)
+    assert has_qdq(sym)
+    assert check_onnx_for_tensorrt(sym) == []
+
+    asym = check_onnx_for_tensorrt(make_contract_onnx(qdq_zero_point=3))
+    assert sum("zero point is not 0 (asymmetric)" in p for p in asym) == 2, asym
+
+    uint8 = check_onnx_for_tensorrt(make_contract_onnx(qdq_zero_point=128, qdq_zp_dtype=TensorProto.UINT8))
+    assert any("zero point is uint8; TensorRT needs int8" in p for p in uint8), uint8
+
+
+def test_missing_contract_input_is_flagged():
+    model = make_contract_onnx()
+    model.graph.input.pop()  # memory_mask becomes undefined
+    problems = check_onnx_for_tensorrt(model)
+    assert any("['memory_mask'] are missing" in p for p in problems), problems
+    assert any(p.startswith("onnx.checker:") for p in problems), problems
+
+
+@pytest.mark.parametrize("content", [b"", b"this is not a model at all\n", bytes(range(256)) * 8])
+def test_corrupt_onnx_is_one_line_error(tmp_path, content):
+    bad = tmp_path / "bad.onnx"
+    bad.write_bytes(content)
+    with pytest.raises(HBAFError) as info:
+        check_onnx_for_tensorrt(bad)
+    assert "\n" not in str(info.value) and "bad.onnx" in str(info.value)
+
+
+# --------------------------------------------------------------------------- builder checks and CLI (no GPU)
+
+
+def test_builder_inspect_reads_contract(tmp_path):
+    path = save(make_contract_onnx(), tmp_path / "student.onnx")
+    _, info = EngineBuilder(path, "fp16").inspect()
+    assert info == {"context_size": K, "memory_dim": D, "labels": LABELS, "quantized": False, "model_version": "0.1.0"}
+
+
+def test_builder_precision_must_match_quantization(tmp_path):
+    plain = save(make_contract_onnx(), tmp_path / "student.onnx")
+    with pytest.raises(HBAFError, match="no Q/DQ nodes"):
+        EngineBuilder(plain, "int8").inspect()
+    quant = save(make_contract_onnx(qdq_zero_point=0), tmp_path / "student.int8.onnx")
+    with pytest.raises(HBAFError, match="build it with --precision int8"):
+        EngineBuilder(quant, "fp16").inspect()
+    assert EngineBuilder(quant, "int8").inspect()[1]["quantized"] is True
+
+
+def test_builder_refuses_bad_onnx_with_all_problems(tmp_path):
+    path = save(make_contract_onnx(int64_matmul=True, ids_dtype=TensorProto.INT64), tmp_path / "student.onnx")
+    with pytest.raises(HBAFError) as info:
+        EngineBuilder(path, "fp16").build(tmp_path / "engines")
+    msg = str(info.value)
+    assert "not ready for TensorRT" in msg and "MatMul" in msg and "input_ids" in msg
+    assert not (tmp_path / "engines").exists()
+
+
+@pytest.mark.skipif(HAS_TRT, reason="TensorRT is installed here, so the not-installed message cannot show")
+def test_cli_tensorrt_missing_is_one_line(tmp_path):
+    save(make_contract_onnx(), tmp_path / "student.onnx")
+    proc = run_cli("--onnx", "student.onnx", "--precision", "fp16", "--out", "engines", "--timing-cache", "cache.bin", cwd=tmp_path)
+    line = assert_one_line_error(proc)
+    assert line.startswith("error: TensorRT is not installed: on Jetson install JetPack's python3-libnvinfer")
+    assert "pip install .[jetson]" in line
+    assert not (tmp_path / "engines").exists()
+
+
+@pytest.mark.parametrize(
+    "args,match",
+    [
+        (["--onnx", "student.onnx", "--min", "1,16"], "BATCH,FRAMES,TOKENS"),
+        (["--onnx", "student.onnx", "--max", "8,2000,128"], "exceeds 1000"),
+        (["--onnx", "student.onnx", "--precision", "bf16"], "invalid choice"),
+        (["--onnx", "missing.onnx"], "does not exist"),
+        (["--onnx", "student.onnx", "--precision", "int8"], "no Q/DQ nodes"),
+        (["--precision", "fp16"], "--onnx"),
+    ],
+)
+def test_cli_user_errors_are_one_line(tmp_path, args, match):
+    save(make_contract_onnx(), tmp_path / "student.onnx")
+    line = assert_one_line_error(run_cli(*args, cwd=tmp_path))
+    assert match in line
+
+
+@pytest.mark.skipif(_cuda_available() or importlib.util.find_spec("pycuda") is not None, reason="a GPU query tool is installed here")
+def test_gpu_info_without_cuda_is_one_line():
+    from export.engine import gpu_info
+
+    with pytest.raises(HBAFError, match="no CUDA device 0 found") as info:
+        gpu_info(0)
+    assert "\n" not in str(info.value)
+
+
+def test_main_returns_2_in_process(tmp_path, capsys):
+    assert engine_main(["--onnx", str(tmp_path / "none.onnx")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------- torch-tensorrt path (CPU parts)
+
+
+class TinyStudent:
+    """Built lazily so collecting this file does not import torch."""
+
+    @staticmethod
+    def make():
+        import torch
+        from torch import nn
+
+        class Student(nn.Module):
+            def __init__(self) -> None:
+                super().__init__()
+                self.sub = nn.Conv1d(80, 32, kernel_size=3, stride=2, padding=1)
+                self.emb = nn.Embedding(4000, 32)
+                self.mem = nn.Linear(D, 32)
+                self.cls = nn.Linear(32, C)
+                self.out = nn.Linear(32, D)
+                self.gate = nn.Linear(64, 2)
+
+            def forward(self, audio_feats, audio_mask, input_ids, attention_mask, memory, memory_mask):
+                a = torch.relu(self.sub(audio_feats.transpose(1, 2))).transpose(1, 2)  # [B, T/2, 32]
+                m = audio_mask[:, ::2].unsqueeze(-1)
+                a = (a * m).sum(1) / m.sum(1).clamp(min=1.0)
+                t_mask = attention_mask.unsqueeze(-1).to(a.dtype)
+                t = (self.emb(input_ids.long()) * t_mask).sum(1) / t_mask.sum(1).clamp(min=1.0)
+                mm = memory_mask.unsqueeze(-1)
+                ctx = self.mem((memory * mm).sum(1) / mm.sum(1).clamp(min=1.0))
+                h = a + t + ctx
+                probs = torch.softmax(self.cls(h), dim=-1)
+                return probs, self.out(h), torch.sigmoid(self.gate(torch.cat([a, t], dim=-1)))
+
+        torch.manual_seed(0)
+        return Student().eval()
+
+
+def _torch_feeds(b, t, ln):
+    import torch
+
+    return tuple(torch.from_numpy(v) for v in contract_feeds(b, t, ln).values())
+
+
+def test_torch_export_with_shared_dynamic_dims():
+    pytest.importorskip("torch")
+    from export.torch_trt import export_student
+
+    model = TinyStudent.make()
+    profiles = Profiles.parse("1,16,4", "1,300,32", "4,400,64")
+    program = export_student(model, profiles, context_size=K, memory_dim=D)
+    runner = program.module()
+    for b, t, ln in [(1, 16, 4), (3, 123, 17), (4, 400, 64)]:
+        feeds = _torch_feeds(b, t, ln)
+        got = runner(*feeds)
+        want = model(*feeds)
+        for g, w in zip(got, want):
+            assert g.shape == w.shape
+            np.testing.assert_allclose(g.detach().numpy(), w.detach().numpy(), rtol=1e-4, atol=1e-5)
+
+
+def _dim_auto_takes_range() -> bool:
+    try:
+        from torch.export import Dim
+
+        return callable(getattr(Dim, "AUTO", None)) and Dim.AUTO(min=1, max=2) is not None
+    except (ImportError, TypeError):
+        return False
+
+
+@pytest.mark.skipif(not _dim_auto_takes_range(), reason="torch < 2.7: named Dims cannot express the HBAF audio subsampling guards")
+def test_torch_export_of_the_real_hbaf_model():
+    import torch
+
+    from export.torch_trt import export_student
+    from hbaf.model import HBAF, preset
+
+    model = HBAF(preset("tiny", dropout=0.0), LABELS).eval()
+    k, d = model.cfg.context_size, model.memory_dim
+    profiles = Profiles.parse("1,16,4", "1,120,16", "3,400,40")
+    runner = export_student(model, profiles, context_size=k, memory_dim=d).module()
+    rng = np.random.default_rng(3)
+    for b, t, ln in [(1, 16, 4), (3, 399, 40), (2, 123, 9)]:
+        feeds = (
+            torch.from_numpy(rng.standard_normal((b, t, 80)).astype(np.float32)),
+            torch.ones(b, t),
+            torch.from_numpy(rng.integers(1000, 3000, (b, ln)).astype(np.int32)),
+            torch.ones(b, ln, dtype=torch.int32),
+            torch.from_numpy(rng.standard_normal((b, k, d)).astype(np.float32)),
+            torch.ones(b, k),
+        )
+        with torch.no_grad():
+            got, want = runner(*feeds), model(*feeds)
+        for g, w in zip(got, want):
+            torch.testing.assert_close(g, w, atol=1e-5, rtol=1e-4)
+
+
+def test_torch_export_static_axis_when_min_equals_max():
+    pytest.importorskip("torch")
+    from export.torch_trt import dynamic_shapes, example_inputs
+
+    profiles = Profiles.parse("1,16,4", "1,300,32", "1,400,64")
+    shapes = dynamic_shapes(profiles)
+    assert all(0 not in s for s in shapes if s)  # batch fixed to 1
+    assert 1 in shapes[0] and 1 in shapes[2]
+    feats, _, ids, *_ = example_inputs(profiles, K, D)
+    assert feats.shape == (1, 300, 80) and ids.shape == (1, 32) and str(ids.dtype) == "torch.int32"
+    wide = example_inputs(Profiles(), K, D)
+    assert wide[0].shape[0] == 2  # opt batch 1 would specialise the batch axis: trace with 2
+
+
+def test_modelopt_int8_calibration_on_cpu():
+    pytest.importorskip("modelopt.torch.quantization")
+    import torch
+    from modelopt.torch.quantization.nn import TensorQuantizer
+
+    from export.torch_trt import quantize_student
+
+    model = TinyStudent.make()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    batches = [_torch_feeds(2, 60, 10) for _ in range(3)]
+    qmodel = quantize_student(model, batches, progress=False)
+    quantizers = [m for m in qmodel.modules() if isinstance(m, TensorQuantizer) and m.is_enabled]
+    assert quantizers and all(q.amax is not None for q in quantizers)
+    assert not any(isinstance(m, TensorQuantizer) for m in model.modules())  # the original is untouched
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    with torch.no_grad():
+        q_probs = qmodel(*batches[0])[0]
+        f_probs = model(*batches[0])[0]
+    assert not torch.equal(q_probs, f_probs)  # fake-quantized maths differs...
+    assert (q_probs.argmax(-1) == f_probs.argmax(-1)).float().mean() >= 0.5  # ...but not wildly
+    with pytest.raises(HBAFError, match="no batches"):
+        quantize_student(model, [])
+
+
+@pytest.mark.skipif(importlib.util.find_spec("torch_tensorrt") is not None, reason="torch-tensorrt is installed here")
+def test_compile_student_without_torch_tensorrt_is_clear():
+    from export.torch_trt import compile_student, load_compiled
+
+    with pytest.raises(HBAFError, match="torch-tensorrt is not installed"):
+        compile_student(TinyStudent.make(), context_size=K, memory_dim=D)
+    with pytest.raises(HBAFError, match="int8 needs calib_batches"):
+        compile_student(TinyStudent.make(), context_size=K, memory_dim=D, precision="int8")
+    with pytest.raises(HBAFError, match="missing or empty"):
+        load_compiled("/nonexistent/student.ep")
+
+
+# --------------------------------------------------------------------------- GPU (skipped without TensorRT + CUDA)
+
+
+@pytest.mark.gpu
+@needs_trt_gpu
+@pytest.mark.parametrize("precision,qdq", [("fp32", None), ("fp16", None), ("int8", 0)])
+def test_build_and_run_tiny_engine_matches_onnxruntime(tmp_path, precision, qdq):
+    import onnxruntime as ort
+
+    from edge_runtime.trt_backend import TensorRTBackend
+
+    onnx_path = save(make_contract_onnx(qdq_zero_point=qdq), tmp_path / "tiny.onnx")
+    profiles = Profiles.parse("1,16,4", "2,100,16", "4,400,64")
+    builder = EngineBuilder(onnx_path, precision, profiles, workspace_mb=256, timing_cache=tmp_path / "cache.bin")
+    engine_path, side = builder.build(tmp_path / "engines")
+    assert engine_path.name.endswith(f".{precision}.engine") and side.is_file() and (tmp_path / "cache.bin").is_file()
+
+    backend = TensorRTBackend(engine_path)
+    assert backend.labels == LABELS and backend.context_size == K and backend.memory_dim == D
+    sess = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    tol = {"fp32": 1e-4, "fp16": 2e-2, "int8": 5e-2}[precision]
+    for b, t, ln in [(1, 16, 4), (3, 250, 30), (4, 400, 64)]:
+        feeds = contract_feeds(b, t, ln)
+        got = backend.run(feeds)
+        want = dict(zip(["probs", "utt_emb", "gate"], sess.run(None, feeds)))
+        for name in want:
+            assert got[name].shape == want[name].shape
+            np.testing.assert_allclose(got[name], want[name], atol=tol, rtol=tol)
+    with pytest.raises(HBAFError, match="outside the engine profile"):
+        backend.run(contract_feeds(1, 401, 8))
+    backend.close()
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(importlib.util.find_spec("torch_tensorrt") is None or not _cuda_available(), reason="needs torch-tensorrt and a CUDA GPU")
+def test_torch_tensorrt_compile_save_load(tmp_path):
+    import torch
+
+    from export.torch_trt import compile_student, load_compiled
+
+    model = TinyStudent.make()
+    profiles = Profiles.parse("1,16,4", "2,100,16", "4,400,64")
+    out = tmp_path / "student.fp16.ep"
+    compile_student(model, profiles, context_size=K, memory_dim=D, precision="fp16", out=out)
+    loaded = load_compiled(out)
+    feeds = tuple(t.cuda() for t in _torch_feeds(3, 250, 30))
+    got = loaded(*feeds)
+    want = model.cuda()(*feeds)
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g.float(), w.float(), atol=2e-2, rtol=2e-2)

@@ -1,0 +1,240 @@
+"""MELD-TTS corpus builder: CSV reading, dialogue-whole subsets, rendering, determinism, resume."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections import Counter, defaultdict
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from hbaf.data import meld_tts as mt
+from hbaf.errors import HBAFError
+from hbaf.features import SAMPLE_RATE, load_audio
+
+needs_tools = pytest.mark.skipif(
+    shutil.which("espeak-ng") is None or shutil.which("sox") is None,
+    reason="espeak-ng and sox are needed to render MELD-TTS (apt-get install espeak-ng sox)",
+)
+
+MANIFEST_FIELDS = {"audio", "text", "label", "speaker", "dialogue", "index", "split"}
+
+
+# ---------------------------------------------------------------------------------------- CSV
+
+
+def test_read_meld_csv_counts_labels_and_order():
+    expected = {"train": 9989, "dev": 1109, "test": 2610}
+    for split, n in expected.items():
+        rows = mt.read_meld_csv(split)
+        assert len(rows) == n
+        assert {r["label"] for r in rows} == set(mt.LABELS)
+        keys = [(r["dialogue_id"], r["utterance_id"]) for r in rows]
+        assert keys == sorted(keys) and len(set(keys)) == len(keys)
+        for r in rows:
+            assert r["split"] == split and isinstance(r["utterance_id"], int)
+            assert "  " not in r["text"] and r["text"] == r["text"].strip()
+            assert not any(ch in r["text"] for ch in "\u2018\u2019\u201c\u201d\u2014\u2013\u2026\x92\x85\x96")
+    first = mt.read_meld_csv("train")[0]
+    assert first["speaker"] == "Chandler" and first["label"] == "neutral"
+    assert first["text"] == "also I was the point person on my company's transition from the KL-5 to GR-6 system."
+
+
+def test_normalize_text_fixes_cp1252_and_mojibake():
+    assert mt.normalize_text("I\x92m  \x93here\x94\x85\n ok") == 'I\'m "here"... ok'
+    assert mt.normalize_text("you\u2019re \u201cfine\u201d\u2026 uh\u2014wait") == "you're \"fine\"... uh - wait"
+    assert mt.normalize_text("it\u00e2\u20ac\u2122s") == "it's"
+    assert mt.normalize_text("Caf\u00e9  ok\u00a0") == "Caf\u00e9 ok"
+    assert not mt.is_speakable(mt.normalize_text(" !  ")) and mt.is_speakable("Hm.")
+
+
+def test_read_meld_csv_user_errors(tmp_path):
+    with pytest.raises(HBAFError, match="unknown MELD split"):
+        mt.read_meld_csv("validation")
+    bad = tmp_path / "dev_sent_emo.csv"
+    bad.write_text("a,b\n1,2\n", encoding="utf-8")
+    with pytest.raises(HBAFError, match="not a MELD CSV"):
+        mt.read_meld_csv("dev", bad)
+    cp = tmp_path / "cp.csv"
+    cp.write_bytes(
+        b"Sr No.,Utterance,Speaker,Emotion,Sentiment,Dialogue_ID,Utterance_ID\n"
+        b"1,I\x92m here\x85,Ross,Joy,positive,4,0\n"
+    )
+    (row,) = mt.read_meld_csv("dev", cp)
+    assert row["text"] == "I'm here..." and row["label"] == "joy" and row["dialogue_id"] == 4
+
+
+# ---------------------------------------------------------------------------------------- subset
+
+
+def test_limit_takes_whole_dialogues_in_seeded_order():
+    utts = mt.read_meld_csv("train")
+    sizes = Counter(u["dialogue_id"] for u in utts)
+    chosen = mt.select_dialogues(utts, 150, seed=0, split="train")
+    assert 140 <= len(chosen) <= 150
+    got = Counter(u["dialogue_id"] for u in chosen)
+    assert all(got[d] == sizes[d] for d in got), "a dialogue was cut"
+    assert chosen == mt.select_dialogues(utts, 150, seed=0, split="train")
+    other = mt.select_dialogues(utts, 150, seed=1, split="train")
+    assert set(got) != {u["dialogue_id"] for u in other}
+    assert len(mt.select_dialogues(utts, None)) == len(utts)
+
+
+# ---------------------------------------------------------------------------------------- parameters
+
+
+@needs_tools
+def test_strength_controls_intensity_and_zero_means_neutral():
+    utts = [u for u in mt.read_meld_csv("dev") if u["label"] != "neutral"]
+    for strength, mean in ((0.25, 0.25), (0.5, 0.5)):
+        vals = [mt.render_params(u, strength=strength).intensity for u in utts]
+        assert abs(float(np.mean(vals)) - mean) < 0.05
+    full = [mt.render_params(u, strength=1.0).intensity for u in utts]
+    assert 0.4 < np.mean(np.isclose(full, 1.0)) < 0.6
+    u = utts[0]
+    assert mt.render_params(u, strength=0.0) == mt.render_params({**u, "label": "neutral"}, strength=0.7)
+    assert mt.render_params(u, seed=3) == mt.render_params(dict(u), seed=3)
+    assert mt.render_params(u, seed=3) != mt.render_params(u, seed=4)
+
+
+@needs_tools
+def test_speaker_voices_stable_and_main_cast_distinct():
+    cast = [mt.speaker_voice(s, seed=0) for s in mt.MAIN_CAST]
+    assert len({v.name.split("+")[1] for v in cast}) == 6
+    assert mt.speaker_voice("Janice", 0) == mt.speaker_voice("Janice", 0)
+    assert mt.speaker_voice("Ross", 0).gender == "m" and mt.speaker_voice("Rachel", 0).gender == "f"
+
+
+# ---------------------------------------------------------------------------------------- rendering
+
+
+def _levels(path: Path) -> tuple[float, float, float]:
+    x = load_audio(path).astype(np.float64)
+    spec = np.abs(np.fft.rfft(x)) ** 2
+    freqs = np.fft.rfftfreq(x.size, 1.0 / SAMPLE_RATE)
+    rms_db = 20 * np.log10(mt._active_rms(x))
+    return rms_db, float((spec * freqs).sum() / spec.sum()), x.size / SAMPLE_RATE
+
+
+@needs_tools
+@pytest.mark.slow
+def test_prosody_differs_by_label(tmp_path):
+    base = {"split": "dev", "dialogue_id": 7, "utterance_id": 2, "speaker": "Monica",
+            "text": "I can't believe you did that to me again, after everything!"}
+    out = {}
+    for label in ("anger", "sadness", "neutral"):
+        u = {**base, "label": label}
+        p = mt.render_params(u, strength=1.0, intensity=1.0, noise_snr_db=(30.0, 30.0))
+        path = tmp_path / f"{label}.wav"
+        mt.render_utterance(u, path, p)
+        out[label] = _levels(path)
+    (a_db, a_cent, a_dur), (s_db, s_cent, s_dur), (n_db, _, n_dur) = out["anger"], out["sadness"], out["neutral"]
+    assert a_db > s_db + 8.0  # louder
+    assert a_cent > 1.5 * s_cent  # brighter
+    assert s_dur > 1.3 * a_dur  # slower
+    assert a_db > n_db > s_db
+
+
+# ---------------------------------------------------------------------------------------- build
+
+
+@pytest.fixture(scope="module")
+def small_corpus(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("meldtts") / "corpus"
+    manifest = mt.build_corpus(out, limit=18, splits=("dev",), seed=0, workers=2)
+    assert manifest == out / "manifest.jsonl"
+    return out
+
+
+@needs_tools
+@pytest.mark.slow
+def test_manifest_and_card_are_valid(small_corpus):
+    lines = (small_corpus / "manifest.jsonl").read_text(encoding="utf-8").splitlines()
+    recs = [json.loads(line) for line in lines]
+    assert 12 <= len(recs) <= 18
+    by_dia = defaultdict(list)
+    for r in recs:
+        assert set(r) == MANIFEST_FIELDS
+        assert not Path(r["audio"]).is_absolute() and r["audio"].startswith("wav/dev/")
+        assert r["label"] in mt.LABELS and r["split"] == "dev" and isinstance(r["index"], int)
+        assert r["dialogue"].startswith("dev-") and r["text"]
+        assert mt.wav_duration(small_corpus / r["audio"]) > 0.3
+        by_dia[r["dialogue"]].append(r["index"])
+    sizes = Counter(u["dialogue_id"] for u in mt.read_meld_csv("dev"))
+    for dia, idx in by_dia.items():
+        assert len(idx) == sizes[int(dia.split("-")[1])] and idx == sorted(idx)
+    wav = load_audio(small_corpus / recs[0]["audio"])
+    assert wav.ndim == 1 and np.abs(wav).max() <= 1.0 and np.abs(wav).max() > 0.05
+    card = json.loads((small_corpus / "corpus.json").read_text(encoding="utf-8"))
+    assert card["synthetic"] is True and card["status"] == "complete"
+    assert card["utterances"]["dev"] == len(recs) == sum(card["counts"]["dev"].values())
+    assert card["duration_s"]["total"] > 0 and card["parameters"]["strength"] == 0.5
+    assert card["build"]["rendered"] == len(recs)
+    params = [json.loads(x) for x in (small_corpus / "render_params.jsonl").read_text().splitlines()]
+    assert [p["audio"] for p in params] == [r["audio"] for r in recs]
+    assert (small_corpus / "LICENSE.meld-text").read_text().startswith(" " * 20 + "GNU GENERAL PUBLIC LICENSE")
+
+
+@needs_tools
+@pytest.mark.slow
+def test_same_seed_same_bytes_any_worker_count(small_corpus, tmp_path):
+    mt.build_corpus(tmp_path / "again", limit=18, splits=("dev",), seed=0, workers=1)
+    wavs = sorted((small_corpus / "wav" / "dev").glob("*.wav"))
+    assert wavs
+    for w in wavs:
+        assert (tmp_path / "again" / "wav" / "dev" / w.name).read_bytes() == w.read_bytes()
+    assert (tmp_path / "again" / "manifest.jsonl").read_bytes() == (small_corpus / "manifest.jsonl").read_bytes()
+    first = json.loads((small_corpus / "manifest.jsonl").read_text().splitlines()[0])
+    dia, idx = int(first["dialogue"].split("-")[1]), first["index"]
+    (u,) = [u for u in mt.read_meld_csv("dev") if (u["dialogue_id"], u["utterance_id"]) == (dia, idx)]
+    mt.render_utterance(u, tmp_path / "seed5.wav", mt.render_params(u, seed=5), seed=5)
+    assert (tmp_path / "seed5.wav").read_bytes() != (small_corpus / first["audio"]).read_bytes()
+
+
+@needs_tools
+@pytest.mark.slow
+def test_resume_keeps_complete_wavs_and_rerenders_broken(small_corpus, tmp_path):
+    work = tmp_path / "copy"
+    shutil.copytree(small_corpus, work)
+    mt.build_corpus(work, limit=18, splits=("dev",), seed=0, workers=2)
+    card = json.loads((work / "corpus.json").read_text())
+    assert card["build"]["rendered"] == 0 and card["build"]["reused"] == card["utterances"]["total"]
+    wavs = sorted((work / "wav" / "dev").glob("*.wav"))
+    good = wavs[0].read_bytes()
+    wavs[0].write_bytes(good[: len(good) // 2])  # truncated: header promises more
+    wavs[1].unlink()
+    mt.build_corpus(work, limit=18, splits=("dev",), seed=0, workers=2)
+    card = json.loads((work / "corpus.json").read_text())
+    assert card["build"]["rendered"] == 2
+    assert wavs[0].read_bytes() == good and wavs[1].exists()
+    assert not list((work / "wav" / "dev").glob(".*"))  # no temporaries left
+
+
+@needs_tools
+def test_refuses_folder_built_with_other_parameters(small_corpus):
+    with pytest.raises(HBAFError, match="other parameters"):
+        mt.build_corpus(small_corpus, limit=18, splits=("dev",), seed=0, strength=0.9)
+
+
+def test_argument_and_tool_errors(tmp_path, monkeypatch):
+    with pytest.raises(HBAFError, match="strength"):
+        mt.build_corpus(tmp_path / "x", strength=1.5)
+    with pytest.raises(HBAFError, match="split"):
+        mt.build_corpus(tmp_path / "x", splits=("valid",))
+    with pytest.raises(HBAFError, match="limit"):
+        mt.build_corpus(tmp_path / "x", limit=0)
+    empty = tmp_path / "bin"
+    empty.mkdir()
+    monkeypatch.setenv("PATH", str(empty))
+    with pytest.raises(HBAFError, match="espeak-ng not found; apt-get install espeak-ng sox"):
+        mt.build_corpus(tmp_path / "y", limit=5, splits=("dev",))
+    assert not (tmp_path / "y").exists()
+
+
+def test_default_corpus_dir(monkeypatch, tmp_path):
+    monkeypatch.setenv("HBAF_HOME", str(tmp_path))
+    assert mt.default_corpus_dir() == tmp_path / "corpora" / "meld-tts"
+    monkeypatch.delenv("HBAF_HOME")
+    assert mt.default_corpus_dir("x") == Path.home() / ".cache" / "hbaf" / "corpora" / "x"

@@ -1,0 +1,93 @@
+import json
+import subprocess
+import sys
+
+import pytest
+
+
+def run_cli(*args):
+    return subprocess.run([sys.executable, "-m", "hbaf.cli", *map(str, args)], capture_output=True, text=True)
+
+
+def one_line_error(proc, *needles):
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip() and not ln.startswith(("log-mel", "\r"))]
+    assert len(lines) == 1, proc.stderr
+    for n in needles:
+        assert n in lines[0], lines[0]
+
+
+@pytest.mark.slow
+def test_student_trained_on_ci_subset_beats_majority(ci_student):
+    m = json.loads((ci_student / "metrics.json").read_text())
+    test, majority = m["test"], m["majority_baseline_test"]
+    assert test["weighted_f1"] > majority["weighted_f1"] + 0.05, (test["weighted_f1"], majority["weighted_f1"])
+    assert (ci_student / "test_metrics_confusion.png").stat().st_size > 1000
+    assert {"model.safetensors", "config.json", "tokenizer.json", "history.json"} <= {p.name for p in ci_student.iterdir()}
+
+
+@pytest.mark.slow
+def test_evaluate_cli_and_blank_text(ci_student, ci_corpus, tmp_path):
+    proc = run_cli("evaluate", "--checkpoint", ci_student, "--corpus", ci_corpus, "--split", "test", "--out", tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    full = json.loads((tmp_path / "eval_test.json").read_text())
+    assert full["n"] > 50 and 0 <= full["weighted_f1"] <= 1
+    proc = run_cli("evaluate", "--checkpoint", ci_student, "--corpus", ci_corpus, "--blank-text", "--out", tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    blank = json.loads((tmp_path / "eval_test_blank_text.json").read_text())
+    assert blank["n"] == full["n"]
+
+
+@pytest.mark.slow
+def test_ablate_runs_variants_and_writes_a_table(ci_corpus, tmp_path):
+    proc = run_cli("ablate", "--corpus", ci_corpus, "--preset", "tiny", "--variants", "text-only,audio-only,fused-no-gate",
+                   "--epochs", "1", "--max-steps", "2", "--out", tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    table = (tmp_path / "ablations.md").read_text()
+    for v in ("text-only", "audio-only", "fused-no-gate"):
+        assert f"| {v} |" in table
+    cfg = json.loads((tmp_path / "audio-only" / "config.json").read_text())["config"]
+    assert cfg["modalities"] == "audio"
+
+
+@pytest.mark.slow
+def test_distill_from_teacher(ci_student, ci_corpus, tmp_path):
+    proc = run_cli("distill", "--teacher", ci_student, "--corpus", ci_corpus, "--preset", "tiny", "--epochs", "1",
+                   "--max-steps", "3", "--hint-weight", "0.1", "--out", tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads((tmp_path / "metrics.json").read_text())["test"]["n"] > 0
+
+
+def write_manifest(path, rows):
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+def test_bad_manifests_are_one_line_errors(ci_corpus, tmp_path):
+    rows = [json.loads(line) for line in (ci_corpus / "manifest.jsonl").read_text().splitlines()[:40]]
+    for r in rows:
+        r["audio"] = str(ci_corpus / r["audio"])
+    missing = [dict(rows[0], audio=str(tmp_path / "gone.wav"))] + rows[1:]
+    write_manifest(tmp_path / "missing.jsonl", missing)
+    one_line_error(run_cli("train", "--manifest", tmp_path / "missing.jsonl", "--preset", "tiny", "--out", tmp_path / "o"),
+                   "gone.wav", "line 1")
+    empty_text = [dict(rows[0], text="  ")] + rows[1:]
+    write_manifest(tmp_path / "empty_text.jsonl", empty_text)
+    one_line_error(run_cli("train", "--manifest", tmp_path / "empty_text.jsonl", "--preset", "tiny", "--out", tmp_path / "o"),
+                   "line 1")
+    bad = tmp_path / "bad.wav"
+    bad.write_bytes(b"RIFF\x00\x00\x00\x00WAVEjunkjunkjunk" * 4)
+    unreadable = [dict(rows[0], audio=str(bad))] + rows[1:]
+    write_manifest(tmp_path / "unreadable.jsonl", unreadable)
+    one_line_error(run_cli("train", "--manifest", tmp_path / "unreadable.jsonl", "--preset", "tiny", "--out", tmp_path / "o"),
+                   "bad.wav")
+
+
+def test_unknown_label_against_a_checkpoint(ci_corpus, tmp_path):
+    from hbaf.checkpoint import save_checkpoint
+    from hbaf.model import HBAF, preset
+    from hbaf.text import resolve_text_encoder
+
+    ck = save_checkpoint(HBAF(preset("tiny"), ["anger", "neutral"]), tmp_path / "ck", resolve_text_encoder() / "tokenizer.json")
+    proc = run_cli("evaluate", "--checkpoint", ck, "--corpus", ci_corpus)
+    one_line_error(proc, "label")

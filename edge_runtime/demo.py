@@ -16,7 +16,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import shutil
 import subprocess
 import tempfile
@@ -27,7 +26,7 @@ import numpy as np
 
 from hbaf.errors import HBAFError
 from hbaf.features import SAMPLE_RATE, load_audio
-from hbaf.io import atomic_path, write_json_atomic
+from hbaf.io import atomic_path, hbaf_home, write_json_atomic
 
 log = logging.getLogger(__name__)
 
@@ -68,11 +67,6 @@ PROSODY = {
 }
 PAUSES = (1.0, 1.2, 1.4)  # seconds of silence after each turn, cycled
 LEAD_IN = 0.5
-
-
-def hbaf_home() -> Path:
-    """``$HBAF_HOME``, else ``~/.cache/hbaf``."""
-    return Path(os.environ.get("HBAF_HOME") or Path.home() / ".cache" / "hbaf").expanduser()
 
 
 def _espeak() -> str:
@@ -151,7 +145,7 @@ def _model_in(folder: Path) -> Path | None:
     for name in ("default.onnx", "model.onnx"):
         if (folder / name).is_file():
             return folder / name
-    onnx_files = sorted(folder.glob("*.onnx"))
+    onnx_files = sorted(p for p in folder.glob("*.onnx") if not p.name.startswith("."))  # skip atomic-write temporaries
     if onnx_files:
         return onnx_files[0]
     if (folder / "config.json").is_file() and (folder / "model.safetensors").is_file():

@@ -154,6 +154,8 @@ class EventWriter:
     def write_summary(self, summary: dict[str, Any], *, to_jsonl: bool = True) -> None:
         """The final ``{"summary": ...}`` line of the JSONL file (and of stdout in json format)."""
         line = json.dumps({"summary": summary}, ensure_ascii=False)
+        # a source path with bytes that are not UTF-8 holds lone surrogates: write them as \udcXX escapes
+        line = line.encode("utf-8", "backslashreplace").decode("utf-8")
         if self.stdout_format == "json":
             self._print(line)
         if to_jsonl:

@@ -276,13 +276,18 @@ class Pipeline:
                 self.stopped_by = "error"
             self._stop_time = time.perf_counter()
             self._stop.set()
-            self._abort.set()
+            # a source that fails (e.g. a microphone unplugged) ends like stop(): the audio it had
+            # captured is still segmented and processed; any other failure abandons the queues
+            graceful = loop == self._source_loop and isinstance(err, HBAFError)
+            if not graceful:
+                self._abort.set()
             try:
                 self.source.close()
             except Exception:
                 log.debug("closing the source failed", exc_info=True)
-            for q in (self.audio_q, self.utt_q):
-                self._put_end(q)
+            if not graceful:
+                for q in (self.audio_q, self.utt_q):
+                    self._put_end(q)
 
     # -- stages
 

@@ -165,6 +165,8 @@ class FileSource(AudioSource):
         self.realtime = realtime
         self.block_size = int(block_size)
         self.audio = load_audio(self.path)
+        if self.audio.size == 0:
+            raise HBAFError(f"audio file {self.path} holds no audio samples (a header without data); re-record it or pass another --source")
 
     @property
     def duration(self) -> float:

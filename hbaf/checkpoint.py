@@ -12,7 +12,6 @@ import json
 import shutil
 from pathlib import Path
 
-import torch
 
 from hbaf import __version__
 from hbaf.errors import HBAFError

@@ -32,6 +32,11 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
             tmp_path.unlink()
 
 
+def hbaf_home() -> Path:
+    """Where corpora, caches and default models live: ``$HBAF_HOME``, else ``~/.cache/hbaf``."""
+    return Path(os.environ.get("HBAF_HOME") or Path.home() / ".cache" / "hbaf").expanduser()
+
+
 def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:
     with atomic_path(path) as tmp:
         tmp.write_bytes(data)

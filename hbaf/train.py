@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from hbaf.checkpoint import save_checkpoint, sha256_file
+from hbaf.checkpoint import save_checkpoint
 from hbaf.data.records import Record
 from hbaf.errors import HBAFError
 from hbaf.features import features_for, log_mel
@@ -189,7 +189,6 @@ def forward_dialogues(model: HBAF, dialogues: list[list[int]], feats: list[np.nd
                       tokenizer: Tokenizer) -> dict[str, torch.Tensor]:
     """Run the model over whole dialogues with the dialogue memory; outputs follow the flattened order."""
     flat = [i for g in dialogues for i in g]
-    pos = {i: p for g in dialogues for p, i in enumerate(g)}
     local = {i: k for k, i in enumerate(flat)}
     enc = encode_chunked(model, [feats[local[i]] for i in flat], [texts[local[i]] for i in flat], tokenizer)
     k, d = model.cfg.context_size, model.memory_dim

@@ -56,7 +56,7 @@ import numpy as np
 from hbaf.data.records import SPLITS
 from hbaf.errors import HBAFError
 from hbaf.features import SAMPLE_RATE
-from hbaf.io import atomic_path, write_json_atomic, write_text_atomic
+from hbaf.io import atomic_path, hbaf_home, write_json_atomic, write_text_atomic
 
 log = logging.getLogger(__name__)
 
@@ -82,9 +82,7 @@ _REFERENCE_LEVEL_DB = -24.0
 
 def default_corpus_dir(name: str = "meld-tts") -> Path:
     """Where corpora live by default: ``$HBAF_HOME/corpora/<name>`` (HBAF_HOME defaults to ~/.cache/hbaf)."""
-    home = os.environ.get("HBAF_HOME")
-    base = Path(home).expanduser() if home else Path.home() / ".cache" / "hbaf"
-    return base / "corpora" / name
+    return hbaf_home() / "corpora" / name
 
 
 def meld_csv_path(split: str) -> Path:

@@ -1,0 +1,296 @@
+"""`hbaf-edge bench`: table structure, JSON, plot, agreement with PyTorch, end-to-end mode, bad input.
+
+Everything runs in --quick mode on a tiny model and a handful of espeak-ng utterances; the
+assertions check what the benchmark reports and how, never how fast anything was.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("onnx")
+pytest.importorskip("onnxruntime")
+
+ROOT = Path(__file__).resolve().parents[1]
+LABELS = ["anger", "joy", "neutral", "sadness"]
+SCRIPT = [  # dialogue, index, split, label, text
+    ("t1", 0, "train", "joy", "We won the match last night, I still cannot believe it!"),
+    ("t1", 1, "train", "neutral", "Okay, see you at noon."),
+    ("t2", 0, "train", "anger", "You broke it again and you did not even say sorry."),
+    ("v1", 0, "dev", "sadness", "I really miss the old house."),
+    ("v1", 1, "dev", "neutral", "The bus comes at eight."),
+    ("e1", 0, "test", "sadness", "She packed her bags this morning and left without saying a single word to anyone."),
+    ("e1", 1, "test", "neutral", "Do you want some coffee?"),
+    ("e1", 2, "test", "joy", "That is wonderful news!"),
+    ("e2", 0, "test", "anger", "Stop it right now."),
+    ("e2", 1, "test", "neutral", "Where did you put the keys?"),
+    ("e2", 2, "test", "anger", "That is the third time this week that you have forgotten to lock the door!"),
+]
+TABLE_COLUMNS = ["backend", "precision", "size MB", "p50 ms", "p90 ms", "p99 ms", "throughput utt/s", "speed-up",
+                 "top-1 agreement", "max prob diff", "weighted F1", "status"]
+ROW_KEYS = {"key", "backend", "precision", "status", "size_mb", "p50_ms", "p90_ms", "p99_ms", "throughput_utt_s",
+            "speedup_vs_torch_fp32", "top1_agreement", "max_prob_diff", "weighted_f1", "latency", "cold_start", "agreement"}
+
+
+def _espeak(text: str, path: Path, speed: int) -> None:
+    subprocess.run(["espeak-ng", "-s", str(speed), "-w", str(path), text], check=True, capture_output=True)
+
+
+def _tiny_checkpoint(folder: Path, seed: int, **overrides) -> Path:
+    import torch
+
+    from hbaf.checkpoint import save_checkpoint
+    from hbaf.model import HBAF, preset
+    from hbaf.text import resolve_text_encoder
+
+    torch.manual_seed(seed)
+    model = HBAF(preset("tiny", **overrides), LABELS)
+    save_checkpoint(model, folder, resolve_text_encoder() / "tokenizer.json")
+    return folder
+
+
+def _bench(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "edge_runtime.cli", "bench", *args], capture_output=True, text=True,
+                          timeout=timeout, cwd=str(ROOT))
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory) -> dict:
+    if shutil.which("espeak-ng") is None:
+        pytest.skip("espeak-ng is not installed (apt-get install espeak-ng); the benchmark needs real speech")
+    import torch
+
+    from export.onnx_export import export_onnx
+
+    torch.set_num_threads(1)  # the machine is small and shared
+    root = tmp_path_factory.mktemp("bench")
+    data = root / "data"
+    (data / "wav").mkdir(parents=True)
+    lines = []
+    for k, (dia, idx, split, label, text) in enumerate(SCRIPT):
+        wav = data / "wav" / f"{dia}_{idx}.wav"
+        _espeak(text, wav, 150 + 7 * k)
+        lines.append(json.dumps({"audio": f"wav/{wav.name}", "text": text, "label": label, "speaker": f"s{idx % 2}",
+                                 "dialogue": dia, "index": idx, "split": split}))
+    manifest = data / "manifest.jsonl"
+    manifest.write_text("\n".join(lines) + "\n")
+    student = _tiny_checkpoint(root / "student", 0)
+    teacher = _tiny_checkpoint(root / "teacher", 1, d_model=96)
+    onnx_path = export_onnx(student, root / "export" / "model.onnx", exporter="torchscript", check=False)
+    int8: dict[str, Path] = {}
+    int8_skip = None
+    try:
+        from calibration.report import quantize_onnx
+
+        results = quantize_onnx(onnx_path, manifest, root / "export", flavours=("cpu", "trt"), method="minmax", num=8,
+                                threads=1, workers=1)
+        int8 = {r.flavour: Path(r.path) for r in results}
+    except ImportError as err:
+        int8_skip = f"calibration/int8.py is not importable here ({err})"
+    return {"root": root, "manifest": manifest, "student": student, "teacher": teacher, "onnx": onnx_path,
+            "int8": int8, "int8_skip": int8_skip}
+
+
+@pytest.fixture(scope="module")
+def quick(inputs) -> dict:
+    out = inputs["root"] / "report"
+    args = ["--checkpoint", str(inputs["student"]), "--onnx", str(inputs["onnx"]), "--teacher", str(inputs["teacher"]),
+            "--manifest", str(inputs["manifest"]), "--quick", "--threads", "1", "--out", str(out)]
+    if inputs["int8"]:
+        args[4:4] = ["--int8", *(str(p) for p in inputs["int8"].values())]
+    proc = _bench(*args)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads((out / "bench.json").read_text())
+    return {"proc": proc, "out": out, "report": report, "rows": {r["key"]: r for r in report["fusion"]["rows"]}}
+
+
+# ----------------------------------------------------------------------------- the quick run
+
+
+def test_table_json_and_plot_structure(quick):
+    stdout, report, out = quick["proc"].stdout, quick["report"], quick["out"]
+    header = next(ln for ln in stdout.splitlines() if ln.startswith("| backend"))
+    assert [c.strip() for c in header.strip("|").split("|")] == TABLE_COLUMNS
+    for key in ("date", "command", "machine", "settings", "fusion", "text", "files"):
+        assert key in report, key
+    assert report["command"].startswith("hbaf-edge bench --checkpoint")
+    for key in ("cpu", "cores", "gpu", "torch", "onnxruntime", "tensorrt", "python"):
+        assert key in report["machine"], key
+    for fact in ("command:", "machine:", "software:", "threads: 1"):
+        assert fact in stdout, fact
+    settings = report["settings"]
+    assert settings["runs"] == 5 and settings["quick"] is True and settings["threads"] == 1 and settings["torch_threads"] == 1
+    fusion = report["fusion"]
+    assert fusion["baseline"] == "torch-fp32" and fusion["primary_case"] == "3s-b1" and fusion["throughput_case"] == "3s-b8"
+    assert {c["key"] for c in fusion["cases"]} == {f"{s}s-b{b}" for s in (1, 3, 8) for b in (1, 8)}
+    for row in fusion["rows"]:
+        assert ROW_KEYS <= set(row), row["key"]
+        assert row["status"] == "ok" or row["status"].split(":")[0] in ("unavailable", "skipped", "failed"), row["status"]
+        assert row["backend"] in stdout
+    png = out / "bench_latency.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (out / "bench.md").read_text() == report["text"]
+    assert not list(out.glob(".*tmp*")), "temporary files left behind"
+
+
+def test_every_backend_has_a_row(quick):
+    rows = quick["rows"]
+    for key in ("torch-fp32", "torch-compile-fp32", "ort-fp32", "teacher-torch-fp32"):
+        assert key in rows, key
+    assert rows["torch-compile-fp32"]["status"].startswith("skipped: --quick")
+    engine = [r for r in rows.values() if r["backend"] == "TensorRT engine"]
+    assert len(engine) == 1 and engine[0]["status"].startswith("unavailable: no --engine given")
+    cuda = [r for r in rows.values() if r["backend"] == "PyTorch CUDA"]
+    torch_trt = [r for r in rows.values() if r["backend"] == "Torch-TensorRT"]
+    assert cuda and torch_trt
+    import torch
+
+    if not torch.cuda.is_available():
+        assert cuda[0]["status"].startswith("unavailable:") and "CUDA" in cuda[0]["status"]
+        assert torch_trt[0]["status"].startswith("unavailable:")
+    for r in rows.values():  # a row that did not run carries no numbers
+        if r["status"] != "ok":
+            assert r["p50_ms"] is None and r["weighted_f1"] is None
+
+
+def test_onnx_fp32_agrees_with_pytorch_and_speedups_are_ratios(quick):
+    rows = quick["rows"]
+    base, ort = rows["torch-fp32"], rows["ort-fp32"]
+    assert base["status"] == ort["status"] == "ok"
+    assert base["speedup_vs_torch_fp32"] == pytest.approx(1.0)
+    assert base["top1_agreement"] == 1.0 and base["max_prob_diff"] == 0.0
+    # sequential dialogue evaluation, each backend with its own memory
+    assert ort["agreement"]["n"] == sum(1 for s in SCRIPT if s[2] == "test")
+    assert ort["top1_agreement"] == 1.0 and ort["max_prob_diff"] < 1e-4
+    # the identical (padded, batched) benchmark inputs
+    assert ort["bench_inputs_agreement"]["top1_agreement"] == 1.0
+    assert ort["bench_inputs_agreement"]["max_prob_diff"] < 1e-4
+    assert ort["bench_inputs_agreement"]["n"] == sum(b for _ in (1, 3, 8) for b in (1, 8))
+    assert 0.0 <= ort["weighted_f1"] <= 1.0 and ort["weighted_f1"] == pytest.approx(base["weighted_f1"])
+    for key, stats in ort["latency"].items():
+        assert stats["runs"] == 5
+        assert stats["p50_ms"] <= stats["p90_ms"] <= stats["p99_ms"] <= stats["max_ms"]
+        assert ort["speedup_by_case"][key] == pytest.approx(base["latency"][key]["p50_ms"] / stats["p50_ms"])
+    assert ort["speedup_vs_torch_fp32"] == pytest.approx(base["p50_ms"] / ort["p50_ms"])
+    assert ort["size_mb"] > 1 and base["size_mb"] > 1
+    samples = quick["report"]["fusion"]["latency_samples_ms"]["3s-b1"]
+    assert len(samples["torch-fp32"]) == 5 and len(samples["ort-fp32"]) == 5
+    for row in (base, ort):
+        assert row["cold_start"]["load_s"] > 0 and row["cold_start"]["first_inference_s"] > 0
+
+
+def test_inputs_are_real_cropped_and_padded(quick):
+    cases = {c["key"]: c for c in quick["report"]["fusion"]["cases"]}
+    for sec in (1, 3, 8):
+        one, eight = cases[f"{sec}s-b1"], cases[f"{sec}s-b8"]
+        assert one["frames"] == [sec * 100 + 1]
+        assert eight["frames"][0] == sec * 100 + 1 and len(eight["frames"]) == 8
+        assert eight["frames"] == sorted(eight["frames"], reverse=True) and eight["frames"][-1] < eight["frames"][0]
+        assert min(eight["tokens"]) >= 3
+    # no single test utterance lasts 8 s: consecutive ones of a dialogue are joined
+    assert any("joined" in s for s in cases["8s-b1"]["sources"])
+
+
+def test_teacher_is_a_second_baseline_row(quick):
+    t = quick["rows"]["teacher-torch-fp32"]
+    assert t["status"] == "ok" and t["family"] == "teacher"
+    assert t["weighted_f1"] is not None and t["p50_ms"] > 0
+    assert t["top1_agreement"] is None  # another model: no agreement with the student
+
+
+def test_int8_rows(quick, inputs):
+    if not inputs["int8"]:
+        pytest.skip(inputs["int8_skip"] or "no INT8 model")
+    rows = quick["rows"]
+    cpu, trt = rows["ort-int8-cpu"], rows["ort-int8-trt"]
+    assert cpu["backend"] == "ONNX Runtime INT8 (CPU form)" and trt["backend"] == "ONNX Runtime Q/DQ s8 (TensorRT form)"
+    for r in (cpu, trt):
+        assert r["status"] == "ok" and r["precision"].startswith("int8")
+        assert 0.0 <= r["top1_agreement"] <= 1.0 and 0.0 < r["max_prob_diff"] < 0.5
+    assert cpu["size_mb"] < rows["ort-fp32"]["size_mb"] / 3
+    checks = {c["what"] for c in quick["report"]["fusion"]["targets"]}
+    assert any("vs PyTorch FP32 eager" in c for c in checks) and any("size" in c for c in checks)
+    assert "### Targets" in quick["proc"].stdout
+
+
+# ----------------------------------------------------------------------------- end to end
+
+
+def test_e2e_quick(inputs, tmp_path):
+    import soundfile as sf
+
+    from hbaf.features import SAMPLE_RATE, load_audio
+
+    pieces = [np.zeros(int(0.5 * SAMPLE_RATE), np.float32)]
+    for k, text in enumerate(["I cannot believe you did that again.", "Well, that is fine, let us go home now."]):
+        wav = tmp_path / f"u{k}.wav"
+        _espeak(text, wav, 160)
+        pieces += [load_audio(wav), np.zeros(int(1.2 * SAMPLE_RATE), np.float32)]
+    recording = tmp_path / "talk.wav"
+    sf.write(str(recording), np.concatenate(pieces), SAMPLE_RATE, subtype="PCM_16")
+    out = tmp_path / "e2e"
+    proc = _bench("--checkpoint", str(inputs["student"]), "--e2e", str(recording), "--quick", "--threads", "1", "--out", str(out))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    e = json.loads((out / "bench.json").read_text())["e2e"]
+    assert "fusion" not in json.loads((out / "bench.json").read_text())
+    assert e["utterances"] == 2 and len(e["events"]) == 2
+    assert e["real_time_factor"] > 0 and e["audio_seconds"] == pytest.approx(sum(p.size for p in pieces) / SAMPLE_RATE, abs=0.05)
+    assert set(e["compute_share"]) == {"vad", "asr", "features", "fusion"}
+    assert sum(e["compute_share"].values()) == pytest.approx(1.0)
+    for key in ("latency_ms", "processing_ms"):
+        assert e[key]["p50"] <= e[key]["p90"] <= e[key]["max"]
+    assert e["processing_ms"]["p50"] <= e["latency_ms"]["max"]
+    assert "real-time factor" in proc.stdout and "share of compute" in proc.stdout
+    assert (out / "e2e_latency.png").read_bytes()[:4] == b"\x89PNG"
+
+
+# ----------------------------------------------------------------------------- bad input
+
+
+def _one_line_error(proc: subprocess.CompletedProcess, *words: str) -> None:
+    assert proc.returncode == 2, (proc.returncode, proc.stderr[-2000:])
+    lines = [ln for ln in proc.stderr.strip().splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    for w in words:
+        assert w in lines[0], lines[0]
+
+
+def test_bad_inputs_give_one_line_and_exit_2(inputs, tmp_path):
+    out = tmp_path / "out"
+    common = ["--manifest", str(inputs["manifest"]), "--quick", "--threads", "1", "--out", str(out)]
+    _one_line_error(_bench("--checkpoint", str(tmp_path / "nope"), *common), "--checkpoint", "not found")
+    corrupt = tmp_path / "corrupt.onnx"
+    corrupt.write_bytes(inputs["onnx"].read_bytes()[:4096])  # a truncated copy
+    _one_line_error(_bench("--checkpoint", str(inputs["student"]), "--onnx", str(corrupt), *common), "corrupt.onnx")
+    _one_line_error(_bench("--checkpoint", str(inputs["student"]), "--out", str(out)), "--manifest")
+    _one_line_error(_bench("--checkpoint", str(inputs["student"]), "--lengths", "3,12", *common), "--lengths")
+    assert not (out / "bench.json").exists()
+
+
+# ----------------------------------------------------------------------------- pieces
+
+
+def test_compare_probs_counts_non_finite_outputs():
+    from edge_runtime.bench import compare_probs
+
+    ref = np.array([[0.7, 0.3], [0.2, 0.8], [0.5, 0.5 + 1e-3]])
+    got = np.array([[0.6, 0.4], [np.nan, np.nan], [0.5, 0.5 + 1e-3]])
+    c = compare_probs(ref, got)
+    assert c["top1_agreement"] == pytest.approx(2 / 3) and c["non_finite_outputs"] == 1 and c["max_prob_diff"] == float("inf")
+    ok = compare_probs(ref, ref)
+    assert ok["top1_agreement"] == 1.0 and ok["max_prob_diff"] == 0.0
+
+
+def test_latency_stats():
+    from edge_runtime.bench import latency_stats
+
+    s = latency_stats([float(x) for x in range(1, 101)], batch=4)
+    assert s["p50_ms"] == pytest.approx(50.5) and s["p90_ms"] == pytest.approx(90.1) and s["p99_ms"] == pytest.approx(99.01)
+    assert s["throughput_utt_s"] == pytest.approx(4 * 1000 / 50.5) and s["runs"] == 100

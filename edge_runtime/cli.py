@@ -225,13 +225,8 @@ def _devices() -> int:
 
 
 def _bench(argv: list[str]) -> int:
-    try:
-        bench = importlib.import_module("edge_runtime.bench")
-    except ModuleNotFoundError as err:
-        if err.name != "edge_runtime.bench":
-            raise
-        raise HBAFError("`hbaf-edge bench` is not available in this installation (edge_runtime/bench.py is missing); "
-                        "install a hbaf-edge release that includes the benchmark") from err
+    from edge_runtime import bench
+
     return int(bench.main(argv) or 0)
 
 

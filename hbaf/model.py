@@ -353,7 +353,7 @@ class HBAF(nn.Module):
             a_seq, a_mask = self.audio(audio_feats, audio_mask)
         if self.use_text:
             t_mask = attention_mask.to(torch.float32)
-            t_seq = self.text_proj(self.text(input_ids.long() if input_ids.dtype != torch.long else input_ids, attention_mask))
+            t_seq = self.text_proj(self.text(input_ids, attention_mask))
         a_vec, t_vec = masked_mean(a_seq, a_mask), masked_mean(t_seq, t_mask)
         if self.cfg.modalities == "both":
             a_seq, _ = self.l1_a(a_seq, t_seq, additive_mask(t_mask))

@@ -389,17 +389,6 @@ def test_cli_without_microphone_suggests_demo(ckpt, capsys):
     assert NO_MIC in err and "--source demo" in err
 
 
-def test_cli_bench_slot(capsys):
-    try:
-        import edge_runtime.bench  # noqa: F401
-
-        pytest.skip("edge_runtime.bench is installed; its own tests cover it")
-    except ModuleNotFoundError:
-        pass
-    assert main(["bench", "--help"]) == 2
-    assert "bench.py is missing" in capsys.readouterr().err
-
-
 def test_cli_devices_runs(capsys):
     code = main(["devices"])
     captured = capsys.readouterr()

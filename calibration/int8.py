@@ -1,0 +1,718 @@
+"""Explicit INT8 (Q/DQ) ONNX from real utterances: calibration, quantization, checks.
+
+What gets quantized: the inputs (activation and weight) of the GEMMs with constant weights
+(MatMul, Gemm and the two subsampling Convs), their outputs stay float. Activation x
+activation MatMuls (attention scores and context), the dynamic gate's Linear, the
+attention-mask adds, Softmax, LayerNorm, GELU (Erf), residual Adds, the pooling and the
+gate means stay float. ONNX Runtime's QDQ
+quantizer rewires *every* reader of a quantized tensor to the dequantized copy (so a
+residual Add would read INT8-rounded values); we point every reader that is not one of
+the chosen GEMMs back at the float tensor afterwards and verify the placement.
+
+Two flavours from one calibration (the tensor ranges are computed once per method):
+
+- ``trt``: symmetric int8 activations (zero point 0) and per-channel symmetric int8
+  weights -- what TensorRT's explicit-quantization path needs. Slow on ONNX Runtime CPU
+  (it is used for the engine and to measure INT8 accuracy). The word-embedding table
+  stays float (TensorRT stores it at the engine's precision).
+- ``cpu``: uint8 (asymmetric) activations and per-channel int8 weights, the form ONNX
+  Runtime's CPU kernels run fastest, plus the word-embedding table stored as per-row
+  int8 (weight-only: Gather int8 rows, then scale) -- the table is most of the file.
+
+``quantize_dynamic_cpu`` is the calibration-free alternative for CPU (activation ranges
+measured per call); the comparison command reports it next to the static flavours.
+
+Calibration data: ``num`` utterances (whole dialogues, seeded) of the manifest's train
+split (dev, then all, when there is no train split), features from hbaf.features and
+token ids from the model's tokenizer; each utterance's dialogue memory comes from running
+the FP32 model over its dialogue in order, so the memory ranges are the ones the runtime
+produces.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import inspect
+import io
+import logging
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from export.onnx_export import (
+    OrtRunner,
+    TOKENIZER_FILE,
+    Utterance,
+    dialogue_groups,
+    load_onnx_model,
+    load_utterances,
+    read_hbaf_metadata,
+    run_dialogues,
+    save_onnx,
+    set_hbaf_metadata,
+    single_feeds,
+    subset_cache_file,
+    take_dialogues,
+)
+from hbaf.errors import HBAFError
+
+log = logging.getLogger(__name__)
+
+FLAVOURS = ("trt", "cpu")
+METHODS = ("minmax", "entropy", "percentile")
+QUANT_METADATA_KEY = "hbaf_quantization"
+GEMM_OPS = ("MatMul", "Gemm", "Conv")
+# readers a DequantizeLinear output may have; anything else means a Q/DQ feeds a float-only op
+ALLOWED_DQ_READERS = frozenset(GEMM_OPS) | {"Gather"}
+
+
+# ----------------------------------------------------------------------------- calibration data
+
+
+@dataclass
+class CalibrationSet:
+    """Feeds (batch 1, the export contract) for ``n`` real utterances, with where they came from."""
+
+    feeds: list[dict[str, np.ndarray]]
+    manifest: str
+    split: str
+    seed: int
+    dialogues: int
+    manifest_sha256: str
+
+    @property
+    def n(self) -> int:
+        return len(self.feeds)
+
+
+def _sha256(path: str | os.PathLike) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(1 << 20):
+            h.update(block)
+    return h.hexdigest()
+
+
+def tokenizer_for(onnx_path: str | os.PathLike, info: dict, override: str | os.PathLike | None = None):
+    """The model's tokenizer: --tokenizer, else tokenizer.json next to the model, else the
+    source checkpoint's, else the text encoder's (as the runtime resolves it)."""
+    from hbaf.text import DEFAULT_TEXT_ENCODER, Tokenizer, resolve_text_encoder
+
+    cfg = info.get("config") or {}
+    max_tokens = int(info.get("max_tokens") or cfg.get("max_tokens") or 128)
+    candidates = [Path(override)] if override else []
+    candidates.append(Path(onnx_path).with_name(TOKENIZER_FILE))
+    if info.get("source_checkpoint"):
+        candidates.append(Path(info["source_checkpoint"]) / TOKENIZER_FILE)
+    for c in candidates:
+        if c.is_file():
+            if override is None and info.get("tokenizer_sha256") and _sha256(c) != info["tokenizer_sha256"]:
+                log.warning("%s differs from the tokenizer the model was exported with", c)
+            return Tokenizer(c, max_tokens)
+    if override:
+        raise HBAFError(f"tokenizer file not found: {override}; pass the checkpoint's tokenizer.json")
+    path = resolve_text_encoder(cfg.get("text_encoder") or DEFAULT_TEXT_ENCODER)
+    log.info("no tokenizer.json next to %s; using the text encoder's (%s)", onnx_path, path)
+    return Tokenizer(path, max_tokens)
+
+
+def _records(manifest: str | os.PathLike, labels: Sequence[str] | None = None):
+    from hbaf.data.manifest import load_manifest
+
+    return load_manifest(manifest, labels=labels)
+
+
+def build_calibration_set(fp32_onnx: str | os.PathLike, manifest: str | os.PathLike, *, num: int = 512, seed: int = 0,
+                          tokenizer: str | os.PathLike | None = None, threads: int = 2, workers: int | None = None) -> CalibrationSet:
+    """Feeds for ``num`` utterances of whole dialogues (seeded), memory from the FP32 model."""
+    if num < 1:
+        raise HBAFError(f"--num must be >= 1 calibration utterances, got {num}")
+    info = model_info_checked(fp32_onnx)
+    records = _records(manifest)
+    chosen = take_dialogues(records, num, splits=("train", "dev", "test"), seed=seed)
+    split = chosen[0].split
+    if split == "test":
+        log.warning("manifest %s has no train/dev split; calibrating on test utterances", manifest)
+    tok = tokenizer_for(fp32_onnx, info, tokenizer)
+    utts = load_utterances(chosen, tok, cache_file=subset_cache_file(manifest, chosen, "calib"), workers=workers)
+    groups = dialogue_groups(chosen)
+    out = run_dialogues(OrtRunner(fp32_onnx, threads=threads), groups, utts, int(info["context_size"]),
+                        int(info["memory_dim"]), desc="calibration: FP32 dialogue memory")
+    feeds = [single_feeds(u, out["memory"][i], out["memory_mask"][i]) for i, u in enumerate(utts)]
+    return CalibrationSet(feeds, str(manifest), split, seed, len(groups), _sha256(manifest))
+
+
+def model_info_checked(path: str | os.PathLike) -> dict:
+    from export.onnx_export import model_info
+
+    info = model_info(path)
+    proto = load_onnx_model(path)
+    if any(n.op_type in ("QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "MatMulInteger") for n in proto.graph.node):
+        raise HBAFError(f"{path} is already quantized; calibrate the FP32 model written by `hbaf-export onnx`")
+    return info
+
+
+def _reader(feeds: Sequence[dict[str, np.ndarray]]):
+    from onnxruntime.quantization import CalibrationDataReader
+
+    class FeedsReader(CalibrationDataReader):
+        """Hands ONNX Runtime's calibrator the prepared feeds one utterance at a time."""
+
+        def __init__(self, items):
+            self._items = list(items)
+            self._it = iter(self._items)
+
+        def get_next(self):
+            return next(self._it, None)
+
+        def __len__(self):
+            return len(self._items)
+
+    return FeedsReader(feeds)
+
+
+# ----------------------------------------------------------------------------- graph preparation
+
+
+def prepare(fp32_onnx: str | os.PathLike, out_path: str | os.PathLike) -> Path:
+    """quant_pre_process (ONNX shape inference + ONNX Runtime's basic optimizations), unique
+    node names, and graph outputs that are also read inside the graph routed through an Identity
+    (the quantizer would otherwise hand the runtime a quantized ``utt_emb``)."""
+    import onnx
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    out_path = Path(out_path)
+    proto = load_onnx_model(fp32_onnx)
+    meta = list(proto.metadata_props)
+    # ONNX shape inference gives every activation its type, which is all the QDQ quantizer
+    # needs here; ORT's symbolic shape inference gives up on the subsampled frame axis and
+    # then drops a temporary model into the working directory, so it is skipped.
+    with _quiet():
+        quant_pre_process(str(fp32_onnx), str(out_path), skip_symbolic_shape=True)
+    pre = onnx.load(str(out_path))
+    used = set()
+    for i, node in enumerate(pre.graph.node):
+        if not node.name or node.name in used:
+            node.name = f"{node.op_type}_{i}"
+        used.add(node.name)
+    _split_read_outputs(pre)
+    keys = {p.key for p in meta}
+    kept = [p for p in pre.metadata_props if p.key not in keys]  # e.g. the pre-processing marker
+    del pre.metadata_props[:]
+    pre.metadata_props.extend(kept + meta)
+    onnx.save_model(onnx.shape_inference.infer_shapes(pre), str(out_path))  # types for the renamed tensors too
+    return out_path
+
+
+def _split_read_outputs(proto) -> None:
+    from onnx import helper
+
+    graph = proto.graph
+    outputs = {o.name for o in graph.output}
+    readers = {name for n in graph.node for name in n.input}
+    for name in sorted(outputs & readers):
+        inner = f"{name}__value"
+        for node in graph.node:
+            for i, out in enumerate(node.output):
+                if out == name:
+                    node.output[i] = inner
+            for i, inp in enumerate(node.input):
+                if inp == name:
+                    node.input[i] = inner
+        graph.node.append(helper.make_node("Identity", [inner], [name], name=f"{name}__output"))
+
+
+def _consumers(graph) -> dict[str, list]:
+    users: dict[str, list] = {}
+    for node in graph.node:
+        for name in node.input:
+            users.setdefault(name, []).append(node)
+    return users
+
+
+def select_gemm_nodes(proto, include_conv: bool = True) -> tuple[list[str], dict[str, str]]:
+    """(names of the nodes to quantize, {excluded node: reason}) among MatMul/Gemm/Conv."""
+    graph = proto.graph
+    weights = {i.name for i in graph.initializer}
+    users = _consumers(graph)
+    chosen: list[str] = []
+    excluded: dict[str, str] = {}
+    for node in graph.node:
+        if node.op_type not in GEMM_OPS:
+            continue
+        if node.op_type == "Conv" and not include_conv:
+            excluded[node.name] = "Conv kept float (include_conv=False)"
+        elif len(node.input) < 2 or node.input[1] not in weights:
+            excluded[node.name] = "activation x activation (attention scores/context)"
+        elif _feeds_gate(node, users):
+            excluded[node.name] = "dynamic gate Linear (stays float)"
+        else:
+            chosen.append(node.name)
+    return chosen, excluded
+
+
+def _feeds_gate(node, users) -> bool:
+    """True when the node's output reaches a Sigmoid directly or through its bias Add."""
+    frontier = list(users.get(node.output[0], []))
+    for nxt in list(frontier):
+        if nxt.op_type == "Add":
+            frontier.extend(users.get(nxt.output[0], []))
+    return any(n.op_type == "Sigmoid" for n in frontier)
+
+
+# ----------------------------------------------------------------------------- calibration
+
+
+def activation_tensors(proto, nodes: Sequence[str]) -> list[str]:
+    """The float (non-constant) inputs of the chosen GEMMs: the only tensors that need ranges."""
+    weights = {i.name for i in proto.graph.initializer}
+    chosen = set(nodes)
+    out: list[str] = []
+    for node in proto.graph.node:
+        if node.name in chosen and node.input[0] not in weights and node.input[0] not in out:
+            out.append(node.input[0])
+    return out
+
+
+# ORT's defaults for each method (percentile: 99.999 % of |x| with 2048 bins; entropy: KL over 128 bins)
+_CALIBRATORS = {
+    "minmax": ("MinMaxCalibrater", {"symmetric": False}),
+    "entropy": ("EntropyCalibrater", {"symmetric": False, "num_bins": 128, "num_quantized_bins": 128}),
+    "percentile": ("PercentileCalibrater", {"symmetric": True, "num_bins": 2048, "percentile": 99.999}),
+}
+
+
+def calibrate(prepared: str | os.PathLike, calib: CalibrationSet, method: str, work_dir: str | os.PathLike, *,
+              include_conv: bool = True):
+    """Tensor ranges for ``method`` over the calibration feeds (one pass, shared by both flavours).
+
+    Only the activation inputs of the GEMMs that will be quantized are observed, which keeps
+    the histogram methods (whose threshold search is quadratic in the bin count) fast.
+    """
+    import onnx
+    from onnxruntime.quantization import calibrate as ort_calibrate
+    from tqdm import tqdm
+
+    if method not in _CALIBRATORS:
+        raise HBAFError(f"unknown calibration method '{method}'; choose {', '.join(METHODS)}")
+    if not calib.feeds:
+        raise HBAFError("the calibration set is empty; give a manifest with utterances (--manifest)")
+    proto = onnx.load(str(prepared))
+    wanted = set(activation_tensors(proto, select_gemm_nodes(proto, include_conv)[0]))
+    del proto
+    cls_name, options = _CALIBRATORS[method]
+    cls = getattr(ort_calibrate, cls_name)
+    augmented = Path(work_dir) / f"augmented-{method}.onnx"
+    kwargs = {"op_types_to_calibrate": list(GEMM_OPS), "augmented_model_path": str(augmented), **options}
+    params = inspect.signature(cls.__init__).parameters
+    with _quiet():
+        calibrator = cls(Path(prepared), **{k: v for k, v in kwargs.items() if k in params})
+        select_all = calibrator.select_tensors_to_calibrate
+
+        def select(model):
+            found, infos = select_all(model)
+            missing = wanted - set(found)
+            if missing:
+                log.warning("no type information for %d GEMM input(s) (%s); they stay float", len(missing), sorted(missing)[0])
+            return set(found) & wanted, infos
+
+        calibrator.select_tensors_to_calibrate = select
+        calibrator.augment_graph()
+        calibrator.create_inference_session()
+    # histogram calibrators stack each batch's outputs, so feed one utterance (one shape) per call
+    bar = tqdm(calib.feeds, desc=f"calibrate ({method})", unit="utt", leave=False)
+    if method == "minmax":
+        with _quiet():
+            calibrator.collect_data(_reader(bar))
+    else:
+        for feed in bar:
+            with _quiet():
+                calibrator.collect_data(_reader([feed]))
+    with _quiet():
+        ranges = calibrator.compute_data()
+    del calibrator
+    with contextlib.suppress(OSError):
+        augmented.unlink()
+    return ranges
+
+
+def _quantizer(model, *, per_channel: bool, weight_type, activation_type, ranges, nodes, extra: dict):
+    """ONNX Runtime's QDQ quantizer (keyword-matched: its constructor changed across releases)."""
+    from onnxruntime.quantization.qdq_quantizer import QDQQuantizer
+    from onnxruntime.quantization.quant_utils import QuantizationMode
+
+    values = {
+        "model": model, "per_channel": per_channel, "reduce_range": False, "mode": QuantizationMode.QLinearOps,
+        "static": True, "weight_qType": weight_type, "activation_qType": activation_type, "tensors_range": ranges,
+        "nodes_to_quantize": list(nodes), "nodes_to_exclude": [], "op_types_to_quantize": list(GEMM_OPS),
+        "extra_options": extra,
+    }
+    params = inspect.signature(QDQQuantizer.__init__).parameters
+    return QDQQuantizer(**{k: v for k, v in values.items() if k in params})
+
+
+@dataclass
+class QuantResult:
+    path: str
+    flavour: str
+    method: str
+    quantized_nodes: list[str]
+    excluded_nodes: dict[str, str]
+    embedding: str
+    size_mb: float
+
+
+def quantize_flavour(prepared: str | os.PathLike, ranges, flavour: str, out_path: str | os.PathLike, *, method: str,
+                     calib: CalibrationSet | None, include_conv: bool = True, embedding_int8: bool | None = None,
+                     source: str | os.PathLike | None = None) -> QuantResult:
+    """Write the ``flavour`` INT8 model for precomputed ``ranges``; checks Q/DQ placement."""
+    import onnx
+    from onnxruntime.quantization import QuantType
+
+    if flavour not in FLAVOURS:
+        raise HBAFError(f"unknown flavour '{flavour}'; choose trt, cpu or both")
+    model = onnx.load(str(prepared))  # prepare() stored the inferred types
+    meta = read_hbaf_metadata(model)
+    nodes, excluded = select_gemm_nodes(model, include_conv)
+    if not nodes:
+        raise HBAFError(f"{prepared} has no MatMul/Gemm with constant weights to quantize; export the model with `hbaf-export onnx`")
+    extra = {"ActivationSymmetric": flavour == "trt", "WeightSymmetric": True, "QuantizeBias": False,
+             "DedicatedQDQPair": False, "AddQDQPairToWeight": False,
+             "OpTypesToExcludeOutputQuantization": list(GEMM_OPS)}  # GEMM inputs only; outputs stay float
+    act = QuantType.QInt8 if flavour == "trt" else QuantType.QUInt8
+    with _quiet():
+        quantizer = _quantizer(model, per_channel=True, weight_type=QuantType.QInt8, activation_type=act, ranges=ranges,
+                               nodes=nodes, extra=extra)
+        quantizer.quantize_model()
+    proto = quantizer.model.model
+    _keep_float_readers(proto, set(nodes))
+    use_emb = (flavour == "cpu") if embedding_int8 is None else embedding_int8
+    emb = "float"
+    if use_emb:
+        emb = _quantize_embedding(proto, int((meta.get("config") or {}).get("vocab_size") or 0), flavour)
+    quantizer.model.topological_sort()
+    _set_quant_metadata(proto, meta, {
+        "flavour": flavour, "method": method, "activation_type": "int8 symmetric" if flavour == "trt" else "uint8",
+        "weight_type": "int8 symmetric per-channel", "embedding": emb, "quantized_nodes": len(nodes),
+        "calibration": _calib_meta(calib), "source_onnx_sha256": _sha256(source) if source else None,
+        "onnxruntime_version": _ort_version(),
+    })
+    problems = check_qdq_placement(proto, flavour, set(nodes))
+    if problems:
+        raise HBAFError(f"INT8 {flavour} model has misplaced Q/DQ ({problems[0]}); this is a quantization bug")
+    onnx.checker.check_model(proto)
+    out = save_onnx(proto, out_path)
+    return QuantResult(str(out), flavour, method, nodes, excluded, emb, out.stat().st_size / 1e6)
+
+
+def quantize_dynamic_cpu(prepared: str | os.PathLike, out_path: str | os.PathLike, *, source: str | os.PathLike | None = None) -> QuantResult:
+    """Dynamic INT8 (weights per-channel int8, activation ranges per call) of the same GEMMs, plus the int8 embedding."""
+    import onnx
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    proto = load_onnx_model(prepared)
+    meta = read_hbaf_metadata(proto)
+    nodes, excluded = select_gemm_nodes(proto, include_conv=False)
+    with tempfile.TemporaryDirectory(prefix="hbaf-dyn-") as tmp:
+        raw = Path(tmp) / "dynamic.onnx"
+        with _quiet():
+            quantize_dynamic(str(prepared), str(raw), op_types_to_quantize=["MatMul", "Gemm"], per_channel=True,
+                             weight_type=QuantType.QInt8, nodes_to_quantize=nodes, extra_options={"MatMulConstBOnly": True})
+        out_proto = onnx.load(str(raw))
+    emb = _quantize_embedding(out_proto, int((meta.get("config") or {}).get("vocab_size") or 0), "cpu")
+    _set_quant_metadata(out_proto, meta, {
+        "flavour": "cpu-dynamic", "method": "dynamic", "activation_type": "uint8 (range per call)",
+        "weight_type": "int8 per-channel", "embedding": emb, "quantized_nodes": len(nodes), "calibration": None,
+        "source_onnx_sha256": _sha256(source) if source else None, "onnxruntime_version": _ort_version(),
+    })
+    onnx.checker.check_model(out_proto)
+    out = save_onnx(out_proto, out_path)
+    return QuantResult(str(out), "cpu-dynamic", "dynamic", nodes, excluded, emb, out.stat().st_size / 1e6)
+
+
+def _ort_version() -> str:
+    import onnxruntime
+
+    return onnxruntime.__version__
+
+
+def _calib_meta(calib: CalibrationSet | None) -> dict | None:
+    if calib is None:
+        return None
+    return {"n": calib.n, "dialogues": calib.dialogues, "split": calib.split, "seed": calib.seed,
+            "manifest": calib.manifest, "manifest_sha256": calib.manifest_sha256}
+
+
+def _set_quant_metadata(proto, meta: dict, quant: dict) -> None:
+    set_hbaf_metadata(proto, meta)
+    set_hbaf_metadata(proto, quant, key=QUANT_METADATA_KEY)
+
+
+def _keep_float_readers(proto, quantized: set[str]) -> int:
+    """Point every reader of an activation's DequantizeLinear that is not a chosen GEMM back at
+    the float tensor, then drop Q/DQ pairs nobody reads. Returns the number of rewired inputs."""
+    graph = proto.graph
+    producer = {o: n for n in graph.node for o in n.output}
+    outputs = {o.name for o in graph.output}
+    rewired = 0
+    for dq in [n for n in graph.node if n.op_type == "DequantizeLinear"]:
+        q = producer.get(dq.input[0])
+        if q is None or q.op_type != "QuantizeLinear":
+            continue  # a weight's DQ (constant int8 input)
+        if dq.output[0] in outputs:
+            raise HBAFError("a graph output became a dequantized tensor; this is a quantization bug")
+        for node in graph.node:
+            if node is dq or node.name in quantized:
+                continue
+            for i, name in enumerate(node.input):
+                if name == dq.output[0]:
+                    node.input[i] = q.input[0]
+                    rewired += 1
+    _prune(proto)
+    return rewired
+
+
+def _prune(proto) -> None:
+    """Remove Q/DQ nodes whose outputs nobody reads, then initializers nobody reads."""
+    graph = proto.graph
+    outputs = {o.name for o in graph.output}
+    while True:
+        read = {name for n in graph.node for name in n.input} | outputs
+        dead = [n for n in graph.node if n.op_type in ("QuantizeLinear", "DequantizeLinear") and not any(o in read for o in n.output)]
+        if not dead:
+            break
+        for n in dead:
+            graph.node.remove(n)
+    read = {name for n in graph.node for name in n.input}
+    for init in [i for i in graph.initializer if i.name not in read]:
+        graph.initializer.remove(init)
+
+
+def _quantize_embedding(proto, vocab_size: int, flavour: str) -> str:
+    """Per-row symmetric int8 word-embedding table (weight-only).
+
+    cpu: Gather the int8 rows, Cast, multiply by the gathered row scales (only L rows are
+    dequantized per call). trt: DequantizeLinear(axis 0) on the constant table feeding the
+    Gather (the form TensorRT's parser accepts for constant int8 weights)."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    graph = proto.graph
+    inits = {i.name: i for i in graph.initializer}
+    target = None
+    for node in graph.node:
+        if node.op_type != "Gather" or node.input[0] not in inits:
+            continue
+        table = inits[node.input[0]]
+        axis = next((a.i for a in node.attribute if a.name == "axis"), 0)
+        if axis == 0 and len(table.dims) == 2 and table.data_type == TensorProto.FLOAT and (not vocab_size or table.dims[0] == vocab_size):
+            if target is None or table.dims[0] > inits[target.input[0]].dims[0]:
+                target = node
+    if target is None:
+        log.warning("no word-embedding Gather found; the embedding table stays float")
+        return "float"
+    name = target.input[0]
+    weight = numpy_helper.to_array(inits[name]).astype(np.float32)
+    scale = np.abs(weight).max(axis=1) / 127.0
+    scale = np.where(scale > 0, scale, 1.0).astype(np.float32)
+    q = np.clip(np.rint(weight / scale[:, None]), -127, 127).astype(np.int8)
+    graph.initializer.remove(inits[name])
+    graph.initializer.extend([numpy_helper.from_array(q, f"{name}_int8"), numpy_helper.from_array(scale, f"{name}_scale")])
+    ids = target.input[1]
+    out = target.output[0]
+    index = list(graph.node).index(target)
+    graph.node.remove(target)
+    if flavour == "trt":
+        graph.initializer.append(numpy_helper.from_array(np.zeros(q.shape[0], np.int8), f"{name}_zero_point"))
+        new = [
+            helper.make_node("DequantizeLinear", [f"{name}_int8", f"{name}_scale", f"{name}_zero_point"], [f"{name}_dq"],
+                             name=f"{name}_DequantizeLinear", axis=0),
+            helper.make_node("Gather", [f"{name}_dq", ids], [out], name=target.name, axis=0),
+        ]
+    else:
+        graph.initializer.append(numpy_helper.from_array(np.array([-1], np.int64), f"{name}_last_axis"))
+        new = [
+            helper.make_node("Gather", [f"{name}_int8", ids], [f"{out}_int8"], name=target.name, axis=0),
+            helper.make_node("Cast", [f"{out}_int8"], [f"{out}_f32"], name=f"{target.name}_cast", to=TensorProto.FLOAT),
+            helper.make_node("Gather", [f"{name}_scale", ids], [f"{out}_rowscale"], name=f"{target.name}_scale", axis=0),
+            helper.make_node("Unsqueeze", [f"{out}_rowscale", f"{name}_last_axis"], [f"{out}_rowscale3"], name=f"{target.name}_unsqueeze"),
+            helper.make_node("Mul", [f"{out}_f32", f"{out}_rowscale3"], [out], name=f"{target.name}_dequant"),
+        ]
+    for offset, node in enumerate(new):
+        graph.node.insert(index + offset, node)
+    return "int8 per-row (weight-only)"
+
+
+def check_qdq_placement(model, flavour: str | None = None, quantized: set[str] | None = None) -> list[str]:
+    """Problems with where Q/DQ sit: a dequantized activation read by anything but a GEMM,
+    Q/DQ next to Softmax/LayerNorm/GELU/residual Adds, and (trt) non-zero or non-int8 zero points."""
+    from onnx import TensorProto, numpy_helper
+
+    proto = load_onnx_model(model) if not hasattr(model, "graph") else model
+    graph = proto.graph
+    users = _consumers(graph)
+    inits = {i.name: i for i in graph.initializer}
+    problems: list[str] = []
+    producer = {o: n for n in graph.node for o in n.output}
+    for node in graph.node:
+        if quantized is not None and node.name in quantized:
+            plain = [i for i in node.input[:2] if producer.get(i) is None or producer[i].op_type != "DequantizeLinear"]
+            if plain:
+                problems.append(f"{node.op_type} '{node.name}' was chosen for INT8 but reads float {plain[0]}")
+        if node.op_type == "DequantizeLinear":
+            for reader in users.get(node.output[0], []):
+                if reader.op_type not in ALLOWED_DQ_READERS:
+                    problems.append(f"DequantizeLinear '{node.name}' feeds {reader.op_type} '{reader.name}' (must stay float)")
+                elif quantized is not None and reader.op_type in GEMM_OPS and reader.name not in quantized:
+                    problems.append(f"DequantizeLinear '{node.name}' feeds {reader.op_type} '{reader.name}', which was not chosen for INT8")
+        if flavour == "trt" and node.op_type in ("QuantizeLinear", "DequantizeLinear"):
+            if len(node.input) < 3 or node.input[2] not in inits:
+                problems.append(f"{node.op_type} '{node.name}' has no constant zero point (TensorRT needs int8 zero point 0)")
+                continue
+            zp = inits[node.input[2]]
+            if zp.data_type != TensorProto.INT8 or np.any(numpy_helper.to_array(zp) != 0):
+                problems.append(f"{node.op_type} '{node.name}' zero point is not int8 0 (TensorRT needs symmetric int8)")
+    return problems
+
+
+# ----------------------------------------------------------------------------- evaluation
+
+
+@dataclass
+class EvalSet:
+    """Test-split utterances (whole dialogues) ready to run, with their labels."""
+
+    records: list
+    utts: list[Utterance]
+    groups: list[list[int]]
+    y: np.ndarray
+    split: str
+
+
+def build_eval_set(onnx_path: str | os.PathLike, manifest: str | os.PathLike, *, split: str = "test", limit: int | None = None,
+                   tokenizer: str | os.PathLike | None = None, workers: int | None = None) -> EvalSet:
+    info = _model_info(onnx_path)
+    labels = [str(x) for x in info["labels"]]
+    records = _records(manifest)
+    chosen = [r for r in records if r.split == split]
+    if not chosen:
+        raise HBAFError(f"manifest {manifest} has no '{split}' utterances to evaluate on; add a test split or pass --eval-split dev")
+    unknown = sorted({r.label for r in chosen} - set(labels))
+    if unknown:
+        raise HBAFError(f"labels {unknown} in {manifest} are not the model's labels {labels}; evaluate on data with the model's label set")
+    if limit:
+        chosen = take_dialogues(chosen, limit)
+    tok = tokenizer_for(onnx_path, info, tokenizer)
+    utts = load_utterances(chosen, tok, cache_file=subset_cache_file(manifest, chosen, split), workers=workers)
+    index = {lab: i for i, lab in enumerate(labels)}
+    return EvalSet(chosen, utts, dialogue_groups(chosen), np.array([index[r.label] for r in chosen]), split)
+
+
+def _model_info(path: str | os.PathLike) -> dict:
+    from export.onnx_export import model_info
+
+    return model_info(path)
+
+
+def evaluate_onnx(onnx_path: str | os.PathLike, data: EvalSet, *, threads: int = 2, desc: str | None = None) -> dict:
+    """Sequential dialogue evaluation with ONNX Runtime (each model feeds its own memory)."""
+    info = _model_info(onnx_path)
+    runner = OrtRunner(onnx_path, threads=threads)
+    out = run_dialogues(runner, data.groups, data.utts, int(info["context_size"]), int(info["memory_dim"]), desc=desc)
+    return out
+
+
+def accuracy_report(probs: np.ndarray, data: EvalSet, labels: Sequence[str]) -> dict:
+    from hbaf.metrics import classification_report
+
+    return classification_report(data.y, probs.argmax(1), list(labels))
+
+
+def agreement(ref: np.ndarray, probs: np.ndarray) -> dict:
+    return {"top1_agreement": float((ref.argmax(1) == probs.argmax(1)).mean()),
+            "max_abs_prob_diff": float(np.abs(ref - probs).max()),
+            "mean_abs_prob_diff": float(np.abs(ref - probs).mean())}
+
+
+# ----------------------------------------------------------------------------- latency
+
+
+def latency_feeds(data: EvalSet, ref: dict, frames: int = 301) -> tuple[dict[str, np.ndarray], dict]:
+    """Batch-1 feeds of a real ~3 s utterance (cropped to ``frames``; 301 = 3.00 s) with a full memory."""
+    lengths = np.array([u.feats.shape[0] for u in data.utts])
+    long_enough = np.flatnonzero(lengths >= frames)
+    i = int(long_enough[0]) if long_enough.size else int(lengths.argmax())
+    utt = data.utts[i]
+    utt = Utterance(utt.feats[:frames], utt.ids)
+    k = ref["memory"].shape[1]
+    emb = ref["utt_emb"]
+    memory = np.stack([emb[j % len(emb)] for j in range(k)]) if k else np.zeros((0, emb.shape[1]), np.float32)
+    feeds = single_feeds(utt, memory.astype(np.float32), np.ones((k,), np.float32))
+    return feeds, {"frames": int(utt.feats.shape[0]), "seconds": round((utt.feats.shape[0] - 1) / 100.0, 2),
+                   "tokens": int(utt.ids.shape[0]), "memory_slots": int(k), "text": data.records[i].text}
+
+
+def measure_latency(runners: dict, feeds: dict[str, np.ndarray], *, warmup: int = 10, runs: int = 100) -> dict[str, dict]:
+    """p50/p90 per runner in ms; the runners take turns call by call so background load hits all alike."""
+    from tqdm import tqdm
+
+    for r in runners.values():
+        for _ in range(warmup):
+            r(feeds)
+    times: dict[str, list[float]] = {name: [] for name in runners}
+    for _ in tqdm(range(runs), desc="latency", unit="round", leave=False):
+        for name, r in runners.items():
+            t0 = time.perf_counter()
+            r(feeds)
+            times[name].append((time.perf_counter() - t0) * 1000.0)
+    return {name: {"p50_ms": float(np.percentile(t, 50)), "p90_ms": float(np.percentile(t, 90)),
+                   "min_ms": float(np.min(t)), "mean_ms": float(np.mean(t)), "runs": len(t)} for name, t in times.items()}
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+@contextlib.contextmanager
+def _quiet():
+    """ONNX Runtime's quantization tools print progress per call; keep it in the debug log."""
+    import warnings
+
+    buf = io.StringIO()
+    root = logging.getLogger()  # the quantization tools log through the root logger
+    level = root.level
+    root.setLevel(logging.ERROR)
+    with warnings.catch_warnings(), contextlib.redirect_stdout(buf):
+        warnings.simplefilter("ignore")
+        try:
+            yield
+        finally:
+            root.setLevel(level)
+            if buf.getvalue().strip():
+                log.debug("onnxruntime.quantization output:\n%s", buf.getvalue().strip()[-2000:])
+
+
+def work_dir(base: str | os.PathLike):
+    """A scratch folder next to the outputs (same disk), removed afterwards."""
+    Path(base).mkdir(parents=True, exist_ok=True)
+    return tempfile.TemporaryDirectory(prefix=".hbaf-int8-", dir=str(base))
+
+
+def int8_name(fp32: str | os.PathLike, flavour: str, method: str | None = None) -> str:
+    stem = Path(fp32).stem
+    return f"{stem}.int8-{flavour}{'-' + method if method else ''}.onnx"
+
+
+def copy_tokenizer_next_to(fp32: str | os.PathLike, out_dir: str | os.PathLike) -> None:
+    src = Path(fp32).with_name(TOKENIZER_FILE)
+    dst = Path(out_dir) / TOKENIZER_FILE
+    if src.is_file() and src.resolve() != dst.resolve() and not dst.exists():
+        from hbaf.io import atomic_path
+
+        with atomic_path(dst) as tmp:
+            shutil.copyfile(src, tmp)

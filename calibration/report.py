@@ -1,0 +1,302 @@
+"""INT8 pipelines and their reports: accuracy FP32 vs INT8, agreement, size, CPU latency.
+
+Every number in a report comes from one process on one machine: accuracy by sequential
+dialogue evaluation with ONNX Runtime (each model feeds its own utterance embeddings back
+as the dialogue memory, as the runtime does), latency by interleaved batch-1 calls on a
+real 3 s utterance with 2 intra-op threads. Reports are written as JSON + markdown next
+to the models (atomically).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import platform
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from calibration.int8 import (
+    FLAVOURS,
+    METHODS,
+    EvalSet,
+    QuantResult,
+    accuracy_report,
+    agreement,
+    build_calibration_set,
+    build_eval_set,
+    calibrate,
+    copy_tokenizer_next_to,
+    evaluate_onnx,
+    int8_name,
+    latency_feeds,
+    measure_latency,
+    model_info_checked,
+    prepare,
+    quantize_dynamic_cpu,
+    quantize_flavour,
+    work_dir,
+)
+from hbaf.errors import HBAFError
+from hbaf.io import write_json_atomic, write_text_atomic
+
+log = logging.getLogger(__name__)
+
+DEFAULT_METHOD = "percentile"
+
+
+def machine() -> dict:
+    import onnxruntime
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as fh:
+            cpu = next((ln.split(":", 1)[1].strip() for ln in fh if ln.startswith("model name")), cpu)
+    except OSError:
+        pass
+    load = round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None
+    return {"cpu": cpu, "cores": os.cpu_count(), "load_average_1min": load, "python": platform.python_version(),
+            "onnxruntime": onnxruntime.__version__}
+
+
+def evaluate_variants(fp32: str | os.PathLike, variants: dict[str, str], data: EvalSet, *, threads: int = 2,
+                      latency_runs: int = 100, torch_model=None, labels: Sequence[str]) -> dict:
+    """Accuracy, agreement with FP32, size and latency for the FP32 model and each variant."""
+    from export.onnx_export import OrtRunner, TorchRunner
+
+    rows: dict[str, dict] = {}
+    ref = evaluate_onnx(fp32, data, threads=threads, desc="evaluate fp32")
+    all_models = {"fp32": str(fp32), **variants}
+    outputs = {"fp32": ref}
+    for name, path in variants.items():
+        outputs[name] = evaluate_onnx(path, data, threads=threads, desc=f"evaluate {name}")
+    for name, path in all_models.items():
+        rep = accuracy_report(outputs[name]["probs"], data, labels)
+        rows[name] = {
+            "path": str(path), "size_mb": round(Path(path).stat().st_size / 1e6, 3),
+            "weighted_f1": rep["weighted_f1"], "accuracy": rep["accuracy"], "macro_f1": rep["macro_f1"],
+            "unweighted_accuracy": rep["unweighted_accuracy"],
+            **agreement(ref["probs"], outputs[name]["probs"]),
+            "max_utt_emb_diff": float(np.abs(ref["utt_emb"] - outputs[name]["utt_emb"]).max()),
+            "confusion_matrix": rep["confusion_matrix"],
+        }
+    feeds, utt = latency_feeds(data, ref)
+    runners = {name: OrtRunner(path, threads=threads) for name, path in all_models.items()}
+    if torch_model is not None:
+        import torch
+
+        torch.set_num_threads(threads)
+        runners["pytorch-fp32"] = TorchRunner(torch_model)
+    lat = measure_latency(runners, feeds, runs=latency_runs)
+    for name, value in lat.items():
+        rows.setdefault(name, {"path": "(checkpoint, PyTorch eager)"}).update({k: round(v, 3) if isinstance(v, float) else v
+                                                                                 for k, v in value.items()})
+    fp32_p50 = lat["fp32"]["p50_ms"]
+    fp32_size = rows["fp32"]["size_mb"]
+    for name, row in rows.items():
+        if row.get("size_mb"):
+            row["size_ratio_vs_fp32"] = round(fp32_size / row["size_mb"], 3)
+        row["speedup_vs_ort_fp32"] = round(fp32_p50 / row["p50_ms"], 3) if row.get("p50_ms") else None
+        if "pytorch-fp32" in lat:
+            row["speedup_vs_pytorch_fp32"] = round(lat["pytorch-fp32"]["p50_ms"] / row["p50_ms"], 3) if row.get("p50_ms") else None
+    return {"rows": rows, "latency_utterance": utt, "latency_threads": threads, "eval_split": data.split,
+            "eval_utterances": len(data.utts), "eval_dialogues": len(data.groups), "machine": machine(),
+            "labels": list(labels)}
+
+
+def _pct(x) -> str:
+    return "-" if x is None else f"{100 * x:.1f}"
+
+
+def table(rows: dict[str, dict], *, method_flavour: dict[str, tuple[str, str]] | None = None) -> str:
+    """method | flavour | weighted F1 | top-1 agreement | max prob diff | size MB | p50 ms (markdown)."""
+    lines = ["| method | flavour | weighted F1 | top-1 agreement vs FP32 | max prob diff | size MB | ORT CPU p50 ms | p90 ms |",
+             "|---|---|---|---|---|---|---|---|"]
+    for name, r in rows.items():
+        method, flavour = (method_flavour or {}).get(name, ("-", name))
+        f1 = _pct(r.get("weighted_f1")) if "weighted_f1" in r else "-"
+        agree = _pct(r.get("top1_agreement")) if "top1_agreement" in r else "-"
+        diff = f"{r['max_abs_prob_diff']:.4f}" if "max_abs_prob_diff" in r else "-"
+        size = f"{r['size_mb']:.1f}" if "size_mb" in r else "-"
+        p50 = f"{r['p50_ms']:.2f}" if r.get("p50_ms") is not None else "-"
+        p90 = f"{r['p90_ms']:.2f}" if r.get("p90_ms") is not None else "-"
+        lines.append(f"| {method} | {flavour} | {f1} | {agree} | {diff} | {size} | {p50} | {p90} |")
+    return "\n".join(lines)
+
+
+def _markdown(title: str, report: dict, body: str) -> str:
+    m = report["machine"]
+    utt = report["latency_utterance"]
+    lines = [f"# {title}", "", body, "",
+             f"Accuracy: sequential dialogue evaluation with ONNX Runtime on the {report['eval_split']} split "
+             f"({report['eval_utterances']} utterances, {report['eval_dialogues']} dialogues); agreement and probability "
+             "differences are against the FP32 ONNX model on the same utterances.",
+             f"Latency: batch 1, {report['latency_threads']} intra-op thread{'s' if report['latency_threads'] != 1 else ''}, one {utt['seconds']} s utterance "
+             f"({utt['frames']} frames, {utt['tokens']} tokens, {utt['memory_slots']} memory slots), all models measured "
+             f"in turn in one process; CPU {m['cpu']} ({m['cores']} cores, 1-min load {m['load_average_1min']}), "
+             f"onnxruntime {m['onnxruntime']}."]
+    rows = report["rows"]
+    base = rows.get("fp32", {})
+    summary = []
+    for name, r in rows.items():
+        if name in ("fp32", "pytorch-fp32") or "weighted_f1" not in r or "weighted_f1" not in base:
+            continue
+        line = (f"- {name}: weighted F1 {100 * (r['weighted_f1'] - base['weighted_f1']):+.1f} points vs FP32, "
+                f"{r['size_ratio_vs_fp32']:.2f}x smaller, p50 {r['speedup_vs_ort_fp32']:.2f}x vs ONNX Runtime FP32")
+        if r.get("speedup_vs_pytorch_fp32"):
+            line += f", {r['speedup_vs_pytorch_fp32']:.2f}x vs PyTorch eager FP32"
+        summary.append(line)
+    if summary:
+        lines += ["", "Against FP32 (targets: <= 1 point weighted-F1 drop, <= 1/3.5 the size, >= 1.5x / >= 4x faster p50 "
+                  "than ONNX Runtime / PyTorch FP32 for the CPU flavour):", *summary]
+    if report.get("notes"):
+        lines += ["", "Notes:", *[f"- {note}" for note in report["notes"]]]
+    return "\n".join(lines) + "\n"
+
+
+def _notes(rows: dict[str, dict]) -> list[str]:
+    notes = []
+    base = rows.get("fp32", {}).get("weighted_f1")
+    for name, r in rows.items():
+        if name in ("fp32", "pytorch-fp32") or base is None or "weighted_f1" not in r:
+            continue
+        drop = 100 * (base - r["weighted_f1"])
+        if drop > 1.0:
+            notes.append(f"{name}: post-training INT8 loses {drop:.1f} points of weighted F1 (> 1); "
+                         "consider another calibration method or quantization-aware fine-tuning (not done here)")
+    return notes
+
+
+def write_report(out_dir: str | os.PathLike, name: str, title: str, report: dict, body: str) -> tuple[Path, Path]:
+    out_dir = Path(out_dir)
+    report.setdefault("notes", _notes(report.get("rows", {})))
+    write_json_atomic(out_dir / f"{name}.json", report)
+    write_text_atomic(out_dir / f"{name}.md", _markdown(title, report, body))
+    return out_dir / f"{name}.json", out_dir / f"{name}.md"
+
+
+# ----------------------------------------------------------------------------- pipelines
+
+
+def quantize_onnx(fp32: str | os.PathLike, manifest: str | os.PathLike, out_dir: str | os.PathLike, *,
+                  flavours: Sequence[str] = FLAVOURS, method: str = DEFAULT_METHOD, num: int = 512, seed: int = 0,
+                  tokenizer: str | None = None, threads: int = 2, workers: int | None = None,
+                  include_conv: bool = True) -> list[QuantResult]:
+    """Calibrate once with ``method`` and write each flavour as ``<stem>.int8-<flavour>.onnx`` in ``out_dir``."""
+    for f in flavours:
+        if f not in FLAVOURS:
+            raise HBAFError(f"unknown flavour '{f}'; choose trt, cpu or both")
+    model_info_checked(fp32)
+    out_dir = Path(out_dir)
+    calib = build_calibration_set(fp32, manifest, num=num, seed=seed, tokenizer=tokenizer, threads=threads, workers=workers)
+    results = []
+    with work_dir(out_dir) as tmp:
+        pre = prepare(fp32, Path(tmp) / "prepared.onnx")
+        ranges = calibrate(pre, calib, method, tmp, include_conv=include_conv)
+        for flavour in flavours:
+            results.append(quantize_flavour(pre, ranges, flavour, out_dir / int8_name(fp32, flavour), method=method,
+                                            calib=calib, include_conv=include_conv, source=fp32))
+            log.info("wrote %s (%.1f MB)", results[-1].path, results[-1].size_mb)
+    copy_tokenizer_next_to(fp32, out_dir)
+    return results
+
+
+def int8_report(fp32: str | os.PathLike, results: list[QuantResult], manifest: str | os.PathLike, out_dir: str | os.PathLike, *,
+                split: str = "test", limit: int | None = None, threads: int = 2, latency_runs: int = 100,
+                tokenizer: str | None = None, workers: int | None = None, torch_model=None, extra: dict | None = None,
+                name: str = "int8_report") -> dict:
+    info = model_info_checked(fp32)
+    data = build_eval_set(fp32, manifest, split=split, limit=limit, tokenizer=tokenizer, workers=workers)
+    variants = {f"int8-{r.flavour}": r.path for r in results}
+    report = evaluate_variants(fp32, variants, data, threads=threads, latency_runs=latency_runs, torch_model=torch_model,
+                               labels=info["labels"])
+    report["quantization"] = {f"int8-{r.flavour}": {k: v for k, v in asdict(r).items() if k not in ("quantized_nodes",)}
+                              for r in results}
+    report.update(extra or {})
+    mf = {"fp32": ("-", "fp32"), "pytorch-fp32": ("-", "pytorch eager fp32"),
+          **{f"int8-{r.flavour}": (r.method, r.flavour) for r in results}}
+    body = table(report["rows"], method_flavour=mf)
+    write_report(out_dir, name, "HBAF INT8 report", report, body)
+    report["table"] = body
+    return report
+
+
+def compare_calibration(fp32: str | os.PathLike, manifest: str | os.PathLike, out_dir: str | os.PathLike, *,
+                        methods: Sequence[str] = METHODS, num: int = 512, seed: int = 0, dynamic: bool = True,
+                        split: str = "test", limit: int | None = None, threads: int = 2, latency_runs: int = 100,
+                        tokenizer: str | None = None, workers: int | None = None, include_conv: bool = True) -> dict:
+    """Every method x flavour (+ dynamic INT8) from one calibration set; one table, JSON + markdown."""
+    for m in methods:
+        if m not in METHODS:
+            raise HBAFError(f"unknown calibration method '{m}'; choose from {', '.join(METHODS)}")
+    info = model_info_checked(fp32)
+    out_dir = Path(out_dir)
+    data = build_eval_set(fp32, manifest, split=split, limit=limit, tokenizer=tokenizer, workers=workers)
+    calib = build_calibration_set(fp32, manifest, num=num, seed=seed, tokenizer=tokenizer, threads=threads, workers=workers)
+    variants: dict[str, str] = {}
+    mf: dict[str, tuple[str, str]] = {"fp32": ("-", "fp32")}
+    quant: dict[str, dict] = {}
+    timings: dict[str, float] = {}
+    with work_dir(out_dir) as tmp:
+        pre = prepare(fp32, Path(tmp) / "prepared.onnx")
+        for method in methods:
+            t0 = time.perf_counter()
+            ranges = calibrate(pre, calib, method, tmp, include_conv=include_conv)
+            timings[method] = round(time.perf_counter() - t0, 1)
+            for flavour in FLAVOURS:
+                r = quantize_flavour(pre, ranges, flavour, out_dir / int8_name(fp32, flavour, method), method=method,
+                                     calib=calib, include_conv=include_conv, source=fp32)
+                key = f"{method}/{flavour}"
+                variants[key], mf[key] = r.path, (method, flavour)
+                quant[key] = {k: v for k, v in asdict(r).items() if k != "quantized_nodes"}
+        if dynamic:
+            r = quantize_dynamic_cpu(pre, out_dir / int8_name(fp32, "cpu", "dynamic"), source=fp32)
+            variants["dynamic/cpu"], mf["dynamic/cpu"] = r.path, ("dynamic (no calibration)", "cpu")
+            quant["dynamic/cpu"] = {k: v for k, v in asdict(r).items() if k != "quantized_nodes"}
+    copy_tokenizer_next_to(fp32, out_dir)
+    report = evaluate_variants(fp32, variants, data, threads=threads, latency_runs=latency_runs, labels=info["labels"])
+    report.update(quantization=quant, calibration_seconds=timings,
+                  calibration={"n": calib.n, "dialogues": calib.dialogues, "split": calib.split, "seed": seed,
+                               "manifest": str(manifest)})
+    body = table(report["rows"], method_flavour=mf)
+    write_report(out_dir, "calibration_comparison", "HBAF INT8 calibration comparison", report, body)
+    report["table"] = body
+    return report
+
+
+def export_all(checkpoint: str | os.PathLike, manifest: str | os.PathLike, out_dir: str | os.PathLike, *,
+               method: str = DEFAULT_METHOD, num: int = 512, seed: int = 0, parity_n: int = 64, opset: int = 17,
+               split: str = "test", limit: int | None = None, threads: int = 2, latency_runs: int = 100,
+               workers: int | None = None, name: str = "model") -> dict:
+    """Checkpoint -> FP32 ONNX -> parity -> INT8 (trt + cpu) -> report, with a progress bar over the stages."""
+    from tqdm import tqdm
+
+    from export.onnx_export import export_onnx, parity
+    from hbaf.checkpoint import load_checkpoint
+
+    out_dir = Path(out_dir)
+    model, _ = load_checkpoint(checkpoint)  # fail fast on a bad checkpoint
+    from hbaf.data.manifest import load_manifest
+
+    load_manifest(manifest, labels=model.labels)  # fail fast on a bad manifest
+    stages = tqdm(total=4, desc="hbaf-export all", unit="stage")
+    stages.set_postfix_str("export ONNX")
+    fp32 = export_onnx(checkpoint, out_dir / f"{name}.onnx", opset=opset)
+    stages.update(1)
+    stages.set_postfix_str("parity")
+    par = parity(checkpoint, fp32, manifest, n=parity_n, threads=threads)
+    write_json_atomic(out_dir / "parity.json", par)
+    stages.update(1)
+    stages.set_postfix_str("calibrate + quantize")
+    results = quantize_onnx(fp32, manifest, out_dir, method=method, num=num, seed=seed, threads=threads, workers=workers)
+    stages.update(1)
+    stages.set_postfix_str("evaluate + latency")
+    report = int8_report(fp32, results, manifest, out_dir, split=split, limit=limit, threads=threads,
+                         latency_runs=latency_runs, workers=workers, torch_model=model, extra={"parity": par},
+                         name="report")
+    stages.update(1)
+    stages.close()
+    return report

@@ -1,0 +1,211 @@
+"""`hbaf-export`: checkpoint -> ONNX -> INT8 (Q/DQ) -> TensorRT engine.
+
+    hbaf-export onnx --checkpoint DIR --out model.onnx [--parity-manifest M]
+    hbaf-export parity --checkpoint DIR --onnx model.onnx --manifest M
+    hbaf-export int8 --onnx model.onnx --manifest M --flavour trt|cpu|both --method percentile --num 512 --out DIR
+    hbaf-export compare-calibration --onnx model.onnx --manifest M --out DIR
+    hbaf-export all --checkpoint DIR --manifest M --out DIR
+    hbaf-export engine --onnx model.int8-trt.onnx --precision int8 ...   (on the Jetson; see export/engine.py)
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from hbaf.errors import HBAFError, cli_entry
+
+log = logging.getLogger("hbaf")
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse whose usage errors are one-line HBAFErrors (exit code 2 through cli_entry)."""
+
+    def error(self, message: str) -> None:
+        raise HBAFError(f"{message}; see `{self.prog} --help`")
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--threads", type=int, default=2, help="ONNX Runtime intra-op threads (default %(default)s)")
+    p.add_argument("--workers", type=int, default=None, help="feature-extraction processes (default: all cores)")
+    p.add_argument("--tokenizer", default=None, help="tokenizer.json (default: next to the ONNX file, else the source checkpoint's)")
+
+
+def _eval_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--eval-split", default="test", help="split used for accuracy (default %(default)s)")
+    p.add_argument("--eval-limit", type=int, default=None, help="evaluate on at most N utterances (whole dialogues)")
+    p.add_argument("--latency-runs", type=int, default=100, help="timed batch-1 calls per model (default %(default)s)")
+
+
+def _calib_args(p: argparse.ArgumentParser, method_default: str | None = "percentile") -> None:
+    p.add_argument("--num", type=int, default=512, help="calibration utterances (default %(default)s)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the calibration-dialogue draw (default %(default)s)")
+    if method_default is not None:
+        p.add_argument("--method", choices=["minmax", "entropy", "percentile"], default=method_default,
+                       help="calibration method (default %(default)s)")
+    p.add_argument("--no-conv", action="store_true", help="keep the two subsampling Convs float")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = _Parser(prog="hbaf-export", description="Export HBAF to ONNX, quantize to INT8 (Q/DQ), build TensorRT engines.")
+    ap.add_argument("-v", "--verbose", action="store_true")
+    sub = ap.add_subparsers(dest="cmd", required=True, parser_class=_Parser)
+
+    p = sub.add_parser("onnx", help="checkpoint -> ONNX (the export contract), checked; optional parity on real speech")
+    p.add_argument("--checkpoint", required=True, help="checkpoint folder (hbaf train/distill --out)")
+    p.add_argument("--out", required=True, help="output .onnx file (tokenizer.json is copied next to it)")
+    p.add_argument("--opset", type=int, default=17)
+    p.add_argument("--exporter", choices=["auto", "dynamo", "torchscript"], default="auto")
+    p.add_argument("--no-check", action="store_true", help="skip onnx.checker / TensorRT / ONNX Runtime checks")
+    p.add_argument("--parity-manifest", default=None, help="manifest of real utterances for the PyTorch/ONNX Runtime parity check")
+    p.add_argument("--parity-n", type=int, default=64)
+    p.add_argument("--threads", type=int, default=2)
+
+    p = sub.add_parser("parity", help="PyTorch vs ONNX Runtime on real utterances (sequential dialogues and padded batches)")
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--onnx", required=True)
+    p.add_argument("--manifest", required=True)
+    p.add_argument("--n", type=int, default=64)
+    p.add_argument("--out", default=None, help="write the result as JSON here")
+    p.add_argument("--threads", type=int, default=2)
+
+    p = sub.add_parser("int8", help="calibrate on a manifest and write INT8 Q/DQ models (+ accuracy/latency report)")
+    p.add_argument("--onnx", required=True, help="FP32 ONNX written by `hbaf-export onnx`")
+    p.add_argument("--manifest", required=True, help="manifest whose train split provides the calibration utterances")
+    p.add_argument("--flavour", choices=["trt", "cpu", "both"], default="both")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--no-eval", action="store_true", help="only quantize; skip the accuracy/latency report")
+    _calib_args(p)
+    _eval_args(p)
+    _common(p)
+
+    p = sub.add_parser("compare-calibration", help="MinMax vs Entropy vs Percentile x trt/cpu (+ dynamic): one table")
+    p.add_argument("--onnx", required=True)
+    p.add_argument("--manifest", required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--methods", default="minmax,entropy,percentile")
+    p.add_argument("--no-dynamic", action="store_true", help="leave out dynamic INT8")
+    _calib_args(p, method_default=None)
+    _eval_args(p)
+    _common(p)
+
+    p = sub.add_parser("all", help="checkpoint -> ONNX -> parity -> INT8 trt + cpu -> report")
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--manifest", required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--name", default="model", help="file stem of the models (default %(default)s)")
+    p.add_argument("--opset", type=int, default=17)
+    p.add_argument("--parity-n", type=int, default=64)
+    _calib_args(p)
+    _eval_args(p)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--workers", type=int, default=None)
+
+    sub.add_parser("engine", help="build a TensorRT engine on this device (arguments: see `hbaf-export engine --help`)",
+                   add_help=False)
+    return ap
+
+
+def cmd_onnx(args) -> int:
+    from export.onnx_export import export_onnx, parity
+
+    out = export_onnx(args.checkpoint, args.out, opset=args.opset, check=not args.no_check, exporter=args.exporter)
+    print(f"onnx: {out} ({out.stat().st_size / 1e6:.1f} MB)")
+    if args.parity_manifest:
+        res = parity(args.checkpoint, out, args.parity_manifest, n=args.parity_n, threads=args.threads)
+        _print_parity(res)
+        from hbaf.io import write_json_atomic
+
+        write_json_atomic(out.with_name(out.stem + ".parity.json"), res)
+    return 0
+
+
+def _print_parity(res: dict) -> None:
+    print(f"parity on {res['n']} utterances ({res['dialogues']} dialogues): sequential max |dprob| "
+          f"{res['sequential_max_abs_prob_diff']:.2e}, top-1 agreement {100 * res['sequential_top1_agreement']:.1f}%, "
+          f"max |d utt_emb| {res['sequential_max_utt_emb_diff']:.2e}; batch {res['batch_size']}: max |dprob| vs PyTorch "
+          f"{res['batched_max_abs_prob_diff_vs_torch']:.2e}, vs batch 1 {res['batched_vs_batch1_max_abs_prob_diff']:.2e}")
+
+
+def cmd_parity(args) -> int:
+    from export.onnx_export import parity
+
+    res = parity(args.checkpoint, args.onnx, args.manifest, n=args.n, threads=args.threads)
+    _print_parity(res)
+    if args.out:
+        from hbaf.io import write_json_atomic
+
+        write_json_atomic(args.out, res)
+    return 0
+
+
+def cmd_int8(args) -> int:
+    from calibration.report import int8_report, quantize_onnx
+
+    flavours = ["trt", "cpu"] if args.flavour == "both" else [args.flavour]
+    results = quantize_onnx(args.onnx, args.manifest, args.out, flavours=flavours, method=args.method, num=args.num,
+                            seed=args.seed, tokenizer=args.tokenizer, threads=args.threads, workers=args.workers,
+                            include_conv=not args.no_conv)
+    for r in results:
+        print(f"int8 {r.flavour}: {r.path} ({r.size_mb:.1f} MB, {len(r.quantized_nodes)} GEMMs quantized, embedding {r.embedding})")
+    if not args.no_eval:
+        report = int8_report(args.onnx, results, args.manifest, args.out, split=args.eval_split, limit=args.eval_limit,
+                             threads=args.threads, latency_runs=args.latency_runs, tokenizer=args.tokenizer,
+                             workers=args.workers)
+        print(report["table"])
+        print(f"report: {Path(args.out) / 'int8_report.md'}")
+    return 0
+
+
+def cmd_compare(args) -> int:
+    from calibration.report import compare_calibration
+
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    report = compare_calibration(args.onnx, args.manifest, args.out, methods=methods, num=args.num, seed=args.seed,
+                                 dynamic=not args.no_dynamic, split=args.eval_split, limit=args.eval_limit,
+                                 threads=args.threads, latency_runs=args.latency_runs, tokenizer=args.tokenizer,
+                                 workers=args.workers, include_conv=not args.no_conv)
+    print(report["table"])
+    for note in report.get("notes", []):
+        print(f"note: {note}")
+    print(f"report: {Path(args.out) / 'calibration_comparison.md'}")
+    return 0
+
+
+def cmd_all(args) -> int:
+    from calibration.report import export_all
+
+    report = export_all(args.checkpoint, args.manifest, args.out, method=args.method, num=args.num, seed=args.seed,
+                        parity_n=args.parity_n, opset=args.opset, split=args.eval_split, limit=args.eval_limit,
+                        threads=args.threads, latency_runs=args.latency_runs, workers=args.workers, name=args.name)
+    _print_parity(report["parity"])
+    print(report["table"])
+    for note in report.get("notes", []):
+        print(f"note: {note}")
+    print(f"report: {Path(args.out) / 'report.md'}")
+    return 0
+
+
+@cli_entry
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    first = next((i for i, a in enumerate(argv) if not a.startswith("-")), None)
+    if first is not None and argv[first] == "engine":
+        if any(a in ("-v", "--verbose") for a in argv[:first]):
+            argv.append("--verbose")
+        argv = argv[first:]
+        try:
+            from export.engine import main as engine_main
+        except ImportError as err:
+            raise HBAFError(f"the TensorRT engine builder is not available ({err}); run it on the Jetson with TensorRT installed") from err
+        return engine_main(argv[1:])
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s", stream=sys.stderr)
+    handlers = {"onnx": cmd_onnx, "parity": cmd_parity, "int8": cmd_int8, "compare-calibration": cmd_compare, "all": cmd_all}
+    return handlers[args.cmd](args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -13,7 +13,6 @@ with 130 / 143; SIGUSR1 empties the dialogue memory (a new conversation starts).
 from __future__ import annotations
 
 import argparse
-import importlib
 import logging
 import os
 import signal

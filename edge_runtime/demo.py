@@ -164,4 +164,5 @@ def default_model_path() -> Path:
         found = _model_in(folder)
         if found is not None:
             return found
-    raise HBAFError(f"no default model (none packaged in {assets}, none in {home}); build it with `hbaf quickstart` or pass --model FILE")
+    raise HBAFError(f"no default model (none packaged in {assets}, none in {home}); reinstall hbaf-edge, "
+                   "or pass --model FILE (a checkpoint from `hbaf train` or an ONNX from `hbaf-export all`)")

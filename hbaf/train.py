@@ -68,12 +68,17 @@ class FeatureStore:
 
     def _compute(self, workers: int | None) -> None:
         workers = workers or min(os.cpu_count() or 1, 8)
-        if workers > 1 and len(self.paths) > 64:
-            with ProcessPoolExecutor(workers) as pool:
-                it = pool.map(_feature_job, self.paths, chunksize=32)
-                self.feats = list(tqdm(it, total=len(self.paths), desc="log-mel", unit="utt", leave=False))
-        else:
-            self.feats = [_feature_job(p) for p in tqdm(self.paths, desc="log-mel", unit="utt", leave=False)]
+        # the bar is a context manager so that it is cleared before an error message is printed
+        with tqdm(total=len(self.paths), desc="log-mel", unit="utt", leave=False) as bar:
+            if workers > 1 and len(self.paths) > 64:
+                with ProcessPoolExecutor(workers) as pool:
+                    for f in pool.map(_feature_job, self.paths, chunksize=32):
+                        self.feats.append(f)
+                        bar.update()
+            else:
+                for p in self.paths:
+                    self.feats.append(_feature_job(p))
+                    bar.update()
 
     def _load(self, path: Path, key: str) -> bool:
         try:
@@ -316,14 +321,16 @@ def train(model: HBAF, records: list[Record], store: FeatureStore, tokenizer: To
     targets = torch.tensor([label_index[r.label] for r in train_recs])
     steps_per_epoch = len(pack_batches(groups, tc.max_utts, None))
     total_steps = tc.epochs * steps_per_epoch if tc.max_steps is None else min(tc.max_steps, tc.epochs * steps_per_epoch)
-    opt = torch.optim.AdamW(_param_groups(model, tc), weight_decay=tc.weight_decay)
+    param_groups = _param_groups(model, tc)
+    hint = None
+    if teacher_out is not None and tc.hint_weight > 0:
+        # hidden-state hint: the student's utterance embedding, projected, regresses the teacher's
+        hint = torch.nn.Linear(model.memory_dim, teacher_out["utt_emb"].shape[1])
+        param_groups.append({"params": list(hint.parameters()), "lr": tc.lr})
+    opt = torch.optim.AdamW(param_groups, weight_decay=tc.weight_decay)
     warm = max(1, int(tc.warmup * total_steps))
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: min(1.0, (s + 1) / warm) * max(0.05, 0.5 * (1 + math.cos(math.pi * min(1.0, s / max(1, total_steps))))))
-    hint = None
-    if teacher_out is not None and tc.hint_weight > 0:
-        hint = torch.nn.Linear(model.memory_dim, teacher_out["utt_emb"].shape[1])
-        opt.add_param_group({"params": hint.parameters(), "lr": tc.lr})
     t_train = {k: torch.from_numpy(v[split_idx["train"]]) for k, v in teacher_out.items()} if teacher_out else None
 
     dev_recs = [records[i] for i in split_idx["dev"]]

@@ -417,10 +417,13 @@ def test_default_model_path(tmp_path, monkeypatch, ckpt):
     import hbaf
     from edge_runtime.demo import _model_in, default_model_path
 
-    if _model_in(Path(hbaf.__file__).parent / "assets") is not None:
-        pytest.skip("a packaged default model is installed")
+    packaged = _model_in(Path(hbaf.__file__).parent / "assets")
+    assert packaged is not None and packaged.name == "default.onnx", "the package ships its default model"
+    assert default_model_path() == packaged
+    # Without a packaged model the search falls back to $HBAF_HOME/models/default.
+    monkeypatch.setattr(hbaf, "__file__", str(tmp_path / "pkg" / "__init__.py"))
     monkeypatch.setenv("HBAF_HOME", str(tmp_path))
-    with pytest.raises(HBAFError, match="hbaf quickstart"):
+    with pytest.raises(HBAFError, match="reinstall hbaf-edge"):
         default_model_path()
     shutil.copytree(ckpt, tmp_path / "models" / "default")
     assert default_model_path() == tmp_path / "models" / "default"

@@ -21,10 +21,9 @@ from edge_runtime.backends import (
     sniff,
 )
 from edge_runtime.memory import DialogueMemory
-from hbaf.checkpoint import save_checkpoint
+from helpers import tiny_checkpoint
 from hbaf.errors import HBAFError
 from hbaf.features import log_mel
-from hbaf.model import HBAF, preset
 from hbaf.text import resolve_text_encoder
 
 LABELS = ["neutral", "joy", "sadness", "anger"]
@@ -33,9 +32,7 @@ TEXTS = ["hello there, how are you", "I cannot believe you did that!", "well, ok
 
 @pytest.fixture(scope="module")
 def ckpt(tmp_path_factory) -> Path:
-    torch.manual_seed(0)
-    model = HBAF(preset("tiny"), LABELS).eval()
-    return save_checkpoint(model, tmp_path_factory.mktemp("ckpt") / "tiny", resolve_text_encoder() / "tokenizer.json")
+    return tiny_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny", LABELS)
 
 
 @pytest.fixture(scope="module")

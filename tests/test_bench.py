@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import assert_one_line_error
 
 pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
@@ -254,23 +255,15 @@ def test_e2e_quick(inputs, tmp_path):
 # ----------------------------------------------------------------------------- bad input
 
 
-def _one_line_error(proc: subprocess.CompletedProcess, *words: str) -> None:
-    assert proc.returncode == 2, (proc.returncode, proc.stderr[-2000:])
-    lines = [ln for ln in proc.stderr.strip().splitlines() if ln.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in proc.stderr, proc.stderr[-2000:]
-    for w in words:
-        assert w in lines[0], lines[0]
-
-
 def test_bad_inputs_give_one_line_and_exit_2(inputs, tmp_path):
     out = tmp_path / "out"
     common = ["--manifest", str(inputs["manifest"]), "--quick", "--threads", "1", "--out", str(out)]
-    _one_line_error(_bench("--checkpoint", str(tmp_path / "nope"), *common), "--checkpoint", "not found")
+    assert_one_line_error(_bench("--checkpoint", str(tmp_path / "nope"), *common), "--checkpoint", "not found")
     corrupt = tmp_path / "corrupt.onnx"
     corrupt.write_bytes(inputs["onnx"].read_bytes()[:4096])  # a truncated copy
-    _one_line_error(_bench("--checkpoint", str(inputs["student"]), "--onnx", str(corrupt), *common), "corrupt.onnx")
-    _one_line_error(_bench("--checkpoint", str(inputs["student"]), "--out", str(out)), "--manifest")
-    _one_line_error(_bench("--checkpoint", str(inputs["student"]), "--lengths", "3,12", *common), "--lengths")
+    assert_one_line_error(_bench("--checkpoint", str(inputs["student"]), "--onnx", str(corrupt), *common), "corrupt.onnx")
+    assert_one_line_error(_bench("--checkpoint", str(inputs["student"]), "--out", str(out)), "--manifest")
+    assert_one_line_error(_bench("--checkpoint", str(inputs["student"]), "--lengths", "3,12", *common), "--lengths")
     assert not (out / "bench.json").exists()
 
 

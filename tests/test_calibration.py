@@ -16,6 +16,7 @@ ort = pytest.importorskip("onnxruntime")
 pytest.importorskip("onnxruntime.quantization")
 
 from test_export_onnx import LABELS, LINES, make_checkpoint, make_manifest  # noqa: E402  (shared small fixtures)
+from helpers import assert_one_line_error
 
 
 @pytest.fixture(scope="module")
@@ -149,20 +150,11 @@ def _cli(*args: str) -> subprocess.CompletedProcess:
                           cwd=str(Path(__file__).resolve().parents[1]))
 
 
-def _one_line_error(proc: subprocess.CompletedProcess, *words: str) -> None:
-    assert proc.returncode == 2, proc.stderr
-    lines = [ln for ln in proc.stderr.strip().splitlines() if ln.strip()]
-    assert len(lines) == 1, proc.stderr
-    assert lines[0].startswith("error: ") and "Traceback" not in proc.stderr
-    for w in words:
-        assert w in lines[0], lines[0]
-
-
 def test_cli_empty_calibration_manifest(fp32, tmp_path):
     empty = tmp_path / "empty.jsonl"
     empty.write_text("\n")
     proc = _cli("int8", "--onnx", str(fp32[0]), "--manifest", str(empty), "--out", str(tmp_path / "o"))
-    _one_line_error(proc, "empty")
+    assert_one_line_error(proc, "empty")
     assert not list((tmp_path / "o").glob("*.onnx")) if (tmp_path / "o").exists() else True
 
 
@@ -170,9 +162,9 @@ def test_cli_corrupt_and_truncated_onnx(fp32, tmp_path):
     path, manifest, _ = fp32
     junk = tmp_path / "junk.onnx"
     junk.write_bytes(np.random.default_rng(0).integers(0, 256, 4096, dtype=np.uint8).tobytes())
-    _one_line_error(_cli("int8", "--onnx", str(junk), "--manifest", str(manifest), "--out", str(tmp_path / "o")), str(junk))
+    assert_one_line_error(_cli("int8", "--onnx", str(junk), "--manifest", str(manifest), "--out", str(tmp_path / "o")), str(junk))
     cut = tmp_path / "cut.onnx"
     cut.write_bytes(Path(path).read_bytes()[: os.path.getsize(path) // 2])
-    _one_line_error(_cli("compare-calibration", "--onnx", str(cut), "--manifest", str(manifest), "--out", str(tmp_path / "o")), str(cut))
-    _one_line_error(_cli("int8", "--onnx", str(tmp_path / "missing.onnx"), "--manifest", str(manifest), "--out", str(tmp_path / "o")),
+    assert_one_line_error(_cli("compare-calibration", "--onnx", str(cut), "--manifest", str(manifest), "--out", str(tmp_path / "o")), str(cut))
+    assert_one_line_error(_cli("int8", "--onnx", str(tmp_path / "missing.onnx"), "--manifest", str(manifest), "--out", str(tmp_path / "o")),
                     "not found")

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import assert_one_line_error
 
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
@@ -166,15 +167,6 @@ def _cli(*args: str) -> subprocess.CompletedProcess:
                           cwd=str(Path(__file__).resolve().parents[1]))
 
 
-def _one_line_error(proc: subprocess.CompletedProcess, *words: str) -> None:
-    assert proc.returncode == 2, proc.stderr
-    lines = [ln for ln in proc.stderr.strip().splitlines() if ln.strip()]
-    assert len(lines) == 1, proc.stderr
-    assert lines[0].startswith("error: ") and "Traceback" not in proc.stderr
-    for w in words:
-        assert w in lines[0], lines[0]
-
-
 def test_cli_checkpoint_whose_config_does_not_match_its_weights(exported, tmp_path):
     ckpt = exported[0]
     bad = tmp_path / "bad_ckpt"
@@ -183,10 +175,10 @@ def test_cli_checkpoint_whose_config_does_not_match_its_weights(exported, tmp_pa
     cfg["config"]["d_model"] = 96
     (bad / "config.json").write_text(json.dumps(cfg))
     proc = _cli("onnx", "--checkpoint", str(bad), "--out", str(tmp_path / "x.onnx"))
-    _one_line_error(proc, "do not match")
+    assert_one_line_error(proc, "do not match")
     assert not (tmp_path / "x.onnx").exists()
 
 
 def test_cli_missing_checkpoint_and_bad_output_name(tmp_path):
-    _one_line_error(_cli("onnx", "--checkpoint", str(tmp_path / "nope"), "--out", str(tmp_path / "x.onnx")), "not found")
-    _one_line_error(_cli("onnx"), "--checkpoint")
+    assert_one_line_error(_cli("onnx", "--checkpoint", str(tmp_path / "nope"), "--out", str(tmp_path / "x.onnx")), "not found")
+    assert_one_line_error(_cli("onnx"), "--checkpoint")

@@ -31,10 +31,10 @@ import torch
 
 from edge_runtime.asr import word_error_rate
 from hbaf.checkpoint import save_checkpoint
+from helpers import tiny_checkpoint
 from hbaf.errors import HBAFError
 from hbaf.features import SAMPLE_RATE, load_audio, resample
 from hbaf.model import HBAF, preset
-from hbaf.text import resolve_text_encoder
 
 REPO = Path(__file__).resolve().parents[1]
 LABELS = ["neutral", "joy", "sadness", "anger"]
@@ -125,9 +125,7 @@ def _silence(seconds: float) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def ckpt(tmp_path_factory) -> Path:
-    torch.manual_seed(0)
-    model = HBAF(preset("tiny"), LABELS).eval()
-    return save_checkpoint(model, tmp_path_factory.mktemp("ckpt") / "tiny", resolve_text_encoder() / "tokenizer.json")
+    return tiny_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny", LABELS)
 
 
 @pytest.fixture(scope="module")

@@ -16,7 +16,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from edge_runtime.asr import WhisperASR, normalize_words, word_error_rate
 from edge_runtime.backends import Backend, open_backend
@@ -26,11 +25,9 @@ from edge_runtime.memory import DialogueMemory
 from edge_runtime.pipeline import Pipeline
 from edge_runtime.sources import FileSource, MicSource
 from edge_runtime.vad import Segmenter
-from hbaf.checkpoint import save_checkpoint
+from helpers import tiny_checkpoint
 from hbaf.errors import HBAFError
 from hbaf.features import SAMPLE_RATE, load_audio, resample
-from hbaf.model import HBAF, preset
-from hbaf.text import resolve_text_encoder
 
 REPO = Path(__file__).resolve().parents[1]
 LABELS = ["neutral", "joy", "sadness", "anger"]
@@ -47,9 +44,7 @@ TURNS = [
 
 @pytest.fixture(scope="module")
 def ckpt(tmp_path_factory) -> Path:
-    torch.manual_seed(0)
-    model = HBAF(preset("tiny"), LABELS).eval()
-    return save_checkpoint(model, tmp_path_factory.mktemp("ckpt") / "tiny", resolve_text_encoder() / "tokenizer.json")
+    return tiny_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny", LABELS)
 
 
 @pytest.fixture(scope="module")

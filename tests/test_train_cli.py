@@ -3,19 +3,11 @@ import subprocess
 import sys
 
 import pytest
+from helpers import assert_one_line_error
 
 
 def run_cli(*args):
     return subprocess.run([sys.executable, "-m", "hbaf.cli", *map(str, args)], capture_output=True, text=True)
-
-
-def one_line_error(proc, *needles):
-    assert proc.returncode == 2, proc.stderr
-    assert "Traceback" not in proc.stderr
-    lines = [ln for ln in proc.stderr.splitlines() if ln.strip() and not ln.startswith(("log-mel", "\r"))]
-    assert len(lines) == 1, proc.stderr
-    for n in needles:
-        assert n in lines[0], lines[0]
 
 
 @pytest.mark.slow
@@ -69,17 +61,17 @@ def test_bad_manifests_are_one_line_errors(ci_corpus, tmp_path):
         r["audio"] = str(ci_corpus / r["audio"])
     missing = [dict(rows[0], audio=str(tmp_path / "gone.wav"))] + rows[1:]
     write_manifest(tmp_path / "missing.jsonl", missing)
-    one_line_error(run_cli("train", "--manifest", tmp_path / "missing.jsonl", "--preset", "tiny", "--out", tmp_path / "o"),
+    assert_one_line_error(run_cli("train", "--manifest", tmp_path / "missing.jsonl", "--preset", "tiny", "--out", tmp_path / "o"),
                    "gone.wav", "line 1")
     empty_text = [dict(rows[0], text="  ")] + rows[1:]
     write_manifest(tmp_path / "empty_text.jsonl", empty_text)
-    one_line_error(run_cli("train", "--manifest", tmp_path / "empty_text.jsonl", "--preset", "tiny", "--out", tmp_path / "o"),
+    assert_one_line_error(run_cli("train", "--manifest", tmp_path / "empty_text.jsonl", "--preset", "tiny", "--out", tmp_path / "o"),
                    "line 1")
     bad = tmp_path / "bad.wav"
     bad.write_bytes(b"RIFF\x00\x00\x00\x00WAVEjunkjunkjunk" * 4)
     unreadable = [dict(rows[0], audio=str(bad))] + rows[1:]
     write_manifest(tmp_path / "unreadable.jsonl", unreadable)
-    one_line_error(run_cli("train", "--manifest", tmp_path / "unreadable.jsonl", "--preset", "tiny", "--out", tmp_path / "o"),
+    assert_one_line_error(run_cli("train", "--manifest", tmp_path / "unreadable.jsonl", "--preset", "tiny", "--out", tmp_path / "o"),
                    "bad.wav")
 
 
@@ -90,4 +82,4 @@ def test_unknown_label_against_a_checkpoint(ci_corpus, tmp_path):
 
     ck = save_checkpoint(HBAF(preset("tiny"), ["anger", "neutral"]), tmp_path / "ck", resolve_text_encoder() / "tokenizer.json")
     proc = run_cli("evaluate", "--checkpoint", ck, "--corpus", ci_corpus)
-    one_line_error(proc, "label")
+    assert_one_line_error(proc, "label")

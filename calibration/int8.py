@@ -47,6 +47,7 @@ from typing import Sequence
 import numpy as np
 
 from export.onnx_export import (
+    consumers,
     OrtRunner,
     TOKENIZER_FILE,
     Utterance,
@@ -229,19 +230,11 @@ def _split_read_outputs(proto) -> None:
         graph.node.append(helper.make_node("Identity", [inner], [name], name=f"{name}__output"))
 
 
-def _consumers(graph) -> dict[str, list]:
-    users: dict[str, list] = {}
-    for node in graph.node:
-        for name in node.input:
-            users.setdefault(name, []).append(node)
-    return users
-
-
 def select_gemm_nodes(proto, include_conv: bool = True) -> tuple[list[str], dict[str, str]]:
     """(names of the nodes to quantize, {excluded node: reason}) among MatMul/Gemm/Conv."""
     graph = proto.graph
     weights = {i.name for i in graph.initializer}
-    users = _consumers(graph)
+    users = consumers(graph)
     chosen: list[str] = []
     excluded: dict[str, str] = {}
     for node in graph.node:
@@ -556,7 +549,7 @@ def check_qdq_placement(model, flavour: str | None = None, quantized: set[str] |
 
     proto = load_onnx_model(model) if not hasattr(model, "graph") else model
     graph = proto.graph
-    users = _consumers(graph)
+    users = consumers(graph)
     inits = {i.name: i for i in graph.initializer}
     problems: list[str] = []
     producer = {o: n for n in graph.node for o in n.output}

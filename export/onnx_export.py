@@ -254,7 +254,8 @@ def _quiet():
                 log.debug("exporter output:\n%s", buf.getvalue().strip())
 
 
-def _consumers(graph) -> dict[str, list]:
+def consumers(graph) -> dict[str, list]:
+    """Tensor name -> the nodes that read it."""
     users: dict[str, list] = {}
     for node in graph.node:
         for name in node.input:
@@ -269,7 +270,7 @@ def _drop_index_casts(proto) -> int:
 
     graph = proto.graph
     int32_inputs = {i.name for i in graph.input if i.type.tensor_type.elem_type == TensorProto.INT32}
-    users = _consumers(graph)
+    users = consumers(graph)
     outputs = {o.name for o in graph.output}
     removed = []
     for node in graph.node:

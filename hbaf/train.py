@@ -231,6 +231,7 @@ def predict(model: HBAF, records: list[Record], store: FeatureStore, tokenizer: 
     probs = np.zeros((len(records), len(model.labels)), dtype=np.float32)
     logits = np.zeros_like(probs)
     gates = np.zeros((len(records), 2), dtype=np.float32)
+    embs = np.zeros((len(records), model.memory_dim), dtype=np.float32)
     for batch in tqdm(pack_batches(groups, max_utts, None), desc=desc, leave=False, unit="batch"):
         flat = [i for g in batch for i in g]
         feats = [_silence_like(store[i]) if blank_audio else store[i] for i in flat]
@@ -240,7 +241,8 @@ def predict(model: HBAF, records: list[Record], store: FeatureStore, tokenizer: 
         probs[flat] = out["probs"].numpy()
         logits[flat] = out["logits"].numpy()
         gates[flat] = out["gate"].numpy()
-    return {"probs": probs, "logits": logits, "gate": gates}
+        embs[flat] = out["utt_emb"].numpy()
+    return {"probs": probs, "logits": logits, "gate": gates, "utt_emb": embs}
 
 
 def _relabel(batch: list[list[int]]) -> list[list[int]]:

@@ -62,6 +62,7 @@ from export.onnx_export import (
     subset_cache_file,
     take_dialogues,
 )
+from export.ort_cpu import add_contrib_types, is_ort_cpu_graph
 from hbaf.errors import HBAFError
 
 log = logging.getLogger(__name__)
@@ -204,6 +205,7 @@ def prepare(fp32_onnx: str | os.PathLike, out_path: str | os.PathLike) -> Path:
             node.name = f"{node.op_type}_{i}"
         used.add(node.name)
     _split_read_outputs(pre)
+    add_contrib_types(pre)
     keys = {p.key for p in meta}
     kept = [p for p in pre.metadata_props if p.key not in keys]  # e.g. the pre-processing marker
     del pre.metadata_props[:]
@@ -373,6 +375,13 @@ def quantize_flavour(prepared: str | os.PathLike, ranges, flavour: str, out_path
         raise HBAFError(f"unknown flavour '{flavour}'; choose trt, cpu or both")
     model = onnx.load(str(prepared))  # prepare() stored the inferred types
     meta = read_hbaf_metadata(model)
+    if flavour == "cpu":
+        # ONNX Runtime's CPU has no Conv kernel taking int8 inputs with a float output: Q/DQ on the
+        # Convs would only add a quantize/dequantize round trip in front of the same float Conv
+        include_conv = False
+    if flavour == "trt" and is_ort_cpu_graph(model):
+        raise HBAFError(f"{source or prepared} is the ONNX Runtime CPU graph (com.microsoft operators), which TensorRT cannot "
+                        "parse; quantize the contract graph (`hbaf-export onnx` without --graph ort-cpu) for --flavour trt")
     nodes, excluded = select_gemm_nodes(model, include_conv)
     if not nodes:
         raise HBAFError(f"{prepared} has no MatMul/Gemm with constant weights to quantize; export the model with `hbaf-export onnx`")
@@ -697,7 +706,8 @@ def work_dir(base: str | os.PathLike):
 
 
 def int8_name(fp32: str | os.PathLike, flavour: str, method: str | None = None) -> str:
-    stem = Path(fp32).stem
+    """``<stem>.int8-<flavour>[-method].onnx``; the CPU graph ``model.ort.onnx`` gives ``model.int8-cpu.onnx``."""
+    stem = Path(fp32).stem.removesuffix(".ort")
     return f"{stem}.int8-{flavour}{'-' + method if method else ''}.onnx"
 
 

@@ -149,6 +149,10 @@ def _markdown(title: str, report: dict, body: str) -> str:
         if r.get("speedup_vs_pytorch_fp32"):
             line += f", {r['speedup_vs_pytorch_fp32']:.2f}x vs PyTorch eager FP32"
         summary.append(line)
+    same, cpu = rows.get("fp32-cpu-graph", {}), rows.get("int8-cpu", {})
+    if same.get("p50_ms") and cpu.get("p50_ms"):
+        summary.append(f"- int8-cpu vs FP32 of the same ONNX Runtime CPU graph (quantization alone): p50 "
+                       f"{same['p50_ms'] / cpu['p50_ms']:.2f}x")
     if summary:
         lines += ["", "Against FP32 (targets: <= 1 point weighted-F1 drop, <= 1/3.5 the size, >= 1.5x / >= 4x faster p50 "
                   "than ONNX Runtime / PyTorch FP32 for the CPU flavour):", *summary]
@@ -207,16 +211,17 @@ def quantize_onnx(fp32: str | os.PathLike, manifest: str | os.PathLike, out_dir:
 def int8_report(fp32: str | os.PathLike, results: list[QuantResult], manifest: str | os.PathLike, out_dir: str | os.PathLike, *,
                 split: str = "test", limit: int | None = None, threads: int = 2, latency_runs: int = 100,
                 tokenizer: str | None = None, workers: int | None = None, torch_model=None, extra: dict | None = None,
-                name: str = "int8_report") -> dict:
+                name: str = "int8_report", fp32_variants: dict[str, str] | None = None) -> dict:
+    """``fp32_variants``: other FP32 graphs of the same model (the ONNX Runtime CPU graph) measured alongside."""
     info = model_info_checked(fp32)
     data = build_eval_set(fp32, manifest, split=split, limit=limit, tokenizer=tokenizer, workers=workers)
-    variants = {f"int8-{r.flavour}": r.path for r in results}
+    variants = {**(fp32_variants or {}), **{f"int8-{r.flavour}": r.path for r in results}}
     report = evaluate_variants(fp32, variants, data, threads=threads, latency_runs=latency_runs, torch_model=torch_model,
                                labels=info["labels"])
     report["quantization"] = {f"int8-{r.flavour}": {k: v for k, v in asdict(r).items() if k not in ("quantized_nodes",)}
                               for r in results}
     report.update(extra or {})
-    mf = {"fp32": ("-", "fp32"), "pytorch-fp32": ("-", "pytorch eager fp32"),
+    mf = {"fp32": ("-", "fp32"), "pytorch-fp32": ("-", "pytorch eager fp32"), "fp32-cpu-graph": ("-", "fp32, ORT CPU graph"),
           **{f"int8-{r.flavour}": (r.method, r.flavour) for r in results}}
     body = table(report["rows"], method_flavour=mf)
     write_report(out_dir, name, "HBAF INT8 report", report, body)
@@ -285,18 +290,26 @@ def export_all(checkpoint: str | os.PathLike, manifest: str | os.PathLike, out_d
     stages = tqdm(total=4, desc="hbaf-export all", unit="stage")
     stages.set_postfix_str("export ONNX")
     fp32 = export_onnx(checkpoint, out_dir / f"{name}.onnx", opset=opset)
+    cpu_graph = export_onnx(checkpoint, out_dir / f"{name}.ort.onnx", graph="ort-cpu")
     stages.update(1)
     stages.set_postfix_str("parity")
     par = parity(checkpoint, fp32, manifest, n=parity_n, threads=threads)
     write_json_atomic(out_dir / "parity.json", par)
+    par_cpu = parity(checkpoint, cpu_graph, manifest, n=parity_n, threads=threads)
+    write_json_atomic(out_dir / "parity.ort.json", par_cpu)
     stages.update(1)
     stages.set_postfix_str("calibrate + quantize")
-    results = quantize_onnx(fp32, manifest, out_dir, method=method, num=num, seed=seed, threads=threads, workers=workers)
+    # the TensorRT form comes from the contract graph, the CPU form from the ONNX Runtime CPU graph
+    results = quantize_onnx(fp32, manifest, out_dir, flavours=["trt"], method=method, num=num, seed=seed, threads=threads,
+                            workers=workers)
+    results += quantize_onnx(cpu_graph, manifest, out_dir, flavours=["cpu"], method=method, num=num, seed=seed,
+                             threads=threads, workers=workers)
     stages.update(1)
     stages.set_postfix_str("evaluate + latency")
     report = int8_report(fp32, results, manifest, out_dir, split=split, limit=limit, threads=threads,
-                         latency_runs=latency_runs, workers=workers, torch_model=model, extra={"parity": par},
-                         name="report")
+                         latency_runs=latency_runs, workers=workers, torch_model=model,
+                         extra={"parity": par, "parity_ort_cpu_graph": par_cpu}, name="report",
+                         fp32_variants={"fp32-cpu-graph": str(cpu_graph)})
     stages.update(1)
     stages.close()
     return report

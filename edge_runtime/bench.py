@@ -523,6 +523,14 @@ def _size_mb(path: Path) -> float | None:
         return None
 
 
+def _graph_kind(path: Path) -> str:
+    """The ``graph`` an FP32 export declares in its metadata (contract when absent or unreadable)."""
+    from export.onnx_export import read_hbaf_metadata
+    from export.trt_compat import load_onnx
+
+    return str(read_hbaf_metadata(load_onnx(path, load_external_data=False)).get("graph") or "contract")
+
+
 def _quant_meta(path: Path) -> dict:
     """The INT8 recipe recorded by calibration/ (``hbaf_quantization`` metadata), if any."""
     from export.trt_compat import load_onnx
@@ -567,6 +575,7 @@ class Settings:
     compile: str
     cold_start: str
     workers: int | None
+    onnx_extra: list[Path] = field(default_factory=list)
 
 
 @dataclass
@@ -647,7 +656,8 @@ class FusionBench:
         else:
             self._open(comp, fatal=False)
 
-        onnx_files: list[tuple[Path, bool]] = ([(s.onnx, False)] if s.onnx else []) + [(p, True) for p in s.int8]
+        onnx_files: list[tuple[Path, bool]] = ([(s.onnx, False)] if s.onnx else []) + [(p, False) for p in s.onnx_extra] \
+            + [(p, True) for p in s.int8]
         for path in onnx_files:
             if model_kind(path[0]) != "onnx":
                 raise HBAFError(f"{path[0]} is not an ONNX model; pass the .onnx files written by `hbaf-export onnx` / `hbaf-export int8`")
@@ -660,6 +670,8 @@ class FusionBench:
             if quant or is_int8:
                 label, precision = INT8_LABELS.get(flavour, ("ONNX Runtime INT8", "int8"))
                 key = f"ort-int8-{flavour or 'qdq'}"
+            elif _graph_kind(path) == "ort-cpu":
+                label, precision, key = "ONNX Runtime (CPU graph)", "fp32", "ort-fp32-cpu-graph"
             else:
                 label, precision, key = "ONNX Runtime", "fp32", "ort-fp32"
             if key in keys:
@@ -1091,6 +1103,10 @@ class FusionBench:
             out.append(_check("INT8 (ORT CPU) p50 speed-up vs PyTorch FP32 eager", base["p50_ms"] / int8["p50_ms"], TARGET_SPEEDUP_VS_TORCH, ">="))
         if ort and ort.get("p50_ms"):
             out.append(_check("INT8 (ORT CPU) p50 speed-up vs ONNX Runtime FP32", ort["p50_ms"] / int8["p50_ms"], TARGET_SPEEDUP_VS_ORT, ">="))
+        same = rows.get("ort-fp32-cpu-graph")
+        if same and same.get("p50_ms"):
+            out.append(_check("INT8 (ORT CPU) p50 speed-up vs FP32 of the same CPU graph", same["p50_ms"] / int8["p50_ms"],
+                              TARGET_SPEEDUP_VS_ORT, ">="))
         if base and base.get("weighted_f1") is not None and int8.get("weighted_f1") is not None:
             out.append(_check("weighted-F1 drop INT8 vs PyTorch FP32 (points)", 100 * (base["weighted_f1"] - int8["weighted_f1"]),
                               100 * TARGET_MAX_WF1_DROP, "<="))
@@ -1535,7 +1551,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-v", "--verbose", action="count", default=0, help="more log output on stderr")
     m = p.add_argument_group("models")
     m.add_argument("--checkpoint", help="the student checkpoint folder: PyTorch FP32 eager on it is the baseline")
-    m.add_argument("--onnx", help="its FP32 ONNX export (hbaf-export onnx)")
+    m.add_argument("--onnx", nargs="+", action="extend", default=[], metavar="ONNX",
+                   help="its FP32 ONNX export (hbaf-export onnx); a second file may be the ONNX Runtime CPU graph "
+                        "(hbaf-export onnx --graph ort-cpu), timed as its own row")
     m.add_argument("--int8", nargs="+", action="extend", default=[], metavar="ONNX",
                    help="INT8 ONNX models (hbaf-export int8): the CPU form and/or the TensorRT-form Q/DQ model")
     m.add_argument("--engine", nargs="+", action="extend", default=[], metavar="ENGINE", help="TensorRT .engine files (hbaf-export engine)")
@@ -1600,7 +1618,7 @@ def _e2e_model(args: argparse.Namespace) -> Path:
         if str(_quant_meta(Path(path)).get("flavour")) in ("cpu", "cpu-dynamic"):
             return Path(path)
     if args.onnx:
-        return Path(args.onnx)
+        return Path(args.onnx[0])
     if args.checkpoint:
         return Path(args.checkpoint)
     raise HBAFError("--e2e needs a fusion model: pass --checkpoint DIR (or --e2e-model FILE)")
@@ -1619,7 +1637,8 @@ def run_bench(args: argparse.Namespace, argv: Sequence[str]) -> int:
     checkpoint = _existing(args.checkpoint, "--checkpoint")
     if checkpoint is not None and not checkpoint.is_dir():
         raise HBAFError(f"--checkpoint {checkpoint} is not a folder; pass the checkpoint folder `hbaf train --out` wrote")
-    onnx = _existing(args.onnx, "--onnx")
+    onnx_files = [p for p in (_existing(x, "--onnx") for x in args.onnx) if p is not None]
+    onnx = onnx_files[0] if onnx_files else None
     int8 = [p for p in (_existing(x, "--int8") for x in args.int8) if p is not None]
     engines = [p for p in (_existing(x, "--engine") for x in args.engine) if p is not None]
     teacher = _existing(args.teacher, "--teacher")
@@ -1646,7 +1665,7 @@ def run_bench(args: argparse.Namespace, argv: Sequence[str]) -> int:
         "command": "hbaf-edge bench " + shlex.join(list(argv)),
         "machine": facts,
         "settings": {
-            "checkpoint": checkpoint, "onnx": onnx, "int8": int8, "engines": engines, "teacher": teacher, "manifest": manifest,
+            "checkpoint": checkpoint, "onnx": onnx_files, "int8": int8, "engines": engines, "teacher": teacher, "manifest": manifest,
             "lengths": args.lengths, "batches": args.batch, "runs": runs, "warmup": warmup, "threads": args.threads,
             "torch_threads": torch.get_num_threads(), "torch_interop_threads": torch.get_num_interop_threads(),
             "quick": quick, "eval_limit": eval_limit, "eval_split": args.eval_split, "compile": args.compile,
@@ -1656,7 +1675,8 @@ def run_bench(args: argparse.Namespace, argv: Sequence[str]) -> int:
     if fusion:
         assert checkpoint is not None and manifest is not None
         settings = Settings(checkpoint, onnx, int8, engines, teacher, manifest, args.lengths, args.batch, runs, warmup,
-                            args.threads, quick, eval_limit, args.eval_split, args.compile, cold, args.workers)
+                            args.threads, quick, eval_limit, args.eval_split, args.compile, cold, args.workers,
+                            onnx_extra=onnx_files[1:])
         with tempfile.TemporaryDirectory(prefix="hbaf-bench-") as tmp:
             report["fusion"] = FusionBench(settings).run(Path(tmp))
     if args.e2e:

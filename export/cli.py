@@ -1,6 +1,6 @@
 """`hbaf-export`: checkpoint -> ONNX -> INT8 (Q/DQ) -> TensorRT engine.
 
-    hbaf-export onnx --checkpoint DIR --out model.onnx [--parity-manifest M]
+    hbaf-export onnx --checkpoint DIR --out model.onnx [--graph contract|ort-cpu] [--parity-manifest M]
     hbaf-export parity --checkpoint DIR --onnx model.onnx --manifest M
     hbaf-export int8 --onnx model.onnx --manifest M --flavour trt|cpu|both --method percentile --num 512 --out DIR
     hbaf-export compare-calibration --onnx model.onnx --manifest M --out DIR
@@ -58,6 +58,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output .onnx file (tokenizer.json is copied next to it)")
     p.add_argument("--opset", type=int, default=17)
     p.add_argument("--exporter", choices=["auto", "dynamo", "torchscript"], default="auto")
+    p.add_argument("--graph", choices=["contract", "ort-cpu"], default="contract",
+                   help="contract: standard operators, for TensorRT and any runtime (default); ort-cpu: the same model with "
+                        "ONNX Runtime's fused CPU kernels (opset 18 + com.microsoft), the source of the fast CPU INT8 model")
     p.add_argument("--no-check", action="store_true", help="skip onnx.checker / TensorRT / ONNX Runtime checks")
     p.add_argument("--parity-manifest", default=None, help="manifest of real utterances for the PyTorch/ONNX Runtime parity check")
     p.add_argument("--parity-n", type=int, default=64)
@@ -91,7 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
     _eval_args(p)
     _common(p)
 
-    p = sub.add_parser("all", help="checkpoint -> ONNX -> parity -> INT8 trt + cpu -> report")
+    p = sub.add_parser("all", help="checkpoint -> ONNX (contract + ORT CPU graph) -> parity -> INT8 trt + cpu -> report")
     p.add_argument("--checkpoint", required=True)
     p.add_argument("--manifest", required=True)
     p.add_argument("--out", required=True)
@@ -111,7 +114,8 @@ def build_parser() -> argparse.ArgumentParser:
 def cmd_onnx(args) -> int:
     from export.onnx_export import export_onnx, parity
 
-    out = export_onnx(args.checkpoint, args.out, opset=args.opset, check=not args.no_check, exporter=args.exporter)
+    out = export_onnx(args.checkpoint, args.out, opset=args.opset, check=not args.no_check, exporter=args.exporter,
+                      graph=args.graph)
     print(f"onnx: {out} ({out.stat().st_size / 1e6:.1f} MB)")
     if args.parity_manifest:
         res = parity(args.checkpoint, out, args.parity_manifest, n=args.parity_n, threads=args.threads)

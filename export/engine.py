@@ -385,6 +385,9 @@ class EngineBuilder:
     def inspect(self) -> tuple[bytes, dict[str, Any]]:
         """Read and check the ONNX: returns its bytes and what the sidecar needs from it."""
         model = load_onnx(self.onnx_path)
+        if any(node.domain == "com.microsoft" for node in model.graph.node):
+            raise HBAFError(f"{self.onnx_path} is the ONNX Runtime CPU graph (com.microsoft operators), which TensorRT cannot "
+                            "parse; build the engine from the contract export (model.onnx, or model.int8-trt.onnx for INT8)")
         problems = check_onnx_for_tensorrt(model)
         if problems:
             shown = "; ".join(problems[:4]) + (f"; and {len(problems) - 4} more" if len(problems) > 4 else "")

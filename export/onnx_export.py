@@ -51,6 +51,7 @@ INPUT_NAMES = ("audio_feats", "audio_mask", "input_ids", "attention_mask", "memo
 OUTPUT_NAMES = ("probs", "utt_emb", "gate")
 METADATA_KEY = "hbaf"
 DIM_NAMES = {"B": "batch", "T": "frames", "L": "tokens"}
+GRAPHS = ("contract", "ort-cpu")
 TOKENIZER_FILE = "tokenizer.json"
 _PROTO_LIMIT = 2**31 - 1  # protobuf's 2 GB ceiling for a single-file model
 _DTYPES = {
@@ -67,12 +68,14 @@ _REDUCE_ATTR_OPS = frozenset({"ReduceMean", "ReduceMax", "ReduceMin", "ReducePro
 
 
 def export_onnx(checkpoint_dir: str | os.PathLike, out_path: str | os.PathLike, *, opset: int = 17, check: bool = True,
-                exporter: str = "auto") -> Path:
+                exporter: str = "auto", graph: str = "contract") -> Path:
     """Export a checkpoint to ONNX following the contract; returns the written path.
 
     ``exporter``: "auto" (torch.export-based first, TorchScript as fallback), "dynamo" or
     "torchscript". ``check``: onnx.checker (full), the TensorRT compatibility check (when
     export/trt_compat.py is importable) and an ONNX Runtime run compared with PyTorch.
+    ``graph``: "contract" (standard operators, what TensorRT parses) or "ort-cpu" (the same
+    model with ONNX Runtime's fused CPU kernels, opset 18; see export/ort_cpu.py).
     """
     import torch
 
@@ -80,6 +83,12 @@ def export_onnx(checkpoint_dir: str | os.PathLike, out_path: str | os.PathLike, 
 
     if exporter not in ("auto", "dynamo", "torchscript"):
         raise HBAFError(f"unknown exporter '{exporter}'; choose auto, dynamo or torchscript")
+    if graph not in GRAPHS:
+        raise HBAFError(f"unknown graph '{graph}'; choose {' or '.join(GRAPHS)}")
+    if graph == "ort-cpu":
+        if exporter == "torchscript":
+            raise HBAFError("the ort-cpu graph needs the torch.export-based exporter; drop --exporter torchscript")
+        exporter, opset = "dynamo", max(opset, 18)
     if not 13 <= opset <= 20:
         raise HBAFError(f"opset {opset} is outside 13..20 (per-channel Q/DQ needs >= 13, TensorRT 10 parses <= 20); use --opset 17")
     ckpt = Path(checkpoint_dir)
@@ -90,10 +99,20 @@ def export_onnx(checkpoint_dir: str | os.PathLike, out_path: str | os.PathLike, 
     cfg = model.cfg
     example = _example_inputs(cfg, model.memory_dim)
     t0 = time.perf_counter()
-    proto, used = _export_graph(model, example, opset, cfg.max_tokens, exporter)
+    if graph == "ort-cpu":
+        from export import ort_cpu
+
+        with ort_cpu.fused_attention():
+            proto, used = _export_graph(model, example, opset, cfg.max_tokens, exporter,
+                                        translations=ort_cpu.translation_table())
+    else:
+        proto, used = _export_graph(model, example, opset, cfg.max_tokens, exporter)
     _drop_index_casts(proto)
     _convert_opset(proto, opset)
     _name_io_dims(proto, cfg.context_size, model.memory_dim, len(model.labels))
+    if graph == "ort-cpu":
+        proto = ort_cpu.fuse_transformer_ops(proto)
+        ort_cpu.add_contrib_types(proto)
     tok_file = tokenizer_path(ckpt)
     weights_sha = meta.get("weights_sha256") or sha256_file(ckpt / "model.safetensors")
     info = {
@@ -109,6 +128,7 @@ def export_onnx(checkpoint_dir: str | os.PathLike, out_path: str | os.PathLike, 
         "max_tokens": int(cfg.max_tokens),
         "exporter": used,
         "opset": opset,
+        "graph": graph,
         "torch_version": torch.__version__.split("+")[0],
     }
     set_hbaf_metadata(proto, info)
@@ -116,7 +136,7 @@ def export_onnx(checkpoint_dir: str | os.PathLike, out_path: str | os.PathLike, 
     proto.producer_version = __version__
     proto.graph.name = "hbaf"
     if check:
-        _check_proto(proto)
+        _check_proto(proto, full=graph == "contract")
     tok_dst = out.parent / TOKENIZER_FILE
     if tok_file.exists():
         _check_tokenizer_slot(tok_file, tok_dst)
@@ -124,7 +144,8 @@ def export_onnx(checkpoint_dir: str | os.PathLike, out_path: str | os.PathLike, 
         log.warning("checkpoint %s has no %s; the runtime will fall back to the text encoder's tokenizer", ckpt, TOKENIZER_FILE)
 
     def verify(path: Path) -> None:  # runs on the written file before it replaces ``out``
-        _check_trt(path)
+        if graph == "contract":
+            _check_trt(path)
         _smoke_parity(model, path, cfg)
 
     save_onnx(proto, out, verify=verify if check else None)
@@ -159,11 +180,11 @@ def _example_inputs(cfg, memory_dim: int) -> tuple:
     return feats, fmask, ids, imask, memory, mmask
 
 
-def _export_graph(model, example: tuple, opset: int, max_tokens: int, exporter: str):
+def _export_graph(model, example: tuple, opset: int, max_tokens: int, exporter: str, translations: dict | None = None):
     failures: list[str] = []
     if exporter in ("auto", "dynamo"):
         try:
-            return _export_dynamo(model, example, opset, max_tokens), "dynamo"
+            return _export_dynamo(model, example, opset, max_tokens, translations), "dynamo"
         except Exception as err:  # missing onnxscript, old torch, an unsupported construct
             why = _first_line(err)
             failures.append(f"dynamo: {why}")
@@ -183,7 +204,7 @@ def _first_line(err: BaseException) -> str:
     return (text.splitlines()[0] if text else type(err).__name__)[:240]
 
 
-def _export_dynamo(model, example: tuple, opset: int, max_tokens: int):
+def _export_dynamo(model, example: tuple, opset: int, max_tokens: int, translations: dict | None = None):
     import torch
 
     if "dynamo" not in inspect.signature(torch.onnx.export).parameters:
@@ -203,7 +224,10 @@ def _export_dynamo(model, example: tuple, opset: int, max_tokens: int):
     # length for every T, so it defers those guards to runtime asserts, which ONNX drops; the
     # graph holds for every T (tests compare it with PyTorch from T = 1 to T = 998).
     params = inspect.signature(torch.onnx.export).parameters
-    optional = {k: v for k, v in {"external_data": False, "optimize": True, "verbose": False}.items() if k in params}
+    optional = {k: v for k, v in {"external_data": False, "optimize": True, "verbose": False,
+                                  "custom_translation_table": translations}.items() if k in params and v is not None}
+    if translations and "custom_translation_table" not in optional:
+        raise RuntimeError(f"torch {torch.__version__}'s ONNX exporter has no custom_translation_table")
     with _quiet():
         program = torch.onnx.export(
             model, example, input_names=list(INPUT_NAMES), output_names=list(OUTPUT_NAMES),
@@ -367,12 +391,12 @@ def read_hbaf_metadata(proto, key: str = METADATA_KEY) -> dict:
     return {}
 
 
-def _check_proto(proto) -> None:
+def _check_proto(proto, full: bool = True) -> None:
     import onnx
 
     try:
         if proto.ByteSize() < _PROTO_LIMIT:
-            onnx.checker.check_model(proto, full_check=True)
+            onnx.checker.check_model(proto, full_check=full)
     except onnx.checker.ValidationError as err:
         raise HBAFError(f"the exported graph fails onnx.checker ({_first_line(err)}); this is an export bug, try --exporter torchscript") from err
 

@@ -85,27 +85,31 @@ def inputs(tmp_path_factory) -> dict:
     student = _tiny_checkpoint(root / "student", 0)
     teacher = _tiny_checkpoint(root / "teacher", 1, d_model=96)
     onnx_path = export_onnx(student, root / "export" / "model.onnx", exporter="torchscript", check=False)
+    cpu_graph = export_onnx(student, root / "export" / "model.ort.onnx", graph="ort-cpu", check=False)
     int8: dict[str, Path] = {}
     int8_skip = None
     try:
         from calibration.report import quantize_onnx
 
-        results = quantize_onnx(onnx_path, manifest, root / "export", flavours=("cpu", "trt"), method="minmax", num=8,
+        results = quantize_onnx(onnx_path, manifest, root / "export", flavours=("trt",), method="minmax", num=8,
                                 threads=1, workers=1)
+        results += quantize_onnx(cpu_graph, manifest, root / "export", flavours=("cpu",), method="minmax", num=8,
+                                 threads=1, workers=1)
         int8 = {r.flavour: Path(r.path) for r in results}
     except ImportError as err:
         int8_skip = f"calibration/int8.py is not importable here ({err})"
     return {"root": root, "manifest": manifest, "student": student, "teacher": teacher, "onnx": onnx_path,
-            "int8": int8, "int8_skip": int8_skip}
+            "cpu_graph": cpu_graph, "int8": int8, "int8_skip": int8_skip}
 
 
 @pytest.fixture(scope="module")
 def quick(inputs) -> dict:
     out = inputs["root"] / "report"
-    args = ["--checkpoint", str(inputs["student"]), "--onnx", str(inputs["onnx"]), "--teacher", str(inputs["teacher"]),
-            "--manifest", str(inputs["manifest"]), "--quick", "--threads", "1", "--out", str(out)]
+    args = ["--checkpoint", str(inputs["student"]), "--onnx", str(inputs["onnx"]), str(inputs["cpu_graph"]),
+            "--teacher", str(inputs["teacher"]), "--manifest", str(inputs["manifest"]), "--quick", "--threads", "1",
+            "--out", str(out)]
     if inputs["int8"]:
-        args[4:4] = ["--int8", *(str(p) for p in inputs["int8"].values())]
+        args[5:5] = ["--int8", *(str(p) for p in inputs["int8"].values())]
     proc = _bench(*args)
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads((out / "bench.json").read_text())
@@ -199,6 +203,13 @@ def test_inputs_are_real_cropped_and_padded(quick):
     assert any("joined" in s for s in cases["8s-b1"]["sources"])
 
 
+def test_cpu_graph_is_its_own_fp32_row(quick):
+    row = quick["rows"]["ort-fp32-cpu-graph"]
+    assert row["backend"] == "ONNX Runtime (CPU graph)" and row["precision"] == "fp32" and row["status"] == "ok"
+    assert row["top1_agreement"] == 1.0 and row["max_prob_diff"] < 1e-4
+    assert row["bench_inputs_agreement"]["max_prob_diff"] < 1e-4  # padded batches too
+
+
 def test_teacher_is_a_second_baseline_row(quick):
     t = quick["rows"]["teacher-torch-fp32"]
     assert t["status"] == "ok" and t["family"] == "teacher"
@@ -218,6 +229,7 @@ def test_int8_rows(quick, inputs):
     assert cpu["size_mb"] < rows["ort-fp32"]["size_mb"] / 3
     checks = {c["what"] for c in quick["report"]["fusion"]["targets"]}
     assert any("vs PyTorch FP32 eager" in c for c in checks) and any("size" in c for c in checks)
+    assert any("same CPU graph" in c for c in checks)
     assert "### Targets" in quick["proc"].stdout
 
 

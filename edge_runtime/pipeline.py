@@ -131,6 +131,33 @@ def is_live(source: Any) -> bool:
     return isinstance(source, MicSource) or bool(getattr(source, "realtime", False))
 
 
+def fuse_utterance(
+    backend: Backend,
+    tokenizer: Tokenizer,
+    memory: DialogueMemory,
+    feats: np.ndarray,
+    text: str,
+    start: float,
+    end: float,
+) -> tuple[dict[str, Any], int]:
+    """One fusion call exactly as the runtime makes it: tokens of ``text``, the dialogue memory
+    (emptied first when the pause since the last utterance is too long), the backend, and the
+    new utterance embedding pushed when the outputs are finite.
+
+    Returns (the backend's outputs plus ``finite``, how many past utterances the memory held).
+    Offline analyses call this too, so they measure the runtime's own path.
+    """
+    ids, mask = tokenizer([text])
+    memory.before(start)
+    mem, mem_mask = memory.arrays()
+    context = len(memory)
+    out = dict(backend.run(backend.feeds(feats, ids, mask, mem, mem_mask)))
+    out["finite"] = bool(np.all(np.isfinite(out["probs"])) and np.all(np.isfinite(out["utt_emb"])))
+    if out["finite"]:
+        memory.push(out["utt_emb"][0], end=end)
+    return out, context
+
+
 @dataclass
 class _Item:
     utterance: Any
@@ -393,23 +420,18 @@ class Pipeline:
         t_asr = time.perf_counter()
         feats = log_mel(utt.samples)[:MAX_FRAMES]
         t_feat = time.perf_counter()
-        ids, mask = self.tokenizer([text])
         if self._reset_requested.is_set():
             self._reset_requested.clear()
             self.memory.reset()
-        self.memory.before(utt.start)
-        memory, memory_mask = self.memory.arrays()
-        context = len(self.memory)
-        out = self.backend.run(self.backend.feeds(feats, ids, mask, memory, memory_mask))
+        out, context = fuse_utterance(self.backend, self.tokenizer, self.memory, feats, text, utt.start, utt.end)
         t_fuse = time.perf_counter()
 
         probs = out["probs"][0]
         labels = self.backend.labels
-        if np.all(np.isfinite(probs)) and np.all(np.isfinite(out["utt_emb"])):
+        if out["finite"]:
             top = int(np.argmax(probs))
             confidence = float(probs[top])
             emotion = labels[top]
-            self.memory.push(out["utt_emb"][0], end=utt.end)
         else:
             if not self._nan_warned:
                 self._nan_warned = True

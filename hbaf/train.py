@@ -31,7 +31,7 @@ from hbaf.io import atomic_path, write_json_atomic
 from hbaf.losses import distillation_loss, hbaf_loss
 from hbaf.metrics import classification_report, majority_baseline, plot_confusion
 from hbaf.model import HBAF, HBAFConfig
-from hbaf.text import Tokenizer
+from hbaf.text import Tokenizer, asr_style
 
 log = logging.getLogger(__name__)
 
@@ -287,6 +287,7 @@ class TrainConfig:
     distill_temperature: float = 2.0
     distill_alpha: float = 0.7  # weight of the soft-target term (1 - alpha on the hard labels)
     hint_weight: float = 0.0  # hidden-state hint: MSE(proj(student utt_emb), teacher utt_emb)
+    asr_text: float = 0.0  # share of training transcripts rewritten as the ASR writes them (hbaf.text.asr_style)
     threads: int | None = None
 
 
@@ -351,6 +352,8 @@ def train(model: HBAF, records: list[Record], store: FeatureStore, tokenizer: To
             feats, texts = [], []
             for i in flat:
                 f, txt = tr_store[i], train_recs[i].text
+                if tc.asr_text > 0 and rng.random() < tc.asr_text:
+                    txt = asr_style(txt)
                 u = rng.random()
                 if cfg.modalities == "both" and u < cfg.modality_dropout:
                     txt = ""  # as if ASR returned nothing: the model must lean on audio

@@ -425,6 +425,10 @@ def test_bad_asr_model_is_one_line_error(asr, needle, ckpt, conv_wav, tmp_path):
     assert_one_line_error(run, needle, asr)
 
 
+def test_bad_asr_beam_is_one_line_error(ckpt, conv_wav):
+    assert_one_line_error(run_cli("--source", str(conv_wav), "--model", str(ckpt), "--asr-beam", "0"), "--asr-beam 0")
+
+
 # ----------------------------------------------------------------------------- live faults
 
 

@@ -29,6 +29,20 @@ def test_evaluate_cli_and_blank_text(ci_student, ci_corpus, tmp_path):
     assert proc.returncode == 0, proc.stderr
     blank = json.loads((tmp_path / "eval_test_blank_text.json").read_text())
     assert blank["n"] == full["n"]
+    proc = run_cli("evaluate", "--checkpoint", ci_student, "--corpus", ci_corpus, "--asr-text", "--out", tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads((tmp_path / "eval_test_asr_text.json").read_text())["n"] == full["n"]
+
+
+def test_asr_style_transcripts():
+    from hbaf.text import asr_style
+
+    assert asr_style("Oh my God!") == "Oh my God."
+    assert asr_style("What?!") == "What?"
+    assert asr_style("Hey!?") == "Hey?"
+    assert asr_style("No!! Stop it!!!") == "No. Stop it."
+    assert asr_style("Really? Well.....") == "Really? Well..."
+    assert asr_style("I'm fine, thanks.") == "I'm fine, thanks."
 
 
 @pytest.mark.slow

@@ -660,19 +660,32 @@ def latency_feeds(data: EvalSet, ref: dict, frames: int = 301) -> tuple[dict[str
                    "tokens": int(utt.ids.shape[0]), "memory_slots": int(k), "text": data.records[i].text}
 
 
-def measure_latency(runners: dict, feeds: dict[str, np.ndarray], *, warmup: int = 10, runs: int = 100) -> dict[str, dict]:
-    """p50/p90 per runner in ms; the runners take turns call by call so background load hits all alike."""
+def measure_latency(runners: dict, feeds: dict[str, np.ndarray], *, warmup: int = 10, runs: int = 100,
+                    chunks: int = 5, settle_s: float = 0.05) -> dict[str, dict]:
+    """p50/p90 per runner in ms. The runners take turns in ``chunks`` blocks, so background load
+    hits all alike; each block starts after a short pause and two untimed calls, so the thread
+    pool of the runner timed before it has stopped spinning (with 2+ threads, idle ONNX Runtime
+    and OpenMP workers spin for a while after a call and would steal the next runner's cores)."""
     from tqdm import tqdm
 
     for r in runners.values():
         for _ in range(warmup):
             r(feeds)
+    chunks = max(1, min(chunks, runs))
+    sizes = [runs // chunks + (1 if i < runs % chunks else 0) for i in range(chunks)]
     times: dict[str, list[float]] = {name: [] for name in runners}
-    for _ in tqdm(range(runs), desc="latency", unit="round", leave=False):
+    bar = tqdm(total=runs * len(runners), desc="latency", unit="call", leave=False)
+    for size in sizes:
         for name, r in runners.items():
-            t0 = time.perf_counter()
+            time.sleep(settle_s)
             r(feeds)
-            times[name].append((time.perf_counter() - t0) * 1000.0)
+            r(feeds)
+            for _ in range(size):
+                t0 = time.perf_counter()
+                r(feeds)
+                times[name].append((time.perf_counter() - t0) * 1000.0)
+                bar.update(1)
+    bar.close()
     return {name: {"p50_ms": float(np.percentile(t, 50)), "p90_ms": float(np.percentile(t, 90)),
                    "min_ms": float(np.min(t)), "mean_ms": float(np.mean(t)), "runs": len(t)} for name, t in times.items()}
 

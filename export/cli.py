@@ -149,17 +149,17 @@ def cmd_int8(args) -> int:
     from calibration.report import int8_report, quantize_onnx
 
     flavours = ["trt", "cpu"] if args.flavour == "both" else [args.flavour]
-    if "cpu" in flavours:
-        from export.onnx_export import load_onnx_model, read_hbaf_metadata
-
-        if read_hbaf_metadata(load_onnx_model(args.onnx)).get("graph", "contract") == "contract":
-            log.info("note: the CPU INT8 model runs faster from the ONNX Runtime CPU graph "
-                     "(`hbaf-export onnx --graph ort-cpu`, then --onnx model.ort.onnx --flavour cpu); `hbaf-export all` does both")
     results = quantize_onnx(args.onnx, args.manifest, args.out, flavours=flavours, method=args.method, num=args.num,
                             seed=args.seed, tokenizer=args.tokenizer, threads=args.threads, workers=args.workers,
                             include_conv=not args.no_conv)
     for r in results:
         print(f"int8 {r.flavour}: {r.path} ({r.size_mb:.1f} MB, {len(r.quantized_nodes)} GEMMs quantized, embedding {r.embedding})")
+    if "cpu" in flavours:
+        from export.onnx_export import load_onnx_model, read_hbaf_metadata
+
+        if read_hbaf_metadata(load_onnx_model(args.onnx)).get("graph", "contract") == "contract":
+            print("note: the CPU INT8 model runs faster quantized from the ONNX Runtime CPU graph "
+                  "(`hbaf-export onnx --graph ort-cpu`, then --onnx model.ort.onnx --flavour cpu); `hbaf-export all` does both")
     if not args.no_eval:
         report = int8_report(args.onnx, results, args.manifest, args.out, split=args.eval_split, limit=args.eval_limit,
                              threads=args.threads, latency_runs=args.latency_runs, tokenizer=args.tokenizer,

@@ -44,8 +44,11 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--train-fraction", type=float, default=1.0,
                    help="train on this seeded fraction of the training dialogues (dev/test untouched)")
     p.add_argument("--asr-text", type=float, default=0.0, metavar="P",
-                   help="rewrite this share of training transcripts as the ASR writes them (no '!'), so the model "
-                        "does not lean on punctuation the runtime never sees (default 0)")
+                   help="replace this share of training transcripts by their ASR form, so the model does not lean on "
+                        "what the runtime's recogniser never writes (default 0): the --asr-transcripts entry, else "
+                        "the reference rewritten by rule (no '!')")
+    p.add_argument("--asr-transcripts", default=None, metavar="JSONL",
+                   help="recogniser transcripts of the training clips (scripts/transcribe_corpus.py)")
 
 
 def load_records(args: argparse.Namespace, labels: list[str] | None = None):
@@ -109,7 +112,7 @@ def _new_model(cfg, labels):
 def _train_one(args, cfg, records, store, out_dir: Path, teacher_out=None, tc_overrides: dict | None = None) -> dict:
     from hbaf.data.manifest import label_set
     from hbaf.text import Tokenizer
-    from hbaf.train import TrainConfig, _SubStore, subset_train
+    from hbaf.train import TrainConfig, _SubStore, load_transcripts, subset_train
 
     labels = label_set(records)
     if args.train_fraction < 1.0:
@@ -121,6 +124,7 @@ def _train_one(args, cfg, records, store, out_dir: Path, teacher_out=None, tc_ov
     tok = Tokenizer(enc_path, cfg.max_tokens)
     tc = TrainConfig(epochs=args.epochs, max_utts=args.max_utts, lr=args.lr, text_lr=args.text_lr, patience=args.patience,
                      seed=args.seed, max_steps=args.max_steps, threads=args.threads, asr_text=args.asr_text,
+                     asr_transcripts=load_transcripts(args.asr_transcripts) if args.asr_transcripts else None,
                      **(tc_overrides or {}))
     from hbaf.train import train
 
@@ -205,14 +209,21 @@ def cmd_evaluate(args) -> int:
     store = _feature_store(records, manifest, args.workers)
     tok = Tokenizer(tokenizer_path(args.checkpoint), model.cfg.max_tokens)
     out = Path(args.out or args.checkpoint)
-    name = f"eval_{args.split}" + ("_blank_text" if args.blank_text else "") + ("_asr_text" if args.asr_text else "")
+    name = (f"eval_{args.split}" + ("_blank_text" if args.blank_text else "") + ("_asr_text" if args.asr_text else "")
+            + ("_asr_transcripts" if args.asr_transcripts else ""))
     chosen = [records[i] for i in idx]
-    if args.asr_text:
+    if args.asr_text or args.asr_transcripts:
         from dataclasses import replace
 
         from hbaf.text import asr_style
+        from hbaf.train import load_transcripts
 
-        chosen = [replace(r, text=asr_style(r.text)) for r in chosen]
+        heard = load_transcripts(args.asr_transcripts) if args.asr_transcripts else {}
+        missing = [r.audio for r in chosen if args.asr_transcripts and r.audio not in heard]
+        if missing:
+            raise HBAFError(f"{args.asr_transcripts} has no transcript for {len(missing)} {args.split} clip(s) (e.g. {missing[0]}); "
+                            f"run scripts/transcribe_corpus.py --split {args.split}")
+        chosen = [replace(r, text=heard[r.audio] if heard else asr_style(r.text)) for r in chosen]
     report, _ = evaluate(model, chosen, _SubStore(store, idx), tok, blank_text=args.blank_text)
     write_eval_outputs(out, name, report, f"{args.split}, weighted F1 {100 * report['weighted_f1']:.1f}")
     print(f"{args.split}: weighted F1 {100 * report['weighted_f1']:.1f}  accuracy {100 * report['accuracy']:.1f}  "
@@ -302,7 +313,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", default="test")
     p.add_argument("--out", default=None)
     p.add_argument("--blank-text", action="store_true", help="evaluate with empty transcripts (audio must carry it)")
-    p.add_argument("--asr-text", action="store_true", help="evaluate with transcripts written as the ASR writes them (no '!')")
+    p.add_argument("--asr-text", action="store_true", help="evaluate with the reference transcripts rewritten as the ASR writes them (no '!')")
+    p.add_argument("--asr-transcripts", default=None, metavar="JSONL",
+                   help="evaluate with these recogniser transcripts of the clips (scripts/transcribe_corpus.py)")
     p.set_defaults(fn=cmd_evaluate)
 
     p = sub.add_parser("ablate", help="train and compare text-only, audio-only, no-gate, no-contrastive and full")

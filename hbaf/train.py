@@ -287,7 +287,8 @@ class TrainConfig:
     distill_temperature: float = 2.0
     distill_alpha: float = 0.7  # weight of the soft-target term (1 - alpha on the hard labels)
     hint_weight: float = 0.0  # hidden-state hint: MSE(proj(student utt_emb), teacher utt_emb)
-    asr_text: float = 0.0  # share of training transcripts rewritten as the ASR writes them (hbaf.text.asr_style)
+    asr_text: float = 0.0  # share of training transcripts replaced by their ASR form (see asr_transcripts)
+    asr_transcripts: dict[str, str] | None = None  # audio path -> recogniser output; else hbaf.text.asr_style
     threads: int | None = None
 
 
@@ -299,6 +300,29 @@ def _param_groups(model: HBAF, tc: TrainConfig) -> list[dict]:
     if text:
         groups.append({"params": text, "lr": tc.text_lr})
     return groups
+
+
+def load_transcripts(path: str | Path) -> dict[str, str]:
+    """{audio path: transcript} from a JSONL file of {"audio": ..., "asr": ...} lines
+    (scripts/transcribe_corpus.py writes them)."""
+    import json
+
+    p = Path(path).expanduser()
+    if not p.is_file():
+        raise HBAFError(f"transcript file not found: {p}; make one with scripts/transcribe_corpus.py")
+    out: dict[str, str] = {}
+    for n, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+            out[str(row["audio"])] = str(row["asr"])
+        except (ValueError, KeyError, TypeError) as err:
+            raise HBAFError(f"{p} line {n} is not a {{\"audio\": ..., \"asr\": ...}} JSON object ({err}); "
+                            "write it again with scripts/transcribe_corpus.py") from err
+    if not out:
+        raise HBAFError(f"transcript file {p} is empty; make one with scripts/transcribe_corpus.py")
+    return out
 
 
 def train(model: HBAF, records: list[Record], store: FeatureStore, tokenizer: Tokenizer, out_dir: str | Path,
@@ -353,7 +377,8 @@ def train(model: HBAF, records: list[Record], store: FeatureStore, tokenizer: To
             for i in flat:
                 f, txt = tr_store[i], train_recs[i].text
                 if tc.asr_text > 0 and rng.random() < tc.asr_text:
-                    txt = asr_style(txt)
+                    heard = (tc.asr_transcripts or {}).get(train_recs[i].audio)
+                    txt = heard if heard is not None else asr_style(txt)
                 u = rng.random()
                 if cfg.modalities == "both" and u < cfg.modality_dropout:
                     txt = ""  # as if ASR returned nothing: the model must lean on audio

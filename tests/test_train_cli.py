@@ -97,3 +97,25 @@ def test_unknown_label_against_a_checkpoint(ci_corpus, tmp_path):
     ck = save_checkpoint(HBAF(preset("tiny"), ["anger", "neutral"]), tmp_path / "ck", resolve_text_encoder() / "tokenizer.json")
     proc = run_cli("evaluate", "--checkpoint", ck, "--corpus", ci_corpus)
     assert_one_line_error(proc, "label")
+
+
+@pytest.mark.slow
+def test_training_on_asr_transcripts(ci_corpus, tmp_path):
+    """--asr-transcripts feeds the recogniser's transcripts into training; bad files are one-line errors."""
+    rows = [json.loads(line) for line in (ci_corpus / "manifest.jsonl").read_text().splitlines() if line.strip()]
+    train = [r for r in rows if r["split"] == "train"]
+    base = ci_corpus
+    heard = tmp_path / "asr.jsonl"
+    heard.write_text("".join(json.dumps({"audio": str((base / r["audio"]).resolve()), "asr": "okay"}) + "\n" for r in train))
+    proc = run_cli("train", "--corpus", ci_corpus, "--preset", "tiny", "--epochs", "1", "--max-steps", "2",
+                   "--asr-text", "1.0", "--asr-transcripts", heard, "--out", tmp_path / "m")
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "m" / "model.safetensors").exists()
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"audio": "x.wav"}\n')
+    proc = run_cli("train", "--corpus", ci_corpus, "--preset", "tiny", "--epochs", "1", "--max-steps", "1",
+                   "--asr-text", "1.0", "--asr-transcripts", bad, "--out", tmp_path / "m2")
+    assert_one_line_error(proc, "bad.jsonl line 1")
+    proc = run_cli("train", "--corpus", ci_corpus, "--preset", "tiny", "--asr-transcripts", tmp_path / "none.jsonl",
+                   "--out", tmp_path / "m3")
+    assert_one_line_error(proc, "transcript file not found")

@@ -111,6 +111,8 @@ def test_training_on_asr_transcripts(ci_corpus, tmp_path):
                    "--asr-text", "1.0", "--asr-transcripts", heard, "--out", tmp_path / "m")
     assert proc.returncode == 0, proc.stderr
     assert (tmp_path / "m" / "model.safetensors").exists()
+    proc = run_cli("evaluate", "--checkpoint", tmp_path / "m", "--corpus", ci_corpus, "--asr-transcripts", heard)
+    assert_one_line_error(proc, "has no transcript for")  # the file covers the train clips only
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"audio": "x.wav"}\n')
     proc = run_cli("train", "--corpus", ci_corpus, "--preset", "tiny", "--epochs", "1", "--max-steps", "1",

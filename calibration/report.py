@@ -188,8 +188,13 @@ def write_report(out_dir: str | os.PathLike, name: str, title: str, report: dict
 def quantize_onnx(fp32: str | os.PathLike, manifest: str | os.PathLike, out_dir: str | os.PathLike, *,
                   flavours: Sequence[str] = FLAVOURS, method: str = DEFAULT_METHOD, num: int = 512, seed: int = 0,
                   tokenizer: str | None = None, threads: int = 2, workers: int | None = None,
-                  include_conv: bool = True) -> list[QuantResult]:
-    """Calibrate once with ``method`` and write each flavour as ``<stem>.int8-<flavour>.onnx`` in ``out_dir``."""
+                  include_conv: bool = True, trt_int8_embedding: bool = False) -> list[QuantResult]:
+    """Calibrate once with ``method`` and write each flavour as ``<stem>.int8-<flavour>.onnx`` in ``out_dir``.
+
+    ``trt_int8_embedding``: store the trt flavour's word-embedding table as per-row int8 behind a
+    DequantizeLinear (axis 0) feeding the Gather, as the cpu flavour does in its own form; it
+    makes that file ~1/3.6 of FP32, but whether a device's TensorRT takes the DQ -> Gather
+    pattern has to be checked there (`hbaf-export engine`), so it is off by default."""
     for f in flavours:
         if f not in FLAVOURS:
             raise HBAFError(f"unknown flavour '{f}'; choose trt, cpu or both")
@@ -201,8 +206,9 @@ def quantize_onnx(fp32: str | os.PathLike, manifest: str | os.PathLike, out_dir:
         pre = prepare(fp32, Path(tmp) / "prepared.onnx")
         ranges = calibrate(pre, calib, method, tmp, include_conv=include_conv)
         for flavour in flavours:
+            emb = True if (flavour == "trt" and trt_int8_embedding) else None
             results.append(quantize_flavour(pre, ranges, flavour, out_dir / int8_name(fp32, flavour), method=method,
-                                            calib=calib, include_conv=include_conv, source=fp32))
+                                            calib=calib, include_conv=include_conv, embedding_int8=emb, source=fp32))
             log.info("wrote %s (%.1f MB)", results[-1].path, results[-1].size_mb)
     copy_tokenizer_next_to(fp32, out_dir)
     return results
@@ -275,7 +281,7 @@ def compare_calibration(fp32: str | os.PathLike, manifest: str | os.PathLike, ou
 def export_all(checkpoint: str | os.PathLike, manifest: str | os.PathLike, out_dir: str | os.PathLike, *,
                method: str = DEFAULT_METHOD, num: int = 512, seed: int = 0, parity_n: int = 64, opset: int = 17,
                split: str = "test", limit: int | None = None, threads: int = 2, latency_runs: int = 100,
-               workers: int | None = None, name: str = "model") -> dict:
+               workers: int | None = None, name: str = "model", trt_int8_embedding: bool = False) -> dict:
     """Checkpoint -> FP32 ONNX -> parity -> INT8 (trt + cpu) -> report, with a progress bar over the stages."""
     from tqdm import tqdm
 
@@ -301,7 +307,7 @@ def export_all(checkpoint: str | os.PathLike, manifest: str | os.PathLike, out_d
     stages.set_postfix_str("calibrate + quantize")
     # the TensorRT form comes from the contract graph, the CPU form from the ONNX Runtime CPU graph
     results = quantize_onnx(fp32, manifest, out_dir, flavours=["trt"], method=method, num=num, seed=seed, threads=threads,
-                            workers=workers)
+                            workers=workers, trt_int8_embedding=trt_int8_embedding)
     results += quantize_onnx(cpu_graph, manifest, out_dir, flavours=["cpu"], method=method, num=num, seed=seed,
                              threads=threads, workers=workers)
     stages.update(1)

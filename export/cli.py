@@ -81,6 +81,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--no-eval", action="store_true", help="only quantize; skip the accuracy/latency report")
     _calib_args(p)
+    p.add_argument("--trt-int8-embedding", action="store_true",
+                   help="trt flavour: per-row int8 word-embedding table (DequantizeLinear -> Gather); ~1/3.6 the "
+                        "FP32 size, check that the device's TensorRT builds it")
     _eval_args(p)
     _common(p)
 
@@ -102,6 +105,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--opset", type=int, default=17)
     p.add_argument("--parity-n", type=int, default=64)
     _calib_args(p)
+    p.add_argument("--trt-int8-embedding", action="store_true",
+                   help="trt flavour: per-row int8 word-embedding table (DequantizeLinear -> Gather); ~1/3.6 the "
+                        "FP32 size, check that the device's TensorRT builds it")
     _eval_args(p)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--workers", type=int, default=None)
@@ -151,7 +157,7 @@ def cmd_int8(args) -> int:
     flavours = ["trt", "cpu"] if args.flavour == "both" else [args.flavour]
     results = quantize_onnx(args.onnx, args.manifest, args.out, flavours=flavours, method=args.method, num=args.num,
                             seed=args.seed, tokenizer=args.tokenizer, threads=args.threads, workers=args.workers,
-                            include_conv=not args.no_conv)
+                            include_conv=not args.no_conv, trt_int8_embedding=args.trt_int8_embedding)
     for r in results:
         print(f"int8 {r.flavour}: {r.path} ({r.size_mb:.1f} MB, {len(r.quantized_nodes)} GEMMs quantized, embedding {r.embedding})")
     if "cpu" in flavours:
@@ -189,7 +195,8 @@ def cmd_all(args) -> int:
 
     report = export_all(args.checkpoint, args.manifest, args.out, method=args.method, num=args.num, seed=args.seed,
                         parity_n=args.parity_n, opset=args.opset, split=args.eval_split, limit=args.eval_limit,
-                        threads=args.threads, latency_runs=args.latency_runs, workers=args.workers, name=args.name)
+                        threads=args.threads, latency_runs=args.latency_runs, workers=args.workers, name=args.name,
+                        trt_int8_embedding=args.trt_int8_embedding)
     _print_parity(report["parity"])
     print(report["table"])
     for note in report.get("notes", []):

@@ -168,3 +168,24 @@ def test_cli_corrupt_and_truncated_onnx(fp32, tmp_path):
     assert_one_line_error(_cli("compare-calibration", "--onnx", str(cut), "--manifest", str(manifest), "--out", str(tmp_path / "o")), str(cut))
     assert_one_line_error(_cli("int8", "--onnx", str(tmp_path / "missing.onnx"), "--manifest", str(manifest), "--out", str(tmp_path / "o")),
                     "not found")
+
+
+def test_trt_flavour_with_int8_embedding_table(fp32, tmp_path):
+    from calibration.int8 import agreement, build_eval_set, evaluate_onnx
+    from calibration.report import quantize_onnx
+
+    path, manifest, _ = fp32
+    (res,) = quantize_onnx(path, manifest, tmp_path, flavours=("trt",), method="minmax", num=16, threads=1, workers=1,
+                           trt_int8_embedding=True)
+    model, readers, producers, inits = _graph(res.path)
+    tables = [i for i in model.graph.initializer if i.data_type == onnx.TensorProto.INT8 and len(i.dims) == 2 and i.dims[0] == 30522]
+    assert len(tables) == 1 and res.embedding.startswith("int8")
+    dq = [n for n in model.graph.node if n.op_type == "DequantizeLinear" and n.input[0] == tables[0].name]
+    assert len(dq) == 1 and {r.op_type for r in readers[dq[0].output[0]]} == {"Gather"}
+    assert next(a.i for a in dq[0].attribute if a.name == "axis") == 0
+    assert os.path.getsize(res.path) < os.path.getsize(path) / 3.5
+    trt_compat = pytest.importorskip("export.trt_compat")
+    assert trt_compat.check_onnx_for_tensorrt(res.path) == []
+    data = build_eval_set(path, manifest, workers=1)
+    a = agreement(evaluate_onnx(path, data, threads=1)["probs"], evaluate_onnx(res.path, data, threads=1)["probs"])
+    assert a["max_abs_prob_diff"] < 0.05, a

@@ -529,27 +529,23 @@ def _size_mb(path: Path) -> float | None:
         return None
 
 
-def _graph_kind(path: Path) -> str:
-    """The ``graph`` an FP32 export declares in its metadata (contract when absent or unreadable)."""
-    from export.onnx_export import read_hbaf_metadata
-    from export.trt_compat import load_onnx
-
-    return str(read_hbaf_metadata(load_onnx(path, load_external_data=False)).get("graph") or "contract")
-
-
-def _quant_meta(path: Path) -> dict:
-    """The INT8 recipe recorded by calibration/ (``hbaf_quantization`` metadata), if any."""
+def _onnx_meta(path: Path) -> tuple[dict, bool]:
+    """One read of an ONNX file: (the INT8 recipe recorded by calibration/ in its
+    ``hbaf_quantization`` metadata, {} if none; whether it is the ONNX Runtime CPU graph)."""
+    from export.ort_cpu import is_ort_cpu_graph
     from export.trt_compat import load_onnx
 
     proto = load_onnx(path, load_external_data=False)
+    quant: dict = {}
     for prop in proto.metadata_props:
         if prop.key == "hbaf_quantization":
             try:
                 value = json.loads(prop.value)
-                return value if isinstance(value, dict) else {}
+                quant = value if isinstance(value, dict) else {}
             except json.JSONDecodeError:
-                return {}
-    return {}
+                quant = {}
+            break
+    return quant, is_ort_cpu_graph(proto)
 
 
 INT8_LABELS = {
@@ -671,14 +667,14 @@ class FusionBench:
             self._add(Row("ort-fp32", "ONNX Runtime", "fp32", status="unavailable: no --onnx given (make one with `hbaf-export onnx --checkpoint DIR --out model.onnx`)"))
         keys: set[str] = set()
         for path, is_int8 in onnx_files:
-            quant = _quant_meta(path)
+            quant, cpu_graph = _onnx_meta(path)
             flavour = str(quant.get("flavour") or "")
             if quant or is_int8:
                 label, precision = INT8_LABELS.get(flavour, ("ONNX Runtime INT8", "int8"))
                 key = f"ort-int8-{flavour or 'qdq'}"
-                if flavour == "cpu" and _graph_kind(path) == "contract":
+                if flavour == "cpu" and not cpu_graph:
                     label += " from the contract graph"  # older CPU INT8 models, quantized without the CPU graph
-            elif _graph_kind(path) == "ort-cpu":
+            elif cpu_graph:
                 label, precision, key = "ONNX Runtime (CPU graph)", "fp32", "ort-fp32-cpu-graph"
             else:
                 label, precision, key = "ONNX Runtime", "fp32", "ort-fp32"
@@ -1629,7 +1625,7 @@ def _e2e_model(args: argparse.Namespace) -> Path:
     if args.e2e_model:
         return _existing(args.e2e_model, "--e2e-model")  # type: ignore[return-value]
     for path in args.int8:
-        if str(_quant_meta(Path(path)).get("flavour")) in ("cpu", "cpu-dynamic"):
+        if str(_onnx_meta(Path(path))[0].get("flavour")) in ("cpu", "cpu-dynamic"):
             return Path(path)
     if args.onnx:
         return Path(args.onnx[0])

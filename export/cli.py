@@ -48,6 +48,12 @@ def _calib_args(p: argparse.ArgumentParser, method_default: str | None = "percen
     p.add_argument("--no-conv", action="store_true", help="keep the two subsampling Convs float")
 
 
+def _trt_embedding_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--trt-int8-embedding", action="store_true",
+                   help="trt flavour: per-row int8 word-embedding table (DequantizeLinear -> Gather); ~1/3.6 the "
+                        "FP32 size, check that the device's TensorRT builds it")
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = _Parser(prog="hbaf-export", description="Export HBAF to ONNX, quantize to INT8 (Q/DQ), build TensorRT engines.")
     ap.add_argument("-v", "--verbose", action="store_true")
@@ -81,9 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--no-eval", action="store_true", help="only quantize; skip the accuracy/latency report")
     _calib_args(p)
-    p.add_argument("--trt-int8-embedding", action="store_true",
-                   help="trt flavour: per-row int8 word-embedding table (DequantizeLinear -> Gather); ~1/3.6 the "
-                        "FP32 size, check that the device's TensorRT builds it")
+    _trt_embedding_arg(p)
     _eval_args(p)
     _common(p)
 
@@ -105,9 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--opset", type=int, default=17)
     p.add_argument("--parity-n", type=int, default=64)
     _calib_args(p)
-    p.add_argument("--trt-int8-embedding", action="store_true",
-                   help="trt flavour: per-row int8 word-embedding table (DequantizeLinear -> Gather); ~1/3.6 the "
-                        "FP32 size, check that the device's TensorRT builds it")
+    _trt_embedding_arg(p)
     _eval_args(p)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--workers", type=int, default=None)
@@ -161,9 +163,10 @@ def cmd_int8(args) -> int:
     for r in results:
         print(f"int8 {r.flavour}: {r.path} ({r.size_mb:.1f} MB, {len(r.quantized_nodes)} GEMMs quantized, embedding {r.embedding})")
     if "cpu" in flavours:
-        from export.onnx_export import load_onnx_model, read_hbaf_metadata
+        from export.onnx_export import load_onnx_model
+        from export.ort_cpu import is_ort_cpu_graph
 
-        if read_hbaf_metadata(load_onnx_model(args.onnx)).get("graph", "contract") == "contract":
+        if not is_ort_cpu_graph(load_onnx_model(args.onnx)):
             print("note: the CPU INT8 model runs faster quantized from the ONNX Runtime CPU graph "
                   "(`hbaf-export onnx --graph ort-cpu`, then --onnx model.ort.onnx --flavour cpu); `hbaf-export all` does both")
     if not args.no_eval:

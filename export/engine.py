@@ -37,6 +37,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from export.ort_cpu import is_ort_cpu_graph
 from export.trt_compat import METADATA_KEY, check_onnx_for_tensorrt, context_dims, has_qdq, load_onnx, read_metadata
 from hbaf import __version__ as PACKAGE_VERSION
 from hbaf.errors import HBAFError, cli_entry
@@ -385,7 +386,7 @@ class EngineBuilder:
     def inspect(self) -> tuple[bytes, dict[str, Any]]:
         """Read and check the ONNX: returns its bytes and what the sidecar needs from it."""
         model = load_onnx(self.onnx_path)
-        if any(node.domain == "com.microsoft" for node in model.graph.node):
+        if is_ort_cpu_graph(model):
             raise HBAFError(f"{self.onnx_path} is the ONNX Runtime CPU graph (com.microsoft operators), which TensorRT cannot "
                             "parse; build the engine from the contract export (model.onnx, or model.int8-trt.onnx for INT8)")
         problems = check_onnx_for_tensorrt(model)

@@ -34,7 +34,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import inspect
-import io
 import logging
 import os
 import shutil
@@ -54,6 +53,7 @@ from export.onnx_export import (
     dialogue_groups,
     load_onnx_model,
     load_utterances,
+    quiet_output,
     read_hbaf_metadata,
     run_dialogues,
     save_onnx,
@@ -693,23 +693,10 @@ def measure_latency(runners: dict, feeds: dict[str, np.ndarray], *, warmup: int 
 # ----------------------------------------------------------------------------- helpers
 
 
-@contextlib.contextmanager
 def _quiet():
-    """ONNX Runtime's quantization tools print progress per call; keep it in the debug log."""
-    import warnings
-
-    buf = io.StringIO()
-    root = logging.getLogger()  # the quantization tools log through the root logger
-    level = root.level
-    root.setLevel(logging.ERROR)
-    with warnings.catch_warnings(), contextlib.redirect_stdout(buf):
-        warnings.simplefilter("ignore")
-        try:
-            yield
-        finally:
-            root.setLevel(level)
-            if buf.getvalue().strip():
-                log.debug("onnxruntime.quantization output:\n%s", buf.getvalue().strip()[-2000:])
+    """ONNX Runtime's quantization tools print progress per call (and log through the root
+    logger); keep it in the debug log."""
+    return quiet_output(("",), "onnxruntime.quantization", tail=2000)
 
 
 def work_dir(base: str | os.PathLike):

@@ -258,12 +258,14 @@ def _export_torchscript(model, example: tuple, opset: int):
 
 
 @contextlib.contextmanager
-def _quiet():
-    """The exporters print progress and deprecation chatter; keep it in the debug log."""
+def quiet_output(loggers: Sequence[str], what: str, tail: int | None = None):
+    """Silence chatty libraries: the named loggers ("" is the root logger) drop to ERROR, warnings
+    are ignored and stdout is captured; what was printed goes to the debug log as ``what`` output
+    (its last ``tail`` characters)."""
     import warnings
 
     buf = io.StringIO()
-    noisy = [logging.getLogger(n) for n in ("torch.onnx", "torch.export", "torch._dynamo", "torch.fx", "onnxscript", "onnx_ir")]
+    noisy = [logging.getLogger(n) for n in loggers]
     levels = [lg.level for lg in noisy]
     for lg in noisy:
         lg.setLevel(logging.ERROR)
@@ -274,8 +276,14 @@ def _quiet():
         finally:
             for lg, level in zip(noisy, levels):
                 lg.setLevel(level)
-            if buf.getvalue().strip():
-                log.debug("exporter output:\n%s", buf.getvalue().strip())
+            text = buf.getvalue().strip()
+            if text:
+                log.debug("%s output:\n%s", what, text[-tail:] if tail else text)
+
+
+def _quiet():
+    """The exporters print progress and deprecation chatter; keep it in the debug log."""
+    return quiet_output(("torch.onnx", "torch.export", "torch._dynamo", "torch.fx", "onnxscript", "onnx_ir"), "exporter")
 
 
 def consumers(graph) -> dict[str, list]:

@@ -40,6 +40,7 @@ from edge_runtime.memory import DialogueMemory
 from edge_runtime.pipeline import fuse_utterance
 from edge_runtime.vad import Segmenter
 from hbaf.data.manifest import load_manifest
+from hbaf.errors import HBAFError, cli_entry
 from hbaf.data.meld_tts import default_corpus_dir
 from hbaf.features import MAX_FRAMES, SAMPLE_RATE, load_audio, log_mel
 from hbaf.train import group_dialogues
@@ -142,7 +143,8 @@ def transcribe_all(stream, segs, asr_kwargs: dict, threads: int) -> tuple[list[s
     return texts, secs
 
 
-def main() -> None:
+@cli_entry
+def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--utterances", type=int, default=300)
     ap.add_argument("--seed", type=int, default=0)
@@ -153,7 +155,13 @@ def main() -> None:
     ap.add_argument("--asr", default="{}", help="WhisperASR keyword arguments as JSON")
     ap.add_argument("--tag", default="default", help="name of this ASR setting (its transcripts are cached)")
     ap.add_argument("--full-offline", action="store_true", help="also score condition a on the whole test split")
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
+    try:
+        asr_kwargs = json.loads(args.asr)
+    except ValueError as err:
+        raise HBAFError(f"--asr {args.asr!r} is not JSON ({err}); pass e.g. --asr '{{\"beam_size\": 5}}'") from err
+    if not isinstance(asr_kwargs, dict):
+        raise HBAFError(f"--asr {args.asr!r} must be a JSON object of WhisperASR keyword arguments")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
 
@@ -242,8 +250,8 @@ def main() -> None:
         hyp, secs = cached["texts"], cached["seconds"]
     else:
         t0 = time.time()
-        hyp, secs = transcribe_all(stream, segs, json.loads(args.asr), args.threads)
-        asr_file.write_text(json.dumps({"asr": json.loads(args.asr), "texts": hyp, "seconds": secs}))
+        hyp, secs = transcribe_all(stream, segs, asr_kwargs, args.threads)
+        asr_file.write_text(json.dumps({"asr": asr_kwargs, "texts": hyp, "seconds": secs}))
         print(f"ASR ({args.tag}): {time.time() - t0:.1f} s")
     pc1 = runtime(backend, tok, stream, segs, owner, turns, hyp, reset_per_dialogue=True)
     score(turn_pred(pc1), "c'", "VAD segment, ASR text, memory reset per dialogue")
@@ -253,7 +261,7 @@ def main() -> None:
     # WER per turn: the transcripts of its segments joined
     pairs = [(texts[turns[k]["rec"]], " ".join(hyp[j] for j in js)) for k, js in enumerate(per_turn)]
     secs_arr = np.asarray(secs)
-    report["asr"] = {"tag": args.tag, "kwargs": json.loads(args.asr), "wer_raw": corpus_wer(pairs, normalize=False),
+    report["asr"] = {"tag": args.tag, "kwargs": asr_kwargs, "wer_raw": corpus_wer(pairs, normalize=False),
                      "wer_normalised": corpus_wer(pairs, normalize=True),
                      "asr_ms_p50": float(np.percentile(secs_arr, 50) * 1000), "asr_ms_mean": float(secs_arr.mean() * 1000),
                      "asr_ms_p90": float(np.percentile(secs_arr, 90) * 1000), "threads": args.threads}
@@ -278,7 +286,8 @@ def main() -> None:
     report["prediction_counts"] = {"a": dict(Counter(pa_lab.values())), "c": dict(Counter(pc_t.values()))}
     (out / f"report-{args.tag}-seed{args.seed}-n{args.utterances}.json").write_text(json.dumps(report, indent=2))
     (out / f"pairs-{args.tag}-seed{args.seed}-n{args.utterances}.json").write_text(json.dumps(pairs, indent=1))
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

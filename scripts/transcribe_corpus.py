@@ -18,6 +18,8 @@ import os
 import time
 from pathlib import Path
 
+from hbaf.errors import cli_entry
+
 _ASR = None
 
 
@@ -35,7 +37,8 @@ def _job(path: str) -> tuple[str, str]:
     return path, _ASR.transcribe(load_audio(path)).text
 
 
-def main() -> int:
+@cli_entry
+def main(argv: list[str] | None = None) -> int:
     from hbaf.data.manifest import load_manifest
     from hbaf.data.meld_tts import default_corpus_dir
     from hbaf.train import subset_train
@@ -48,7 +51,7 @@ def main() -> int:
     ap.add_argument("--beam", type=int, default=1)
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--out", required=True)
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
 
     records = load_manifest(args.manifest, seed=args.seed)
     if args.split == "train" and args.fraction < 1.0:

@@ -1,6 +1,8 @@
 """INT8 calibration of the exported HBAF ONNX model (explicit Q/DQ, onnxruntime.quantization).
 
-``calibration.int8``: calibration data from a manifest, the two flavours (``trt``, ``cpu``),
-dynamic INT8 and the Q/DQ placement check. ``calibration.report``: the pipelines behind
-``hbaf-export int8 | compare-calibration | all`` and their JSON + markdown reports.
+``calibration.data``: the calibration and evaluation utterances (whole dialogues of a manifest,
+run through the runtime's offline path). ``calibration.quantize``: graph preparation, ranges, the
+two flavours (``trt``, ``cpu``), dynamic INT8 and the Q/DQ placement check.
+``calibration.report``: the pipelines behind ``hbaf-export int8 | compare-calibration | all``
+and their JSON + markdown reports.
 """

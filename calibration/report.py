@@ -1,51 +1,56 @@
 """INT8 pipelines and their reports: accuracy FP32 vs INT8, agreement, size, CPU latency.
 
 Every number in a report comes from one process on one machine: accuracy by sequential
-dialogue evaluation with ONNX Runtime (each model feeds its own utterance embeddings back
-as the dialogue memory, as the runtime does), latency by interleaved batch-1 calls on a
-real 3 s utterance with 2 intra-op threads. Reports are written as JSON + markdown next
-to the models (atomically).
+dialogue evaluation on the runtime's offline path (``edge_runtime.offline.run_dialogues``:
+ONNX Runtime CPU backends, each model feeding its own utterance embeddings back as the
+dialogue memory, as the runtime does), latency by the benchmark's timer
+(``edge_runtime.timing``: backends taking turns) on batch-1 calls of a real 3 s utterance
+with 2 intra-op threads. Reports are written as JSON + markdown next to the models
+(atomically). ``export_all`` is ``hbaf-export all``.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import platform
 import time
+from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
-from calibration.int8 import (
-    FLAVOURS,
-    METHODS,
+from calibration.data import (
     EvalSet,
-    QuantResult,
-    accuracy_report,
-    agreement,
     build_calibration_set,
     build_eval_set,
+    evaluate,
+    open_fp32,
+)
+from calibration.quantize import (
+    FLAVOURS,
+    METHODS,
+    QuantResult,
     calibrate,
     copy_tokenizer_next_to,
-    evaluate_onnx,
     int8_name,
-    latency_feeds,
-    measure_latency,
-    model_info_checked,
     prepare,
     quantize_dynamic_cpu,
     quantize_flavour,
     work_dir,
 )
+from edge_runtime.backends import Backend, OnnxBackend
+from export.parity import onnx_cpu
+from hbaf.contract import HOP_LENGTH, SAMPLE_RATE
 from hbaf.errors import HBAFError
 from hbaf.io import write_json_atomic, write_text_atomic
 
 log = logging.getLogger(__name__)
 
 DEFAULT_METHOD = "percentile"
+LATENCY_KEYS = ("p50_ms", "p90_ms", "min_ms", "mean_ms", "runs")
 
 
 def machine() -> dict:
@@ -62,35 +67,83 @@ def machine() -> dict:
             "onnxruntime": onnxruntime.__version__}
 
 
-def evaluate_variants(fp32: str | os.PathLike, variants: dict[str, str], data: EvalSet, *, threads: int = 2,
-                      latency_runs: int = 100, torch_model=None, labels: Sequence[str]) -> dict:
-    """Accuracy, agreement with FP32, size and latency for the FP32 model and each variant."""
-    from export.onnx_export import OrtRunner, TorchRunner
+# ----------------------------------------------------------------------------- accuracy and agreement
 
+
+def accuracy_report(probs: np.ndarray, data: EvalSet, labels: Sequence[str]) -> dict:
+    from hbaf.metrics import classification_report
+
+    return classification_report(data.y, probs.argmax(1), list(labels))
+
+
+def agreement(ref: np.ndarray, probs: np.ndarray) -> dict:
+    return {"top1_agreement": float((ref.argmax(1) == probs.argmax(1)).mean()),
+            "max_abs_prob_diff": float(np.abs(ref - probs).max()),
+            "mean_abs_prob_diff": float(np.abs(ref - probs).mean())}
+
+
+# ----------------------------------------------------------------------------- latency
+
+
+def latency_feeds(backend: Backend, data: EvalSet, ref: dict, frames: int = 301) -> tuple[dict[str, np.ndarray], dict]:
+    """Batch-1 feeds of a real ~3 s utterance (cropped to ``frames``; 301 = 3.00 s) with a full memory
+    (``ref``'s utterance embeddings)."""
+    utts = data.dialogues
+    lengths = np.array([utts.feats[i].shape[0] for i in range(len(utts))])
+    long_enough = np.flatnonzero(lengths >= frames)
+    i = int(long_enough[0]) if long_enough.size else int(lengths.argmax())
+    feats = utts.feats[i][:frames]
+    ids, mask = data.tokenizer([utts.texts[i]])
+    k = ref["memory"].shape[1]
+    emb = ref["utt_emb"]
+    memory = np.stack([emb[j % len(emb)] for j in range(k)]) if k else np.zeros((0, emb.shape[1]), np.float32)
+    feeds = backend.feeds(feats, ids, mask, memory, np.ones((k,), np.float32))
+    return feeds, {"frames": int(feats.shape[0]), "seconds": round((feats.shape[0] - 1) * HOP_LENGTH / SAMPLE_RATE, 2),
+                   "tokens": int(ids.shape[1]), "memory_slots": int(k), "text": utts.texts[i]}
+
+
+def measure_latency(backends: dict[str, Backend], feeds: dict[str, np.ndarray], *, warmup: int = 10,
+                    runs: int = 100) -> dict[str, dict]:
+    """p50/p90/min/mean in ms per backend on the same feeds, timed taking turns
+    (``edge_runtime.timing.time_in_turns``, the benchmark's timer)."""
+    from tqdm import tqdm
+
+    from edge_runtime.timing import latency_stats, time_in_turns
+
+    calls = {name: functools.partial(b.run, feeds) for name, b in backends.items()}
+    with tqdm(total=(warmup + runs) * len(calls), desc="latency", unit="call", leave=False) as bar:
+        times = time_in_turns(calls, runs=runs, warmup=warmup, progress=bar.update)
+    return {name: {k: latency_stats(ms)[k] for k in LATENCY_KEYS} for name, ms in times.items()}
+
+
+# ----------------------------------------------------------------------------- reports
+
+
+def evaluate_variants(fp32: OnnxBackend, variants: dict[str, str], data: EvalSet, *, threads: int = 2,
+                      latency_runs: int = 100, torch_checkpoint: str | os.PathLike | None = None) -> dict:
+    """Accuracy, agreement with FP32, size and latency for the FP32 model and each variant (ONNX
+    Runtime CPU), plus PyTorch eager latency when ``torch_checkpoint`` is given."""
+    labels = fp32.labels
+    backends: dict[str, Backend] = {"fp32": fp32, **{name: onnx_cpu(path, threads) for name, path in variants.items()}}
+    outputs = {name: evaluate(b, data, desc=f"evaluate {name}") for name, b in backends.items()}
+    ref = outputs["fp32"]
     rows: dict[str, dict] = {}
-    ref = evaluate_onnx(fp32, data, threads=threads, desc="evaluate fp32")
-    all_models = {"fp32": str(fp32), **variants}
-    outputs = {"fp32": ref}
-    for name, path in variants.items():
-        outputs[name] = evaluate_onnx(path, data, threads=threads, desc=f"evaluate {name}")
-    for name, path in all_models.items():
+    for name, backend in backends.items():
         rep = accuracy_report(outputs[name]["probs"], data, labels)
         rows[name] = {
-            "path": str(path), "size_mb": round(Path(path).stat().st_size / 1e6, 3),
+            "path": str(backend.path), "size_mb": round(backend.path.stat().st_size / 1e6, 3),
             "weighted_f1": rep["weighted_f1"], "accuracy": rep["accuracy"], "macro_f1": rep["macro_f1"],
             "unweighted_accuracy": rep["unweighted_accuracy"],
             **agreement(ref["probs"], outputs[name]["probs"]),
             "max_utt_emb_diff": float(np.abs(ref["utt_emb"] - outputs[name]["utt_emb"]).max()),
             "confusion_matrix": rep["confusion_matrix"],
         }
-    feeds, utt = latency_feeds(data, ref)
-    runners = {name: OrtRunner(path, threads=threads) for name, path in all_models.items()}
-    if torch_model is not None:
-        import torch
+    feeds, utt = latency_feeds(fp32, data, ref)
+    if torch_checkpoint is not None:
+        from edge_runtime.backends import TorchBackend
 
-        torch.set_num_threads(threads)
-        runners["pytorch-fp32"] = TorchRunner(torch_model)
-    lat = measure_latency(runners, feeds, runs=latency_runs)
+        backends["pytorch-fp32"] = TorchBackend(torch_checkpoint, threads=threads)
+    lat = measure_latency(backends, feeds, runs=latency_runs)
     for name, value in lat.items():
         rows.setdefault(name, {"path": "(checkpoint, PyTorch eager)"}).update({k: round(v, 3) if isinstance(v, float) else v
                                                                                  for k, v in value.items()})
@@ -103,7 +156,7 @@ def evaluate_variants(fp32: str | os.PathLike, variants: dict[str, str], data: E
         if "pytorch-fp32" in lat:
             row["speedup_vs_pytorch_fp32"] = round(lat["pytorch-fp32"]["p50_ms"] / row["p50_ms"], 3) if row.get("p50_ms") else None
     return {"rows": rows, "latency_utterance": utt, "latency_threads": threads, "eval_split": data.split,
-            "eval_utterances": len(data.utts), "eval_dialogues": len(data.groups), "machine": machine(),
+            "eval_utterances": len(data), "eval_dialogues": len(data.dialogues.groups), "machine": machine(),
             "labels": list(labels)}
 
 
@@ -198,9 +251,9 @@ def quantize_onnx(fp32: str | os.PathLike, manifest: str | os.PathLike, out_dir:
     for f in flavours:
         if f not in FLAVOURS:
             raise HBAFError(f"unknown flavour '{f}'; choose trt, cpu or both")
-    model_info_checked(fp32)
+    backend = open_fp32(fp32, threads)
     out_dir = Path(out_dir)
-    calib = build_calibration_set(fp32, manifest, num=num, seed=seed, tokenizer=tokenizer, threads=threads, workers=workers)
+    calib = build_calibration_set(backend, manifest, num=num, seed=seed, tokenizer=tokenizer, workers=workers)
     results = []
     with work_dir(out_dir) as tmp:
         pre = prepare(fp32, Path(tmp) / "prepared.onnx")
@@ -216,14 +269,16 @@ def quantize_onnx(fp32: str | os.PathLike, manifest: str | os.PathLike, out_dir:
 
 def int8_report(fp32: str | os.PathLike, results: list[QuantResult], manifest: str | os.PathLike, out_dir: str | os.PathLike, *,
                 split: str = "test", limit: int | None = None, threads: int = 2, latency_runs: int = 100,
-                tokenizer: str | None = None, workers: int | None = None, torch_model=None, extra: dict | None = None,
-                name: str = "int8_report", fp32_variants: dict[str, str] | None = None) -> dict:
-    """``fp32_variants``: other FP32 graphs of the same model (the ONNX Runtime CPU graph) measured alongside."""
-    info = model_info_checked(fp32)
-    data = build_eval_set(fp32, manifest, split=split, limit=limit, tokenizer=tokenizer, workers=workers)
+                tokenizer: str | None = None, workers: int | None = None, torch_checkpoint: str | os.PathLike | None = None,
+                extra: dict | None = None, name: str = "int8_report", fp32_variants: dict[str, str] | None = None) -> dict:
+    """Accuracy, agreement, size and latency of the FP32 model and the INT8 ``results`` (+ PyTorch eager
+    latency of ``torch_checkpoint``); ``fp32_variants``: other FP32 graphs of the same model (the ONNX
+    Runtime CPU graph) measured alongside."""
+    backend = open_fp32(fp32, threads)
+    data = build_eval_set(backend, manifest, split=split, limit=limit, tokenizer=tokenizer, workers=workers)
     variants = {**(fp32_variants or {}), **{f"int8-{r.flavour}": r.path for r in results}}
-    report = evaluate_variants(fp32, variants, data, threads=threads, latency_runs=latency_runs, torch_model=torch_model,
-                               labels=info["labels"])
+    report = evaluate_variants(backend, variants, data, threads=threads, latency_runs=latency_runs,
+                               torch_checkpoint=torch_checkpoint)
     report["quantization"] = {f"int8-{r.flavour}": {k: v for k, v in asdict(r).items() if k not in ("quantized_nodes",)}
                               for r in results}
     report.update(extra or {})
@@ -243,10 +298,10 @@ def compare_calibration(fp32: str | os.PathLike, manifest: str | os.PathLike, ou
     for m in methods:
         if m not in METHODS:
             raise HBAFError(f"unknown calibration method '{m}'; choose from {', '.join(METHODS)}")
-    info = model_info_checked(fp32)
+    backend = open_fp32(fp32, threads)
     out_dir = Path(out_dir)
-    data = build_eval_set(fp32, manifest, split=split, limit=limit, tokenizer=tokenizer, workers=workers)
-    calib = build_calibration_set(fp32, manifest, num=num, seed=seed, tokenizer=tokenizer, threads=threads, workers=workers)
+    data = build_eval_set(backend, manifest, split=split, limit=limit, tokenizer=tokenizer, workers=workers)
+    calib = build_calibration_set(backend, manifest, num=num, seed=seed, tokenizer=tokenizer, workers=workers)
     variants: dict[str, str] = {}
     mf: dict[str, tuple[str, str]] = {"fp32": ("-", "fp32")}
     quant: dict[str, dict] = {}
@@ -268,7 +323,7 @@ def compare_calibration(fp32: str | os.PathLike, manifest: str | os.PathLike, ou
             variants["dynamic/cpu"], mf["dynamic/cpu"] = r.path, ("dynamic (no calibration)", "cpu")
             quant["dynamic/cpu"] = {k: v for k, v in asdict(r).items() if k != "quantized_nodes"}
     copy_tokenizer_next_to(fp32, out_dir)
-    report = evaluate_variants(fp32, variants, data, threads=threads, latency_runs=latency_runs, labels=info["labels"])
+    report = evaluate_variants(backend, variants, data, threads=threads, latency_runs=latency_runs)
     report.update(quantization=quant, calibration_seconds=timings,
                   calibration={"n": calib.n, "dialogues": calib.dialogues, "split": calib.split, "seed": seed,
                                "manifest": str(manifest)})
@@ -285,23 +340,24 @@ def export_all(checkpoint: str | os.PathLike, manifest: str | os.PathLike, out_d
     """Checkpoint -> FP32 ONNX -> parity -> INT8 (trt + cpu) -> report, with a progress bar over the stages."""
     from tqdm import tqdm
 
-    from export.onnx_export import export_onnx, parity
-    from hbaf.checkpoint import load_checkpoint
-
-    out_dir = Path(out_dir)
-    model, _ = load_checkpoint(checkpoint)  # fail fast on a bad checkpoint
+    from edge_runtime.backends import TorchBackend
+    from export.onnx_export import export_onnx
+    from export.parity import parity
+    from hbaf.contract import GRAPH_ORT_CPU
     from hbaf.data.manifest import load_manifest
 
-    load_manifest(manifest, labels=model.labels)  # fail fast on a bad manifest
+    out_dir = Path(out_dir)
+    labels = TorchBackend(checkpoint).labels  # fail fast on a bad checkpoint
+    load_manifest(manifest, labels=labels)  # fail fast on a bad manifest
     stages = tqdm(total=4, desc="hbaf-export all", unit="stage")
     stages.set_postfix_str("export ONNX")
     fp32 = export_onnx(checkpoint, out_dir / f"{name}.onnx", opset=opset)
-    cpu_graph = export_onnx(checkpoint, out_dir / f"{name}.ort.onnx", graph="ort-cpu")
+    cpu_graph = export_onnx(checkpoint, out_dir / f"{name}.ort.onnx", graph=GRAPH_ORT_CPU)
     stages.update(1)
     stages.set_postfix_str("parity")
-    par = parity(checkpoint, fp32, manifest, n=parity_n, threads=threads)
+    par = parity(checkpoint, fp32, manifest, n=parity_n, threads=threads, workers=workers)
     write_json_atomic(out_dir / "parity.json", par)
-    par_cpu = parity(checkpoint, cpu_graph, manifest, n=parity_n, threads=threads)
+    par_cpu = parity(checkpoint, cpu_graph, manifest, n=parity_n, threads=threads, workers=workers)
     write_json_atomic(out_dir / "parity.ort.json", par_cpu)
     stages.update(1)
     stages.set_postfix_str("calibrate + quantize")
@@ -313,7 +369,7 @@ def export_all(checkpoint: str | os.PathLike, manifest: str | os.PathLike, out_d
     stages.update(1)
     stages.set_postfix_str("evaluate + latency")
     report = int8_report(fp32, results, manifest, out_dir, split=split, limit=limit, threads=threads,
-                         latency_runs=latency_runs, workers=workers, torch_model=model,
+                         latency_runs=latency_runs, workers=workers, torch_checkpoint=checkpoint,
                          extra={"parity": par, "parity_ort_cpu_graph": par_cpu}, name="report",
                          fp32_variants={"fp32-cpu-graph": str(cpu_graph)})
     stages.update(1)

@@ -12,7 +12,10 @@ segmenter's limit), so by default the encoder sees a 10 s window instead; on a
 2-core CPU that cuts a 3 s utterance from roughly 0.35 s to roughly 0.12 s
 (measured, int8, tiny.en). A decode that degenerates into repetition (compression
 ratio above 2.4, or the token cap reached) is redone on the standard 30 s path.
-``encoder_window_s=None`` always uses the standard path.
+``encoder_window_s=None`` always uses the standard path. ``window_bucket_s`` sizes the
+window to the utterance instead: its length rounded up to a multiple of the bucket (at
+least ``MIN_WINDOW_S``, at most ``encoder_window_s``), so a 2 s utterance is encoded as
+4 s, not 10 (scripts/latency_analysis.py measures what that does to WER and time).
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ FULL_WINDOW_S = 30.0  # what Whisper was trained on
 COMPRESSION_RATIO_LIMIT = 2.4  # above this a transcript is repeating itself
 NO_SPEECH_PROB = 0.6  # with a mean log-prob under -1: treat as no speech (faster-whisper's rule)
 TOKENS_PER_SECOND_CAP = 12  # generous: fast speech is about 4 tokens/s
+MIN_WINDOW_S = 4.0  # shortest bucketed encoder window
 LOGPROB_THRESHOLD = -1.0  # with temperature fallback: a decode less sure than this is redone hotter
 
 
@@ -108,6 +112,7 @@ class WhisperASR:
         beam_size: int = DEFAULT_BEAM_SIZE,
         cpu_threads: int | None = None,
         encoder_window_s: float | None = 10.0,
+        window_bucket_s: float | None = None,
         pad_s: float = 0.0,
         temperatures: tuple[float, ...] = (0.0,),
         patience: float = 1.0,
@@ -125,6 +130,9 @@ class WhisperASR:
         if encoder_window_s is not None and not 1.0 <= encoder_window_s <= FULL_WINDOW_S:
             raise HBAFError(f"ASR encoder window must be between 1 and 30 s, got {encoder_window_s}; 10 matches the utterance limit")
         self.encoder_window_s = encoder_window_s
+        if window_bucket_s is not None and not 0.5 <= window_bucket_s <= 10.0:
+            raise HBAFError(f"ASR window bucket must be between 0.5 and 10 s, got {window_bucket_s}")
+        self.window_bucket_s = window_bucket_s
         if not 0.0 <= pad_s <= 1.0:
             raise HBAFError(f"ASR silence padding must be between 0 and 1 s, got {pad_s}")
         if not temperatures or temperatures[0] != 0.0 or any(t < 0 for t in temperatures):
@@ -213,7 +221,8 @@ class WhisperASR:
         from faster_whisper.transcribe import get_suppressed_tokens
 
         assert self.encoder_window_s is not None
-        frames = int(self.encoder_window_s * SAMPLE_RATE) // self.model.feature_extractor.hop_length
+        window = self.window_for(samples.size / SAMPLE_RATE)
+        frames = int(window * SAMPLE_RATE) // self.model.feature_extractor.hop_length
         features = pad_or_trim(self.model.feature_extractor(samples), length=frames)
         encoded = self.model.encode(features)
         language = self.language
@@ -224,7 +233,7 @@ class WhisperASR:
             language = best_token[2:-2]
         tokenizer = self._tokenizer(language)
         prompt = list(tokenizer.sot_sequence) + [tokenizer.no_timestamps]
-        max_new = int(TOKENS_PER_SECOND_CAP * self.encoder_window_s)
+        max_new = int(TOKENS_PER_SECOND_CAP * window)
         suppress = list(get_suppressed_tokens(tokenizer, [-1]))
         for k, temperature in enumerate(self.temperatures):
             options = {"beam_size": self.beam_size, "patience": self.patience}
@@ -257,6 +266,14 @@ class WhisperASR:
             elif not loops:
                 return text, language
         return None
+
+    def window_for(self, seconds: float) -> float:
+        """The encoder window (s) for an utterance of ``seconds`` on the short-window path."""
+        assert self.encoder_window_s is not None
+        if self.window_bucket_s is None:
+            return self.encoder_window_s
+        bucketed = self.window_bucket_s * float(np.ceil(seconds / self.window_bucket_s))
+        return min(self.encoder_window_s, max(MIN_WINDOW_S, bucketed))
 
     def warmup(self, seconds: float = 1.0) -> float:
         """Run one throw-away decode (first-call allocations, CUDA kernels); return its wall time."""

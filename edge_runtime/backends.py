@@ -1,10 +1,9 @@
 """Fusion backends: one interface, three implementations, picked by the model file.
 
-A backend maps the six arrays of the export contract to three::
-
-    feeds   audio_feats [1,T,80] f32, audio_mask [1,T] f32, input_ids [1,L] i32,
-            attention_mask [1,L] i32, memory [1,K,D] f32, memory_mask [1,K] f32
-    outputs probs [1,C], utt_emb [1,D], gate [1,2]   (numpy float32)
+A backend maps the six input arrays of the export contract (hbaf/contract.py) to its three
+outputs, and carries the model's ``ModelSpec`` (labels, K, D, feature width, limits), read
+from wherever that form of the model keeps it (checkpoint config, ONNX metadata, engine
+sidecar) by the contract's own readers.
 
 ``open_backend(path)`` chooses by what ``path`` is:
 
@@ -12,8 +11,8 @@ A backend maps the six arrays of the export contract to three::
   -> ``TorchBackend`` (PyTorch eager, CPU or CUDA, optional FP16 on CUDA);
 - ``*.onnx`` -> ``OnnxBackend`` (ONNX Runtime; TensorRT/CUDA execution providers when the
   installed onnxruntime has them, else CPU);
-- ``*.engine`` -> ``EngineBackend`` around ``edge_runtime.trt_backend.TensorRTBackend``
-  (imported only then; TensorRT exists only on the GPU machine).
+- ``*.engine`` -> ``edge_runtime.trt_backend.TensorRTBackend`` (imported only then; TensorRT
+  exists only on the GPU machine).
 
 The file's content is checked against its extension before anything heavy is loaded,
 so an ONNX renamed ``.engine``, a text file named ``.onnx`` or a truncated file gives
@@ -37,88 +36,53 @@ from typing import Any
 
 import numpy as np
 
+from hbaf.contract import (
+    DEFAULT_TEXT_ENCODER,
+    INPUT_DTYPES,
+    INPUT_NAMES,
+    OUTPUT_NAMES,
+    TOKENIZER_FILE,
+    ModelSpec,
+    check_outputs,
+    first_line,
+    has_qdq,
+    make_feeds,
+    read_onnx,
+    spec_from_onnx,
+)
 from hbaf.errors import HBAFError
-from hbaf.features import MAX_FRAMES, SAMPLE_RATE, log_mel
-from hbaf.text import DEFAULT_TEXT_ENCODER, MAX_TOKENS, Tokenizer, resolve_text_encoder
+from hbaf.features import SAMPLE_RATE, utterance_features
+from hbaf.text import Tokenizer, resolve_text_encoder
 
 log = logging.getLogger(__name__)
 
-INPUTS = ("audio_feats", "audio_mask", "input_ids", "attention_mask", "memory", "memory_mask")
-OUTPUTS = ("probs", "utt_emb", "gate")
 WHAT_TO_PASS = (
     "pass a checkpoint folder (hbaf train --out), a .onnx model (hbaf-export onnx) "
     "or a TensorRT .engine (hbaf-export engine)"
 )
-_INPUT_DTYPES = {
-    "audio_feats": np.float32, "audio_mask": np.float32, "input_ids": np.int32,
-    "attention_mask": np.int32, "memory": np.float32, "memory_mask": np.float32,
-}
-
-
-def make_feeds(
-    feats: np.ndarray,
-    input_ids: np.ndarray,
-    attention_mask: np.ndarray,
-    memory: np.ndarray,
-    memory_mask: np.ndarray,
-    *,
-    min_frames: int = 1,
-    min_tokens: int = 1,
-) -> dict[str, np.ndarray]:
-    """One utterance's arrays in the export contract's names, shapes and dtypes (batch of 1).
-
-    Shorter inputs than an engine profile's minimum are padded with masked-out frames /
-    tokens (mask 0), which the model ignores.
-    """
-    feats = np.asarray(feats, dtype=np.float32)
-    if feats.ndim == 2:
-        feats = feats[None]
-    ids = np.asarray(input_ids, dtype=np.int32).reshape(1, -1)
-    mask = np.asarray(attention_mask, dtype=np.int32).reshape(1, -1)
-    audio_mask = np.ones(feats.shape[:2], dtype=np.float32)
-    if feats.shape[1] < min_frames:
-        pad = min_frames - feats.shape[1]
-        feats = np.pad(feats, ((0, 0), (0, pad), (0, 0)))
-        audio_mask = np.pad(audio_mask, ((0, 0), (0, pad)))
-    if ids.shape[1] < min_tokens:
-        pad = min_tokens - ids.shape[1]
-        ids, mask = np.pad(ids, ((0, 0), (0, pad))), np.pad(mask, ((0, 0), (0, pad)))
-    feeds = {
-        "audio_feats": feats,
-        "audio_mask": audio_mask,
-        "input_ids": ids,
-        "attention_mask": mask,
-        "memory": np.asarray(memory, dtype=np.float32),
-        "memory_mask": np.asarray(memory_mask, dtype=np.float32),
-    }
-    return {k: np.ascontiguousarray(v, dtype=_INPUT_DTYPES[k]) for k, v in feeds.items()}
 
 
 class Backend:
     """A stateless fusion model: ``run(feeds) -> {"probs", "utt_emb", "gate"}``.
 
     Attributes: ``name`` (torch | onnxruntime | tensorrt), ``precision`` (fp32 | fp16 | int8),
-    ``labels``, ``context_size`` (K), ``memory_dim`` (D), ``path``, ``tokenizer_file``,
-    ``config`` (the model's HBAFConfig as a dict, when known), the input limits
-    ``min_frames``/``max_frames``/``min_tokens`` (an engine's optimization profile; the
-    token limit is ``max_tokens``), ``load_seconds`` and, after ``warmup()``,
-    ``first_inference_seconds``.
+    ``spec`` (the contract's ModelSpec; ``labels``, ``context_size`` (K) and ``memory_dim`` (D)
+    read from it), ``path``, ``tokenizer_file``, the input limits ``min_frames``/``max_frames``/
+    ``min_tokens`` (an engine's optimization profile narrows the model's own; the token limit is
+    ``max_tokens``), ``load_seconds`` and, after ``warmup()``, ``first_inference_seconds``.
     """
 
     name: str = "backend"
     precision: str = "fp32"
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, spec: ModelSpec) -> None:
         self.path = Path(path)
-        self.labels: list[str] = []
-        self.context_size = 0
-        self.memory_dim = 0
-        self.config: dict[str, Any] = {}
+        self.spec = spec
         self.tokenizer_file: Path | None = None
         self.load_seconds = 0.0
         self.first_inference_seconds: float | None = None
         self.min_frames = 1
-        self.max_frames = MAX_FRAMES
+        self.max_frames = spec.max_frames
         self.min_tokens = 1
         self.token_limit: int | None = None
 
@@ -126,9 +90,20 @@ class Backend:
         raise NotImplementedError
 
     @property
+    def labels(self) -> list[str]:
+        return list(self.spec.labels)
+
+    @property
+    def context_size(self) -> int:
+        return self.spec.context_size
+
+    @property
+    def memory_dim(self) -> int:
+        return self.spec.memory_dim
+
+    @property
     def max_tokens(self) -> int:
-        limit = int(self.config.get("max_tokens", MAX_TOKENS))
-        return min(limit, self.token_limit) if self.token_limit else limit
+        return min(self.spec.max_tokens, self.token_limit) if self.token_limit else self.spec.max_tokens
 
     def feeds(
         self,
@@ -138,22 +113,20 @@ class Backend:
         memory: np.ndarray,
         memory_mask: np.ndarray,
     ) -> dict[str, np.ndarray]:
-        """``make_feeds`` within this backend's limits (frames beyond ``max_frames`` are cut)."""
-        feats = np.asarray(feats, dtype=np.float32)
-        feats = feats[..., : self.max_frames, :]
-        return make_feeds(feats, input_ids, attention_mask, memory, memory_mask,
-                          min_frames=self.min_frames, min_tokens=self.min_tokens)
+        """One utterance as contract feeds within this backend's limits (``hbaf.contract.make_feeds``)."""
+        return make_feeds(self.spec, feats, input_ids, attention_mask, memory, memory_mask,
+                          min_frames=self.min_frames, max_frames=self.max_frames, min_tokens=self.min_tokens)
 
     def tokenizer(self) -> Tokenizer:
         if self.tokenizer_file is None:
-            raise HBAFError(f"no tokenizer found for {self.path}; put the checkpoint's tokenizer.json next to it")
+            raise HBAFError(f"no tokenizer found for {self.path}; put the checkpoint's {TOKENIZER_FILE} next to it")
         return Tokenizer(self.tokenizer_file, max_tokens=self.max_tokens)
 
     def dummy_feeds(self, seconds: float = 3.0, tokens: int = 16) -> dict[str, np.ndarray]:
         """Feeds of realistic shape (quiet noise, a short token sequence, an empty memory)."""
         rng = np.random.default_rng(0)
         tokens = max(2, min(tokens, self.max_tokens))
-        feats = log_mel((0.01 * rng.standard_normal(int(seconds * SAMPLE_RATE))).astype(np.float32))
+        feats = utterance_features((0.01 * rng.standard_normal(int(seconds * SAMPLE_RATE))).astype(np.float32))
         ids = np.full((1, tokens), 1000, dtype=np.int32)
         ids[0, 0], ids[0, -1] = 101, 102  # [CLS] ... [SEP] of the BERT vocabulary
         k, d = self.context_size, self.memory_dim
@@ -174,12 +147,6 @@ class Backend:
     def describe(self) -> str:
         return f"{self.name} {self.precision} {self.path} ({len(self.labels)} classes, context {self.context_size})"
 
-    def _check_outputs(self, out: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        missing = [k for k in OUTPUTS if k not in out]
-        if missing:
-            raise HBAFError(f"{self.path} does not produce outputs {missing}; it does not follow the HBAF export contract, export it again")
-        return {k: np.asarray(out[k], dtype=np.float32) for k in OUTPUTS}
-
 
 # ----------------------------------------------------------------------------- PyTorch
 
@@ -197,7 +164,7 @@ class TorchBackend(Backend):
         path = Path(path)
         if path.is_file() and path.name not in (WEIGHTS, CONFIG):
             raise HBAFError(f"{path} is not a checkpoint's {WEIGHTS}; pass the checkpoint folder that `hbaf train --out` wrote")
-        super().__init__(checkpoint_dir(path))
+        folder = checkpoint_dir(path)
         if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
             raise HBAFError(f"unknown model device '{device}'; use cpu or cuda")
         if device.startswith("cuda") and not torch.cuda.is_available():
@@ -207,40 +174,31 @@ class TorchBackend(Backend):
         if threads:
             torch.set_num_threads(int(threads))
         t0 = time.perf_counter()
-        model, meta = load_checkpoint(self.path, map_location="cpu")
+        model, _meta = load_checkpoint(folder, map_location="cpu")
+        super().__init__(folder, ModelSpec.from_model(model))
         self.dtype = torch.float16 if fp16 else torch.float32
         self.device = torch.device(device)
         self.model = model.to(self.device, dtype=self.dtype).eval()
         self.precision = "fp16" if fp16 else "fp32"
-        self.labels = list(meta["labels"])
-        self.config = dict(meta["config"])
-        self.context_size = int(model.cfg.context_size)
-        self.memory_dim = int(model.memory_dim)
         self.tokenizer_file = tokenizer_path(self.path)
         self.load_seconds = time.perf_counter() - t0
         self._torch = torch
 
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         torch = self._torch
-        floats = ("audio_feats", "audio_mask", "memory", "memory_mask")
         args = []
-        for name in INPUTS:
-            t = torch.from_numpy(np.ascontiguousarray(feeds[name])).to(self.device)
-            args.append(t.to(self.dtype) if name in floats else t)
+        for name in INPUT_NAMES:
+            t = torch.from_numpy(np.ascontiguousarray(feeds[name], dtype=INPUT_DTYPES[name])).to(self.device)
+            args.append(t.to(self.dtype) if INPUT_DTYPES[name] == np.float32 else t)
         with torch.inference_mode():
-            probs, utt_emb, gate = self.model(*args)
-        return self._check_outputs({
-            "probs": probs.float().cpu().numpy(),
-            "utt_emb": utt_emb.float().cpu().numpy(),
-            "gate": gate.float().cpu().numpy(),
-        })
+            outputs = self.model(*args)
+        return check_outputs({n: o.float().cpu().numpy() for n, o in zip(OUTPUT_NAMES, outputs)}, str(self.path))
 
 
 # ----------------------------------------------------------------------------- ONNX Runtime
 
 
 _ORT_TYPES = {"tensor(float)": np.float32, "tensor(int32)": np.int32, "tensor(int64)": np.int64, "tensor(float16)": np.float16}
-_INT8_OPS = {"QuantizeLinear", "DequantizeLinear", "QLinearMatMul", "MatMulInteger", "DynamicQuantizeLinear", "QLinearConv"}
 
 
 def default_providers(available: list[str]) -> list[str]:
@@ -263,23 +221,15 @@ class OnnxBackend(Backend):
     def __init__(self, path: str | Path, *, threads: int | None = None, providers: list[str] | None = None) -> None:
         import onnxruntime as ort
 
-        from export.trt_compat import context_dims, load_onnx, read_metadata
+        from hbaf.contract import onnx_metadata
 
-        super().__init__(Path(path))
+        path = Path(path)
         t0 = time.perf_counter()
-        proto = load_onnx(self.path, load_external_data=False)
-        meta = read_metadata(proto)
-        ops = {n.op_type for n in proto.graph.node}
+        proto = read_onnx(path, load_external_data=False)
+        super().__init__(path, spec_from_onnx(proto, source=str(path)))
+        self.meta = onnx_metadata(proto)
         fp16_weights = any(init.data_type == 10 for init in proto.graph.initializer)  # TensorProto.FLOAT16
-        self.precision = "int8" if ops & _INT8_OPS else ("fp16" if fp16_weights else "fp32")
-        self.context_size, self.memory_dim = context_dims(proto)
-        self.config = dict(meta.get("config") or {})
-        self.max_frames = min(MAX_FRAMES, int(meta.get("max_frames") or MAX_FRAMES))
-        labels = meta.get("labels")
-        if not labels:
-            raise HBAFError(f"{self.path} carries no HBAF labels in its metadata; export it with `hbaf-export onnx --checkpoint DIR` from a checkpoint")
-        self.labels = [str(x) for x in labels]
-        self.meta = meta
+        self.precision = "int8" if has_qdq(proto) or _integer_ops(proto) else ("fp16" if fp16_weights else "fp32")
         del proto
 
         opts = ort.SessionOptions()
@@ -298,86 +248,46 @@ class OnnxBackend(Backend):
         try:
             self.session = ort.InferenceSession(str(self.path), sess_options=opts, providers=provider_args)
         except Exception as err:  # onnxruntime raises its own Fail/InvalidGraph/... types
-            why = " ".join(str(err).split())[:200]
+            why = " ".join(first_line(err, 200).split())
             raise HBAFError(f"ONNX Runtime cannot load {self.path} ({why}); export the model again with `hbaf-export onnx`") from err
         self.providers = self.session.get_providers()
-        names = {i.name for i in self.session.get_inputs()}
-        missing = [n for n in INPUTS if n not in names]
-        if missing:
-            raise HBAFError(f"{self.path} lacks inputs {missing}; it does not follow the HBAF export contract, export it with `hbaf-export onnx`")
         self._dtypes = {i.name: _ORT_TYPES.get(i.type, np.float32) for i in self.session.get_inputs()}
-        self.tokenizer_file = resolve_tokenizer(self.path, meta)
+        self.tokenizer_file = resolve_tokenizer(self.path, self.meta, self.spec)
         self.load_seconds = time.perf_counter() - t0
         log.info("ONNX Runtime providers for %s: %s", self.path.name, ", ".join(self.providers))
 
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        inputs = {n: np.ascontiguousarray(feeds[n], dtype=self._dtypes[n]) for n in INPUTS}
-        values = self.session.run(list(OUTPUTS), inputs)
-        return self._check_outputs(dict(zip(OUTPUTS, values)))
+        inputs = {n: np.ascontiguousarray(feeds[n], dtype=self._dtypes[n]) for n in INPUT_NAMES}
+        values = self.session.run(list(OUTPUT_NAMES), inputs)
+        return check_outputs(dict(zip(OUTPUT_NAMES, values)), str(self.path))
 
 
-# ----------------------------------------------------------------------------- TensorRT
-
-
-class EngineBackend(Backend):
-    """A TensorRT ``.engine`` through ``edge_runtime.trt_backend`` (imported lazily: TensorRT
-    and CUDA exist only on the GPU machine)."""
-
-    name = "tensorrt"
-
-    def __init__(self, path: str | Path) -> None:
-        super().__init__(Path(path))
-        try:
-            from edge_runtime.trt_backend import TensorRTBackend
-        except ImportError as err:
-            raise HBAFError(
-                f"cannot run {self.path}: the TensorRT runtime is not available ({err}); on Jetson install JetPack's "
-                "TensorRT Python bindings, elsewhere pass the .onnx model instead"
-            ) from err
-        t0 = time.perf_counter()
-        self.engine = TensorRTBackend(str(self.path))
-        self.labels = [str(x) for x in self.engine.labels]
-        self.context_size = int(self.engine.context_size)
-        self.memory_dim = int(self.engine.memory_dim)
-        sidecar = getattr(self.engine, "sidecar", None)
-        self.precision = str(getattr(sidecar, "precision", None) or _precision_from_name(self.path))
-        profiles = getattr(sidecar, "profiles", None)
-        if profiles is not None:
-            self.min_frames, self.max_frames = int(profiles.min.frames), int(profiles.max.frames)
-            self.min_tokens, self.token_limit = int(profiles.min.tokens), int(profiles.max.tokens)
-        onnx_path = str(getattr(sidecar, "onnx_path", "") or "")
-        self.tokenizer_file = resolve_tokenizer(self.path, {"onnx_path": onnx_path} if onnx_path else {})
-        self.load_seconds = time.perf_counter() - t0
-
-    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        return self._check_outputs(self.engine.run(feeds))
-
-
-def _precision_from_name(path: Path) -> str:
-    parts = path.name.split(".")
-    return parts[-2] if len(parts) >= 3 and parts[-2] in ("fp32", "fp16", "int8") else "unknown"
+def _integer_ops(proto) -> bool:
+    """Integer kernels that dynamic quantization leaves without Q/DQ pairs."""
+    ops = {"QLinearMatMul", "MatMulInteger", "DynamicQuantizeLinear", "QLinearConv"}
+    return any(n.op_type in ops for n in proto.graph.node)
 
 
 # ----------------------------------------------------------------------------- resolution
 
 
-def resolve_tokenizer(model_path: str | Path, meta: dict | None = None) -> Path:
+def resolve_tokenizer(model_path: str | Path, meta: dict | None = None, spec: ModelSpec | None = None) -> Path:
     """The ``tokenizer.json`` for an exported model (order in the module docstring)."""
     model_path = Path(model_path)
     meta = meta or {}
-    candidates = [model_path / "tokenizer.json"] if model_path.is_dir() else [model_path.with_name("tokenizer.json")]
+    candidates = [model_path / TOKENIZER_FILE] if model_path.is_dir() else [model_path.with_name(TOKENIZER_FILE)]
     for key in ("checkpoint", "checkpoint_dir", "source_checkpoint"):
         if meta.get(key):
-            candidates.append(Path(str(meta[key])) / "tokenizer.json")
+            candidates.append(Path(str(meta[key])) / TOKENIZER_FILE)
     if meta.get("onnx_path"):
-        candidates.append(Path(str(meta["onnx_path"])).with_name("tokenizer.json"))
+        candidates.append(Path(str(meta["onnx_path"])).with_name(TOKENIZER_FILE))
     for c in candidates:
         if c.is_file():
             return c
-    encoder = (meta.get("config") or {}).get("text_encoder") or DEFAULT_TEXT_ENCODER
-    found = resolve_text_encoder(encoder) / "tokenizer.json"
+    encoder = spec.text_encoder if spec is not None else DEFAULT_TEXT_ENCODER
+    found = resolve_text_encoder(encoder) / TOKENIZER_FILE
     if not found.is_file():
-        raise HBAFError(f"no tokenizer.json for {model_path}; copy the checkpoint's tokenizer.json next to the model file")
+        raise HBAFError(f"no {TOKENIZER_FILE} for {model_path}; copy the checkpoint's {TOKENIZER_FILE} next to the model file")
     log.info("tokenizer for %s: %s (text encoder %s)", model_path.name, found, encoder)
     return found
 
@@ -507,5 +417,6 @@ def open_backend(
         raise HBAFError(f"--fp16 applies to PyTorch checkpoints; {p.name} has its precision fixed at export, drop --fp16")
     if kind == "onnx":
         return OnnxBackend(p, threads=threads, providers=providers)
-    return EngineBackend(p)
+    from edge_runtime.trt_backend import TensorRTBackend  # TensorRT exists only on the GPU machine
 
+    return TensorRTBackend(p)

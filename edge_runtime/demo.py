@@ -8,6 +8,10 @@ per turn. It is synthetic speech, meant to let a newcomer see events on a machin
 without a microphone, not to measure accuracy. A JSON file next to the WAV holds the
 script (speaker, text, emotion, start and end in seconds).
 
+``meld_conversation()`` joins real MELD test dialogues (texts, speakers, labels) rendered
+with the MELD-TTS voices into one longer recording with known turns: the conversation the
+tests and the latency analysis run the whole pipeline on (also synthetic speech).
+
 ``default_model_path()`` is the model ``hbaf-edge run`` uses without ``--model``.
 """
 
@@ -127,6 +131,38 @@ def demo_conversation(cache_dir: str | Path | None = None) -> Path:
     write_json_atomic(script_file, {"sample_rate": SAMPLE_RATE, "seconds": round(signal.size / SAMPLE_RATE, 3), "synthetic": True, "turns": turns})
     log.info("demo conversation rendered to %s (%.1f s, %d turns)", wav, signal.size / SAMPLE_RATE, len(turns))
     return wav
+
+
+def meld_conversation(out_dir: str | Path, *, min_seconds: float = 60.0, pause_s: float = 1.2,
+                      intensity: float | None = None) -> tuple[Path, list[dict], list[np.ndarray]]:
+    """MELD test utterances of >= 4 words, in dialogue order, rendered with the MELD-TTS voices
+    and prosody (strength 0.5, 30 dB SNR) and joined with ``pause_s`` pauses until the
+    recording lasts ``min_seconds``.
+
+    Returns (wav path, turns, waves): each turn has start/end (s), text, label, speaker and
+    MELD dialogue id; ``waves`` are the rendered clips, in order. ``intensity`` None: the
+    corpus's emotion prosody; 0: every utterance with neutral prosody.
+    """
+    import soundfile as sf
+
+    from hbaf.data import meld_tts as mt
+
+    utts = [u for u in mt.read_meld_csv("test") if len(u["text"].split()) >= 4]
+    rng = np.random.default_rng(0)
+    pieces, turns, waves, t = [np.zeros(int(0.5 * SAMPLE_RATE), np.float32)], [], [], 0.5
+    for u in utts:
+        params = mt.render_params(u, seed=0, strength=0.5, noise_snr_db=(30.0, 30.0), intensity=intensity)
+        wave = mt.synthesize(u["text"], params, noise_seed=int(rng.integers(1 << 30)))
+        pieces += [wave, np.zeros(int(pause_s * SAMPLE_RATE), np.float32)]
+        waves.append(wave)
+        turns.append({"start": t, "end": t + wave.size / SAMPLE_RATE, "text": u["text"], "label": u["label"],
+                      "speaker": u["speaker"], "dialogue": int(u["dialogue_id"])})
+        t += wave.size / SAMPLE_RATE + pause_s
+        if t >= min_seconds:
+            break
+    path = Path(out_dir) / f"conversation-{intensity}.wav"
+    sf.write(path, np.concatenate(pieces), SAMPLE_RATE, subtype="PCM_16")
+    return path, turns, waves
 
 
 def demo_script(wav: str | Path) -> list[dict]:

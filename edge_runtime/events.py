@@ -4,9 +4,10 @@ The JSONL file is opened for appending and every line is written with one ``writ
 and made durable (``fsync``) before the next event, so a file cut short by a crash,
 ``kill -9`` or a power cut holds only whole lines. A run ends with a
 ``{"summary": {...}}`` line. When a write fails mid-run (disk full, device gone)
-the runtime warns once on stderr, removes the partial line when it can, keeps
-printing events on stdout, tries again at the next event, and counts the lost lines
-in the summary.
+the runtime warns once on stderr, removes the partial line when it can (every line
+already in the file stays whole), keeps printing events on stdout, tries again at the
+next event and counts the lost lines in the summary; the run then ends with the
+summary and a one-line error naming the file and the fix (``failure()``), exit code 2.
 """
 
 from __future__ import annotations
@@ -120,6 +121,8 @@ class EventWriter:
         self.stdout_format = stdout_format
         self.stats = WriterStats()
         self._warned = False
+        self._first_error: OSError | None = None
+        self._torn = False  # a partial line could not be removed
         self._fd: int | None = None
         if self.path is not None:
             self._fd = self._open(self.path)
@@ -180,36 +183,61 @@ class EventWriter:
             size = os.fstat(self._fd).st_size
         except OSError:
             size = None
+        view = memoryview(data)
         try:
-            view = memoryview(data)
             while view:
                 n = os.write(self._fd, view)
                 view = view[n:]
             os.fsync(self._fd)
         except OSError as err:
-            self._lost(err, size)
+            self._lost(err, size, wrote=len(view) < len(data))
             return
         self.stats.jsonl_lines_written += 1
 
-    def _lost(self, err: OSError, size: int | None) -> None:
+    def _lost(self, err: OSError, size: int | None, *, wrote: bool = True) -> None:
         self.stats.jsonl_lines_lost += 1
-        if size is not None:
+        if self._first_error is None:
+            self._first_error = err
+        if wrote:  # some bytes of the line (or all, unsynced) may be in the file
             try:
-                os.ftruncate(self._fd, size)  # drop a partial line, so the file stays valid JSONL
+                if size is None:
+                    raise OSError("size unknown")
+                os.ftruncate(self._fd, size)  # drop the partial line, so the file stays valid JSONL
             except OSError:
-                pass
+                self._torn = True
         reason = err.strerror or str(err)
         self.stats.errors.append(reason)
         if not self._warned:
             self._warned = True
             try:
                 self.stderr.write(
-                    f"warning: writing {self.path} failed ({reason}); events continue on stdout, "
-                    "lost lines are counted in the summary\n"
+                    f"warning: writing {self.path} failed ({reason}); {self._fix(err)}; events continue on stdout, "
+                    "lost lines are counted in the summary and the run will exit with code 2\n"
                 )
                 self.stderr.flush()
             except (OSError, ValueError):
                 pass
+
+    @staticmethod
+    def _fix(err: OSError) -> str:
+        if err.errno in (errno.ENOSPC, errno.EDQUOT):
+            return "free disk space or pass another --output"
+        return "check the disk or pass another --output"
+
+    def failure(self) -> str | None:
+        """One line for the end of a run in which JSONL lines were lost (None when none were):
+        the file, how many lines, why, and the fix."""
+        lost = self.stats.jsonl_lines_lost
+        if not lost or self.path is None:
+            return None
+        reasons = list(dict.fromkeys(self.stats.errors))
+        fix = self._fix(self._first_error) if self._first_error is not None else "pass another --output"
+        return (
+            f"{lost} of {lost + self.stats.jsonl_lines_written} line(s) could not be written to {self.path} "
+            f"({'; '.join(reasons)}); "
+            + ("its last line may be cut short; " if self._torn else "the lines in the file are whole; ")
+            + fix
+        )
 
     def close(self) -> None:
         fd, self._fd = self._fd, None

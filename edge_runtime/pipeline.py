@@ -24,138 +24,42 @@ from __future__ import annotations
 
 import logging
 import queue
-import resource
-import sys
+from collections import deque
 import threading
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from edge_runtime.backends import Backend
 from edge_runtime.events import Event, EventWriter
-from edge_runtime.memory import DialogueMemory
+from edge_runtime import vad
+from edge_runtime.asr import DEFAULT_BEAM_SIZE
+from edge_runtime.memory import DEFAULT_RESET_AFTER, DialogueMemory
+from edge_runtime.offline import fuse_utterance
+from edge_runtime.speculate import Speculator
+from edge_runtime.summary import Summary, peak_rss_mb, percentiles
 from hbaf.errors import HBAFError
-from hbaf.features import MAX_FRAMES, SAMPLE_RATE, log_mel
+from hbaf.features import SAMPLE_RATE, utterance_features
 from hbaf.text import Tokenizer
 
 log = logging.getLogger(__name__)
 
 _END = object()  # end-of-stream marker on both queues
+# per-event latency stages; endpoint + queue + asr + features + fusion = speech_end (what a person
+# waits after their last word), total = the same from the VAD's decision; vad_compute is the VAD's
+# compute spent on the utterance's audio while it was spoken (not a wait)
+STAGES = ("endpoint", "queue", "asr", "features", "fusion", "vad_compute")
 STOP_GRACE_S = 0.5  # after stop(), how long the segmenter waits for a source that is stuck in a read
-
-
-@dataclass
-class Summary:
-    """End-of-run report.
-
-    ``real_time_factor`` = compute time (VAD + ASR + features + fusion) / audio seconds;
-    below 1 the pipeline keeps up with live audio. ``latency_ms`` is end of speech
-    detected -> event (p50, p90, mean, max over the run's events, all after warm-up);
-    ``stage_ms`` the mean of each stage. ``cold_start`` keeps model load and first
-    inference apart from warm latency. ``stopped_by`` is SIGINT/SIGTERM/error when
-    the run did not end with its source.
-    """
-
-    utterances: int = 0
-    audio_seconds: float = 0.0
-    wall_seconds: float = 0.0
-    compute_seconds: float = 0.0
-    real_time_factor: float = 0.0
-    latency_ms: dict[str, float] = field(default_factory=dict)
-    stage_ms: dict[str, float] = field(default_factory=dict)
-    dropped_blocks: int = 0
-    dropped_utterances: int = 0
-    jsonl_lines_lost: int = 0
-    max_queue: dict[str, int] = field(default_factory=dict)
-    memory_resets: int = 0
-    cold_start: dict[str, float | None] = field(default_factory=dict)
-    peak_rss_mb: float = 0.0
-    backend: str = ""
-    source: str = ""
-    stopped_by: str | None = None
-    live: bool = True
-
-    def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        for key in ("audio_seconds", "wall_seconds", "compute_seconds"):
-            d[key] = round(d[key], 3)
-        d["real_time_factor"] = round(d["real_time_factor"], 4)
-        d["latency_ms"] = {k: round(v, 1) for k, v in self.latency_ms.items()}
-        d["stage_ms"] = {k: round(v, 1) for k, v in self.stage_ms.items()}
-        d["cold_start"] = {k: (round(v, 3) if v is not None else None) for k, v in self.cold_start.items()}
-        d["peak_rss_mb"] = round(self.peak_rss_mb, 1)
-        return d
-
-    def format(self) -> str:
-        """The block printed at exit."""
-        lat = self.latency_ms
-        cs = self.cold_start
-        lines = [
-            f"summary: {self.utterances} utterance(s) in {self.audio_seconds:.1f} s of audio, "
-            f"wall {self.wall_seconds:.1f} s, real-time factor {self.real_time_factor:.3f}"
-            + (f"  [stopped by {self.stopped_by}]" if self.stopped_by else ""),
-        ]
-        if lat:
-            stages = ", ".join(f"{k} {v:.0f}" for k, v in self.stage_ms.items())
-            lines.append(
-                f"  latency end-of-speech -> event: p50 {lat['p50']:.0f} ms, p90 {lat['p90']:.0f} ms, "
-                f"mean {lat['mean']:.0f} ms (stages, mean ms: {stages})"
-            )
-            if not self.live:
-                lines.append("  (input read faster than real time, so latency includes waiting in the queue; pace files with --realtime to measure live latency)")
-        lines.append(
-            "  cold start: model load {} s, first inference {} s, ASR load {} s, ASR first decode {} s; peak RSS {:.0f} MB".format(
-                *(f"{cs[k]:.3f}" if cs.get(k) is not None else "-" for k in ("model_load_s", "first_inference_s", "asr_load_s", "asr_first_s")),
-                self.peak_rss_mb,
-            )
-        )
-        lines.append(
-            f"  dropped: {self.dropped_blocks} audio block(s), {self.dropped_utterances} utterance(s); "
-            f"JSONL lines lost: {self.jsonl_lines_lost}; memory resets: {self.memory_resets}; backend {self.backend}"
-        )
-        return "\n".join(lines)
-
-
-def peak_rss_mb() -> float:
-    """Peak resident memory of this process in MB."""
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return rss / (1024 * 1024) if sys.platform == "darwin" else rss / 1024
 
 
 def is_live(source: Any) -> bool:
     """A microphone or a file paced in real time: it must never wait for the consumer."""
-    from edge_runtime.sources import MicSource
+    from edge_runtime.mic import MicSource
 
     return isinstance(source, MicSource) or bool(getattr(source, "realtime", False))
-
-
-def fuse_utterance(
-    backend: Backend,
-    tokenizer: Tokenizer,
-    memory: DialogueMemory,
-    feats: np.ndarray,
-    text: str,
-    start: float,
-    end: float,
-) -> tuple[dict[str, Any], int]:
-    """One fusion call exactly as the runtime makes it: tokens of ``text``, the dialogue memory
-    (emptied first when the pause since the last utterance is too long), the backend, and the
-    new utterance embedding pushed when the outputs are finite.
-
-    Returns (the backend's outputs plus ``finite``, how many past utterances the memory held).
-    Offline analyses call this too, so they measure the runtime's own path.
-    """
-    ids, mask = tokenizer([text])
-    memory.before(start)
-    mem, mem_mask = memory.arrays()
-    context = len(memory)
-    out = dict(backend.run(backend.feeds(feats, ids, mask, mem, mem_mask)))
-    out["finite"] = bool(np.all(np.isfinite(out["probs"])) and np.all(np.isfinite(out["utt_emb"])))
-    if out["finite"]:
-        memory.push(out["utt_emb"][0], end=end)
-    return out, context
 
 
 @dataclass
@@ -163,6 +67,28 @@ class _Item:
     utterance: Any
     vad_seconds: float
     queued_at: float
+    speech_end_at: float  # perf_counter when the utterance's last voiced sample reached the pipeline
+
+
+class _Arrivals:
+    """When each stretch of the stream reached the pipeline: (samples so far, perf_counter) per
+    block, for the last ``keep`` blocks, so that a stream position can be turned into the wall
+    time its audio arrived (for a microphone or a paced file: when it was spoken)."""
+
+    def __init__(self, keep: int = 4096) -> None:
+        self._ends: deque[tuple[int, float]] = deque(maxlen=keep)
+        self.samples = 0
+
+    def add(self, n: int, at: float) -> None:
+        self.samples += n
+        self._ends.append((self.samples, at))
+
+    def time_of(self, sample: int) -> float:
+        """Arrival time of the block holding ``sample`` (the oldest kept one if it is older)."""
+        for end, at in self._ends:
+            if end > sample:
+                return at
+        return self._ends[-1][1] if self._ends else time.perf_counter()
 
 
 class Pipeline:
@@ -188,6 +114,7 @@ class Pipeline:
         utterance_queue: int = 4,
         drop_when_full: bool | None = None,
         summary_line: bool = True,
+        speculate: bool = True,
     ) -> None:
         if min_confidence is not None and not 0.0 <= min_confidence <= 1.0:
             raise HBAFError(f"--min-confidence must be between 0 and 1, got {min_confidence}")
@@ -228,8 +155,14 @@ class Pipeline:
         self.max_utt_q = 0
         self.events: list[Event] = []
         self._threads: list[threading.Thread] = []
-        self._stage_seconds: dict[str, list[float]] = {k: [] for k in ("vad", "queue", "asr", "features", "fusion")}
+        self._stage_seconds: dict[str, list[float]] = {k: [] for k in STAGES}
+        self._offered: tuple[int, int] | None = None
+        self._compute = {"asr": 0.0, "features": 0.0, "fusion": 0.0}  # seconds, speculative work of used results included
         self._latencies: list[float] = []
+        self._speech_end_latencies: list[float] = []
+        self._arrivals = _Arrivals()
+        # a file read faster than real time has no hangover to hide work in: speculate only when live
+        self.speculator = Speculator(self._recognise) if speculate and self.live else None
         self._nan_warned = False
 
     # -- control
@@ -279,6 +212,8 @@ class Pipeline:
                 worker.join(0.1)
             except KeyboardInterrupt:  # no signal handler installed: treat Ctrl-C like stop()
                 self.stop("SIGINT")
+        if self.speculator is not None:
+            self.speculator.close()
         self.summary = self._summarize(time.perf_counter() - t0)
         self.writer.write_summary(self.summary.to_dict(), to_jsonl=self.summary_line)
         self.summary.jsonl_lines_lost = self.writer.stats.jsonl_lines_lost
@@ -350,7 +285,7 @@ class Pipeline:
     def _source_loop(self) -> None:
         try:
             for block in self.source.blocks():
-                if not self._put(self.audio_q, block):
+                if not self._put(self.audio_q, (block, time.perf_counter())):
                     if self._abort.is_set():
                         break
                     self.audio_drops += 1
@@ -386,12 +321,21 @@ class Pipeline:
             if block is _END:
                 utterances = self.segmenter.flush()
             else:
-                self.audio_samples += int(np.asarray(block).size)
+                block, arrived = block
+                n = int(np.asarray(block).size)
+                self.audio_samples += n
+                self._arrivals.add(n, arrived)
                 utterances = self.segmenter.accept(block)
+                if self.speculator is not None and not utterances:
+                    self._offer_speculation()
             for utt in utterances:
                 self.segmented += 1
+                if self.speculator is not None:
+                    self.speculator.claim(utt.key)
                 vad_now = self.segmenter.vad_seconds
-                item = _Item(utt, vad_now - vad_mark, time.perf_counter())
+                speech_end = utt.speech_end if utt.speech_end is not None else utt.end
+                item = _Item(utt, vad_now - vad_mark, time.perf_counter(),
+                             self._arrivals.time_of(max(0, round(speech_end * SAMPLE_RATE) - 1)))
                 vad_mark = vad_now
                 if not self._put(self.utt_q, item):
                     self.utterance_drops += 1
@@ -400,6 +344,24 @@ class Pipeline:
             if block is _END:
                 break
         self._put_end_when_room(self.utt_q)
+
+    def _offer_speculation(self) -> None:
+        """During the hangover: hand the samples the utterance will hold to the speculator."""
+        assert self.speculator is not None
+        key = self.segmenter.pending_key()
+        if key is not None and key != self._offered:
+            self._offered = key
+            pending = self.segmenter.pending()
+            if pending is not None:
+                self.speculator.offer(pending.key, pending.samples)
+
+    def _recognise(self, samples: np.ndarray) -> tuple[str, np.ndarray, float, float]:
+        """ASR and features of one utterance: (text, features, asr seconds, feature seconds)."""
+        t0 = time.perf_counter()
+        text = self.asr.transcribe(samples).text
+        t1 = time.perf_counter()
+        feats = utterance_features(samples)
+        return text, feats, t1 - t0, time.perf_counter() - t1
 
     def _worker_loop(self) -> None:
         while True:
@@ -416,15 +378,20 @@ class Pipeline:
     def _process(self, item: _Item) -> Event:
         utt = item.utterance
         t_start = time.perf_counter()
-        text = self.asr.transcribe(utt.samples).text
-        t_asr = time.perf_counter()
-        feats = log_mel(utt.samples)[:MAX_FRAMES]
+        ready = self.speculator.take(utt.key) if self.speculator is not None else None
+        text, feats, asr_s, feat_s = ready if ready is not None else self._recognise(utt.samples)
         t_feat = time.perf_counter()
+        self._compute["asr"] += asr_s
+        self._compute["features"] += feat_s
+        # with a speculation the wait for it counts as ASR; features were computed with it
+        wait = t_feat - t_start
+        t_asr = t_start + (wait if ready is not None else asr_s)
         if self._reset_requested.is_set():
             self._reset_requested.clear()
             self.memory.reset()
         out, context = fuse_utterance(self.backend, self.tokenizer, self.memory, feats, text, utt.start, utt.end)
         t_fuse = time.perf_counter()
+        self._compute["fusion"] += t_fuse - t_feat
 
         probs = out["probs"][0]
         labels = self.backend.labels
@@ -443,13 +410,15 @@ class Pipeline:
             emotion = "uncertain"
         gate = out["gate"][0]
         stages = {
-            "vad": item.vad_seconds,
+            "endpoint": utt.ended_at - item.speech_end_at,
             "queue": t_start - item.queued_at,
             "asr": t_asr - t_start,
             "features": t_feat - t_asr,
             "fusion": t_fuse - t_feat,
         }
-        total = time.perf_counter() - utt.ended_at
+        now = time.perf_counter()
+        total = now - utt.ended_at
+        speech_end_total = now - item.speech_end_at
         event = Event(
             utterance=len(self.events) + 1,
             start=float(utt.start),
@@ -459,13 +428,16 @@ class Pipeline:
             confidence=confidence,
             probs={label: float(p) for label, p in zip(labels, probs)},
             gate={"text_to_audio": float(gate[0]), "audio_to_text": float(gate[1])},
-            latency_ms={**{k: v * 1000.0 for k, v in stages.items()}, "total": total * 1000.0},
+            latency_ms={**{k: v * 1000.0 for k, v in stages.items()}, "vad_compute": item.vad_seconds * 1000.0,
+                        "total": total * 1000.0, "speech_end": speech_end_total * 1000.0},
             uncertain=uncertain,
             context=context,
         )
         for k, v in stages.items():
             self._stage_seconds[k].append(v)
+        self._stage_seconds["vad_compute"].append(item.vad_seconds)
         self._latencies.append(total)
+        self._speech_end_latencies.append(speech_end_total)
         self.events.append(event)
         self.writer.write(event)
         return event
@@ -474,17 +446,11 @@ class Pipeline:
 
     def _summarize(self, wall: float) -> Summary:
         audio_s = self.audio_samples / SAMPLE_RATE
-        work = ("asr", "features", "fusion")
-        compute = float(self.segmenter.vad_seconds) + sum(sum(self._stage_seconds[k]) for k in work)
-        lat_ms = np.asarray(self._latencies, dtype=np.float64) * 1000.0
-        latency = {}
-        if lat_ms.size:
-            latency = {
-                "p50": float(np.percentile(lat_ms, 50)),
-                "p90": float(np.percentile(lat_ms, 90)),
-                "mean": float(lat_ms.mean()),
-                "max": float(lat_ms.max()),
-            }
+        speculation = self.speculator.stats.to_dict() if self.speculator is not None else None
+        compute_ms = {"vad": 1000.0 * float(self.segmenter.vad_seconds), **{k: 1000.0 * v for k, v in self._compute.items()}}
+        if speculation is not None:
+            compute_ms["speculation_discarded"] = 1000.0 * speculation["wasted_s"]
+        compute = sum(compute_ms.values()) / 1000.0
         stage_ms = {k: 1000.0 * float(np.mean(v)) for k, v in self._stage_seconds.items() if v}
         return Summary(
             utterances=len(self.events),
@@ -492,8 +458,11 @@ class Pipeline:
             wall_seconds=wall,
             compute_seconds=compute,
             real_time_factor=compute / audio_s if audio_s > 0 else 0.0,
-            latency_ms=latency,
+            latency_ms=percentiles(self._latencies),
+            speech_end_latency_ms=percentiles(self._speech_end_latencies),
             stage_ms=stage_ms,
+            speculation=speculation,
+            compute_ms=compute_ms,
             dropped_blocks=int(getattr(self.source, "dropped_blocks", 0)) + self.audio_drops,
             dropped_utterances=self.utterance_drops,
             jsonl_lines_lost=self.writer.stats.jsonl_lines_lost,
@@ -511,3 +480,56 @@ class Pipeline:
             stopped_by=self.stopped_by,
             live=self.live,
         )
+
+
+# ----------------------------------------------------------------------------- wiring
+
+
+@dataclass
+class RunOptions:
+    """Every setting that shapes a pipeline; ``hbaf-edge run`` takes its flags' defaults from here."""
+
+    model: str | Path | None = None  # None: the packaged model (edge_runtime.demo.default_model_path)
+    model_device: str = "cpu"
+    fp16: bool = False
+    threads: int | None = None
+    asr: str | None = None  # None: the bundled Whisper tiny.en
+    asr_device: str = "auto"
+    asr_beam: int = DEFAULT_BEAM_SIZE
+    asr_window_bucket_s: float | None = None  # None: Whisper's encoder on a fixed 10 s window
+    context: int | None = None  # None: all K slots the model was trained with
+    reset_after: float = DEFAULT_RESET_AFTER
+    min_confidence: float | None = None
+    vad_threshold: float = vad.THRESHOLD
+    min_speech_ms: int = vad.MIN_SPEECH_MS
+    min_silence_ms: int = vad.MIN_SILENCE_MS
+    speech_pad_ms: int = vad.SPEECH_PAD_MS
+    max_utterance_s: float = vad.MAX_SECONDS
+    speculate: bool = True  # recognise during the VAD's hangover (edge_runtime/speculate.py)
+    summary_line: bool = True
+
+
+def build_pipeline(source: Any, writer: EventWriter, options: RunOptions, *, backend: Backend | None = None,
+                   drop_when_full: bool | None = None) -> Pipeline:
+    """The live pipeline, wired the one way ``hbaf-edge run``, the benchmark's end-to-end run and
+    the soak all use: segmenter, backend (opened from ``options.model`` unless given), dialogue
+    memory, tokenizer and ASR. Cheap checks run before the models load."""
+    from edge_runtime.asr import WhisperASR
+    from edge_runtime.backends import open_backend
+    from edge_runtime.demo import default_model_path
+
+    if options.asr_beam < 1:
+        raise HBAFError(f"--asr-beam {options.asr_beam}: the beam size must be >= 1 (1 = greedy)")
+    if options.context is not None and options.context < 0:
+        raise HBAFError(f"--context must be >= 0, got {options.context}")
+    segmenter = vad.Segmenter(options.vad_threshold, options.min_speech_ms, options.min_silence_ms,
+                              options.speech_pad_ms, options.max_utterance_s)
+    if backend is None:
+        model = Path(options.model).expanduser() if options.model else default_model_path()
+        backend = open_backend(model, device=options.model_device, fp16=options.fp16, threads=options.threads)
+    memory = DialogueMemory(backend.context_size, backend.memory_dim, window=options.context, reset_after=options.reset_after)
+    tokenizer = backend.tokenizer()
+    asr = WhisperASR(options.asr, device=options.asr_device, cpu_threads=options.threads, beam_size=options.asr_beam,
+                     window_bucket_s=options.asr_window_bucket_s)
+    return Pipeline(source, segmenter, asr, backend, memory, writer, tokenizer, options.min_confidence,
+                    drop_when_full=drop_when_full, summary_line=options.summary_line, speculate=options.speculate)

@@ -4,12 +4,12 @@ A source is a small object with ``blocks()`` (an iterator of 1-D float32 arrays 
 ``hbaf.features.SAMPLE_RATE``), ``close()``, ``name`` and ``dropped_blocks``.
 Three kinds exist:
 
-- ``FileSource``: any file ``hbaf.features.load_audio`` reads (wav, flac, mp3, ...),
-  optionally paced at wall-clock speed.
+- ``FileSource``: any file ``hbaf.features.load_audio`` reads (wav, flac, mp3, ...), decoded
+  and resampled block by block (constant memory), optionally paced at wall-clock speed.
 - ``StdinSource``: raw signed 16-bit little-endian PCM on a byte stream.
-- ``MicSource``: a sounddevice input stream opened at a rate and channel count the
-  device supports; the audio callback only copies into a bounded queue and counts
-  what it had to drop, it never blocks.
+- ``MicSource`` (edge_runtime/mic.py): a sounddevice input stream opened at a rate and
+  channel count the device supports; the audio callback only copies into a bounded queue
+  and counts what it had to drop, it never blocks.
 
 Streams that arrive at another rate are resampled with ``StreamResampler``: the
 same polyphase FIR that ``hbaf.features.resample`` (scipy ``resample_poly``) uses,
@@ -21,8 +21,9 @@ is an exact decimation by 3 behind an anti-alias low-pass.
 from __future__ import annotations
 
 import logging
-import queue
+import subprocess
 import sys
+import tempfile
 import threading
 import time
 from math import gcd
@@ -32,12 +33,26 @@ from typing import Any, BinaryIO, Iterator
 import numpy as np
 
 from hbaf.errors import HBAFError
-from hbaf.features import SAMPLE_RATE, load_audio, to_mono
+from hbaf.features import (
+    SAMPLE_RATE,
+    check_audio_path,
+    ffmpeg_command,
+    ffmpeg_missing,
+    open_soundfile,
+    to_mono,
+    unreadable_audio,
+)
 
 log = logging.getLogger(__name__)
 
-PROBE_RATES = (8000, 16000, 22050, 44100, 48000)
-DEVICES_HINT = "list them with `hbaf-edge devices`"
+
+
+def _kaiser_lowpass(numtaps: int, cutoff: float) -> np.ndarray:
+    """``scipy.signal.firwin(numtaps, cutoff, window=("kaiser", 5.0))`` in numpy (equal to ~1e-16):
+    importing scipy.signal would cost a source about 75 MB of resident memory."""
+    m = np.arange(numtaps) - (numtaps - 1) / 2
+    h = cutoff * np.sinc(cutoff * m) * np.kaiser(numtaps, 5.0)
+    return h / h.sum()
 
 
 class StreamResampler:
@@ -61,16 +76,16 @@ class StreamResampler:
         self.down = self.orig_rate // g
         self.passthrough = self.up == self.down
         if not self.passthrough:
-            from scipy.signal import firwin
-
             max_rate = max(self.up, self.down)
             self.half_len = 10 * max_rate
-            h = firwin(2 * self.half_len + 1, 1.0 / max_rate, window=("kaiser", 5.0)) * self.up
+            h = _kaiser_lowpass(2 * self.half_len + 1, 1.0 / max_rate) * self.up
             self.taps = -(-h.size // self.up)
             padded = np.zeros(self.taps * self.up)
             padded[: h.size] = h
             # phases[p, i] = h[p + up * i]
             self.phases = padded.reshape(self.taps, self.up).T.copy()
+            # the same taps oldest input first, to dot with a window of the buffer
+            self._reversed = np.ascontiguousarray(self.phases[:, ::-1])
         self.reset()
 
     def reset(self) -> None:
@@ -82,13 +97,19 @@ class StreamResampler:
             self._buf_start = -(self.taps - 1)  # absolute input index of _buf[0]; zeros before the stream
 
     def _emit(self, m_end: int) -> np.ndarray:
-        m = np.arange(self._next_out, m_end, dtype=np.int64)
-        if m.size == 0:
+        count = m_end - self._next_out
+        if count <= 0:
             return np.zeros(0, dtype=np.float32)
-        j = m * self.down + self.half_len
-        base = j // self.up - self._buf_start
-        idx = base[:, None] - np.arange(self.taps)[None, :]
-        y = np.einsum("ij,ij->i", self.phases[j % self.up], self._buf[idx])
+        # windows[k] = _buf[k : k + taps], a strided view (no copy). Outputs m and m + up use the
+        # same phase and windows `down` apart, so each residue class of m mod up is one
+        # matrix-vector product.
+        windows = np.lib.stride_tricks.sliding_window_view(self._buf, self.taps)
+        y = np.empty(count, dtype=np.float64)
+        for r in range(min(self.up, count)):
+            j = (self._next_out + r) * self.down + self.half_len
+            k0 = j // self.up - (self.taps - 1) - self._buf_start
+            n = len(range(r, count, self.up))
+            y[r :: self.up] = windows[k0 : k0 + self.down * (n - 1) + 1 : self.down] @ self._reversed[j % self.up]
         self._next_out = m_end
         next_base = (m_end * self.down + self.half_len) // self.up
         keep_from = next_base - (self.taps - 1) - self._buf_start
@@ -150,11 +171,107 @@ class AudioSource:
         self.close()
 
 
-class FileSource(AudioSource):
-    """An audio file, decoded whole at construction (errors surface early), served in blocks.
+def _reason(err: BaseException) -> str:
+    """libsndfile's message without soundfile's prefix."""
+    return str(getattr(err, "error_string", None) or err)
 
+
+class _SoundfileReader:
+    """Chunks of a file soundfile opened: float32, down-mixed to mono, at the file's own rate."""
+
+    def __init__(self, handle: Any, path: Path, chunk_frames: int) -> None:
+        self.handle = handle
+        self.path = path
+        self.rate = int(handle.samplerate)
+        self.frames = int(handle.frames)
+        self.chunk_frames = chunk_frames
+        self.position = 0
+
+    def read_raw(self) -> np.ndarray:
+        """The next chunk (empty at the end of the file); soundfile's own exception on a read error."""
+        data = self.handle.read(self.chunk_frames, dtype="float32")
+        self.position += len(data)
+        return to_mono(data)
+
+    def read(self) -> np.ndarray:
+        """The next chunk; empty at the end of the file."""
+        try:
+            return self.read_raw()
+        except Exception as err:  # libsndfile gives up past the header (a damaged FLAC frame, ...)
+            where = f"{self.position / max(self.rate, 1):.1f} s into the file"
+            raise unreadable_audio(self.path, f"soundfile: {_reason(err)}, {where}") from err
+
+    def interrupt(self) -> None:
+        """Nothing to do: a read of a local file returns promptly (``close()`` is for the reading thread)."""
+
+    def close(self) -> None:
+        self.handle.close()
+
+
+class _FfmpegReader:
+    """Chunks of any file ffmpeg decodes, through a pipe: float32 mono at 16 kHz (ffmpeg resamples)."""
+
+    rate = SAMPLE_RATE
+
+    def __init__(self, path: Path, soundfile_reason: str | None, chunk_frames: int) -> None:
+        self.path = path
+        self.soundfile_reason = soundfile_reason
+        self.chunk_bytes = 4 * chunk_frames
+        self._interrupted = False
+        self._stderr = tempfile.TemporaryFile()  # a file, not a pipe: ffmpeg can never block on it
+        try:
+            self.proc = subprocess.Popen(
+                ffmpeg_command(path, SAMPLE_RATE), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=self._stderr
+            )
+        except FileNotFoundError as err:
+            self._stderr.close()
+            raise ffmpeg_missing(path, soundfile_reason) from err
+
+    def read(self) -> np.ndarray:
+        """The next chunk; empty at the end of the stream, after checking how ffmpeg ended."""
+        raw = self.proc.stdout.read(self.chunk_bytes) if self.proc.stdout else b""
+        usable = len(raw) - len(raw) % 4
+        if usable:
+            return np.frombuffer(raw[:usable], dtype="<f4").astype(np.float32)
+        if self.proc.wait() != 0 and not self._interrupted:
+            raise self._failure()
+        return np.zeros(0, np.float32)
+
+    def _failure(self) -> HBAFError:
+        self._stderr.seek(0)
+        detail = self._stderr.read()[-4096:].decode("utf-8", "replace").strip().splitlines()
+        return unreadable_audio(self.path, self.soundfile_reason or (detail[-1] if detail else "no audio stream"))
+
+    def interrupt(self) -> None:
+        """Stop ffmpeg (from any thread): a read blocked on the pipe then returns, as at the end."""
+        self._interrupted = True
+        if self.proc.poll() is None:
+            try:
+                self.proc.kill()
+            except OSError:
+                pass
+
+    def close(self) -> None:
+        self.interrupt()
+        if self.proc.stdout:
+            self.proc.stdout.close()
+        self.proc.wait()
+        self._stderr.close()
+
+
+class FileSource(AudioSource):
+    """An audio file, decoded, down-mixed and resampled block by block as it is served: memory
+    stays constant whatever the file's length (a 2 h file is never held whole).
+
+    WAV/FLAC/OGG/MP3 are read with soundfile in chunks and resampled with ``StreamResampler``
+    (the same result as resampling the whole file at once); other formats stream through an
+    ``ffmpeg`` pipe (``-f f32le -ac 1 -ar 16000``). The file is opened and its first chunk decoded
+    at construction, so a missing, empty or undecodable file fails before any model is loaded.
     ``realtime=True`` paces the blocks at wall-clock speed, as a microphone would.
+    ``blocks()`` may be called again: it reads the file from the start.
     """
+
+    CHUNK_FRAMES = 16384  # decoded per read: 1 s at 16 kHz, 0.34 s at 48 kHz
 
     def __init__(self, path: str | Path, *, realtime: bool = False, block_size: int = 512) -> None:
         super().__init__()
@@ -164,24 +281,119 @@ class FileSource(AudioSource):
         self.name = str(self.path)
         self.realtime = realtime
         self.block_size = int(block_size)
-        self.audio = load_audio(self.path)
-        if self.audio.size == 0:
-            raise HBAFError(f"audio file {self.path} holds no audio samples (a header without data); re-record it or pass another --source")
+        self._lock = threading.Lock()
+        self._active: _SoundfileReader | _FfmpegReader | None = None
+        self._header_seconds: float | None = None
+        self._counted_seconds: float | None = None
+        self._probed = False
+        self._reader, self._first = self._open()
+
+    def _open(self) -> tuple[_SoundfileReader | _FfmpegReader, np.ndarray]:
+        """(reader, its first chunk, non-empty)."""
+        path = check_audio_path(self.path)
+        handle, reason = open_soundfile(path)
+        if handle is not None:
+            reader: _SoundfileReader | _FfmpegReader = _SoundfileReader(handle, path, self.CHUNK_FRAMES)
+            try:
+                first = reader.read_raw()
+            except Exception as err:  # soundfile knows the container but not this content: ffmpeg may
+                reader.close()
+                reason = f"soundfile: {_reason(err)}"
+            else:
+                if first.size == 0:
+                    reader.close()
+                    raise HBAFError(f"audio file {path} holds no audio samples (a header without data); re-record it or pass another --source")
+                self._header_seconds = reader.frames / reader.rate if reader.rate > 0 else None
+                return reader, first
+        reader = _FfmpegReader(path, reason, self.CHUNK_FRAMES)
+        try:
+            first = reader.read()
+        except BaseException:
+            reader.close()
+            raise
+        if first.size == 0:  # ffmpeg ended well but wrote nothing
+            reader.close()
+            raise unreadable_audio(path, reason or "no audio stream")
+        return reader, first
 
     @property
-    def duration(self) -> float:
-        return self.audio.size / SAMPLE_RATE
+    def duration(self) -> float | None:
+        """Seconds of audio: exact once ``blocks()`` has served the whole file; before that, from
+        the header (soundfile formats) or ``ffprobe`` (other formats); None when neither knows."""
+        if self._counted_seconds is not None:
+            return self._counted_seconds
+        if self._header_seconds is None and not self._probed:
+            self._probed = True
+            self._header_seconds = _probe_seconds(self.path)
+        return self._header_seconds
 
     def blocks(self) -> Iterator[np.ndarray]:
-        t0 = time.perf_counter()
-        for start in range(0, self.audio.size, self.block_size):
+        with self._lock:
+            reader, first = self._reader, self._first
+            self._reader, self._first = None, None
+        if reader is None:
             if self.closed:
                 return
-            if self.realtime:
-                delay = t0 + start / SAMPLE_RATE - time.perf_counter()
-                if delay > 0:
-                    time.sleep(delay)
-            yield self.audio[start : start + self.block_size]
+            reader, first = self._open()
+        self._active = reader
+        resampler = StreamResampler(reader.rate)
+        bs = self.block_size
+        carry = np.zeros(0, np.float32)
+        served = 0
+        t0 = time.perf_counter()
+        try:
+            chunk: np.ndarray | None = first
+            while True:
+                if self.closed:
+                    return
+                if chunk is None:
+                    out = resampler.flush()
+                else:
+                    if not np.all(np.isfinite(chunk)):
+                        chunk = np.nan_to_num(chunk, nan=0.0, posinf=1.0, neginf=-1.0)
+                    out = resampler.process(chunk)
+                if carry.size:
+                    out = np.concatenate([carry, out])
+                end = out.size if chunk is None else out.size - out.size % bs
+                for start in range(0, end, bs):
+                    if self.closed:
+                        return
+                    if self.realtime:
+                        delay = t0 + served / SAMPLE_RATE - time.perf_counter()
+                        if delay > 0:
+                            time.sleep(delay)
+                    block = out[start : start + bs]
+                    served += block.size
+                    yield block
+                carry = out[end:]
+                if chunk is None:
+                    break
+                nxt = reader.read()
+                chunk = nxt if nxt.size else None
+            self._counted_seconds = served / SAMPLE_RATE
+        finally:
+            self._active = None
+            reader.close()
+
+    def close(self) -> None:
+        super().close()
+        with self._lock:
+            idle, self._reader, self._first = self._reader, None, None
+        if idle is not None:  # opened but never iterated: release the file (or ffmpeg) now
+            idle.close()
+        active = self._active
+        if active is not None:  # being read by another thread: it closes the reader itself
+            active.interrupt()
+
+
+def _probe_seconds(path: Path) -> float | None:
+    """Duration from ``ffprobe`` (None when it is missing or does not know)."""
+    cmd = ["ffprobe", "-v", "error", "-show_entries", "format=duration", "-of", "default=nw=1:nk=1", str(path)]
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=30, check=False)
+        return float(proc.stdout.strip())
+    except (OSError, ValueError, subprocess.SubprocessError):
+        return None
 
 
 class StdinSource(AudioSource):
@@ -250,262 +462,3 @@ class StdinSource(AudioSource):
         tail = self._resampler.flush()
         if tail.size:
             yield tail
-
-
-def import_sounddevice() -> Any:
-    """Import sounddevice lazily, turning a missing PortAudio into a one-line fix."""
-    try:
-        import sounddevice
-    except ImportError as err:
-        raise HBAFError("microphone input needs the sounddevice package; pip install sounddevice") from err
-    except OSError as err:
-        raise HBAFError(
-            f"PortAudio library not found ({err}); apt-get install libportaudio2, or use a file or '-' (stdin) as the source"
-        ) from err
-    return sounddevice
-
-
-def _settings_supported(sd: Any, device: int, rate: int, channels: int) -> bool:
-    try:
-        sd.check_input_settings(device=device, samplerate=rate, channels=channels, dtype="float32")
-    except Exception:  # sounddevice raises PortAudioError or ValueError for unsupported settings
-        return False
-    return True
-
-
-def list_input_devices() -> list[dict]:
-    """Input devices as dicts: index, name, max_input_channels, default_samplerate,
-    supported_rates (of 8000/16000/22050/44100/48000, mono or native channel count), is_default."""
-    sd = import_sounddevice()
-    try:
-        devices = list(sd.query_devices())
-    except Exception as err:
-        raise HBAFError(f"cannot query audio devices ({err}); check that the sound system is running and {DEVICES_HINT}") from err
-    try:
-        default_in = int(sd.default.device[0])
-    except Exception:
-        default_in = -1
-    out = []
-    for index, dev in enumerate(devices):
-        max_ch = int(dev.get("max_input_channels", 0))
-        if max_ch <= 0:
-            continue
-        channel_options = sorted({1, min(max_ch, 2)})
-        rates = [r for r in PROBE_RATES if any(_settings_supported(sd, index, r, c) for c in channel_options)]
-        out.append(
-            {
-                "index": index,
-                "name": str(dev.get("name", f"device {index}")),
-                "max_input_channels": max_ch,
-                "default_samplerate": float(dev.get("default_samplerate", 0.0)),
-                "supported_rates": rates,
-                "is_default": index == default_in,
-            }
-        )
-    return out
-
-
-def format_devices(devices: list[dict] | None = None) -> str:
-    """The table ``hbaf-edge devices`` prints."""
-    if devices is None:
-        devices = list_input_devices()
-    if not devices:
-        return "no audio input devices found; connect a microphone (on Linux check `arecord -l`) or use a file or '-' (stdin)"
-    lines = [f"{'':1} {'index':>5}  {'name':<40} {'ch':>3} {'default Hz':>10}  supported Hz"]
-    for d in devices:
-        rates = ", ".join(str(r) for r in d["supported_rates"]) or "none of the probed rates"
-        star = "*" if d.get("is_default") else ""
-        lines.append(
-            f"{star:1} {d['index']:>5}  {d['name'][:40]:<40} {d['max_input_channels']:>3} {d['default_samplerate']:>10.0f}  {rates}"
-        )
-    lines.append("* = default input; pass the index with --device. Devices that lack 16000 are captured at a rate they support and resampled.")
-    return "\n".join(lines)
-
-
-class MicSource(AudioSource):
-    """A microphone through sounddevice.
-
-    ``start()`` (called by ``blocks()`` if needed; call it early to fail early) picks the
-    device and opens it at 16 kHz mono when the device accepts that, else at a rate and
-    channel count it does accept (its default rate, e.g. 48 kHz, often stereo); the
-    consumer down-mixes and resamples to 16 kHz. The audio callback copies each block
-    into a bounded queue with ``put_nowait``: when the consumer falls behind, blocks are
-    dropped and counted in ``dropped_blocks``; PortAudio's own overflow flags are
-    counted in ``overflows``. ``samplerate``/``channels`` force the capture format.
-
-    After ``close()``, ``blocks()`` yields what was already captured and ends.
-    """
-
-    STALL_SECONDS = 3.0
-
-    def __init__(
-        self,
-        device: int | str | None = None,
-        *,
-        block_size: int = 512,
-        queue_blocks: int = 64,
-        samplerate: int | None = None,
-        channels: int | None = None,
-    ) -> None:
-        super().__init__()
-        if block_size <= 0 or queue_blocks <= 0:
-            raise HBAFError(f"block_size and queue_blocks must be positive, got {block_size} and {queue_blocks}")
-        if isinstance(device, str) and device.strip().isdigit():
-            device = int(device)
-        self.device = device
-        self.block_size = int(block_size)
-        self.queue_blocks = int(queue_blocks)
-        self.samplerate = samplerate
-        self.channels = channels
-        self.name = "mic" if device is None else f"mic:{device}"
-        self.overflows = 0
-        self.status_flags = 0
-        self.callbacks = 0
-        self._queue: queue.Queue[np.ndarray] = queue.Queue(maxsize=self.queue_blocks)
-        self._stream: Any = None
-        self._finished = threading.Event()
-        self._reported = False
-        self._resampler = StreamResampler(samplerate) if samplerate else None
-
-    def _callback(self, indata: np.ndarray, frames: int, time_info: Any, status: Any) -> None:
-        """Audio-thread callback: count flags, copy, ``put_nowait``; never blocks, never logs."""
-        self.callbacks += 1
-        if status:
-            self.status_flags += 1
-            if getattr(status, "input_overflow", False):
-                self.overflows += 1
-        try:
-            self._queue.put_nowait(np.array(indata, dtype=np.float32, copy=True))
-        except queue.Full:
-            self.dropped_blocks += 1
-
-    def _on_finished(self) -> None:
-        self._finished.set()
-
-    def _disappeared(self) -> HBAFError:
-        which = "default" if self.device is None else self.device
-        return HBAFError(f"input device {which} disappeared; check the cable or pick another with hbaf-edge devices")
-
-    def _pick_format(self, sd: Any, index: int, info: dict) -> tuple[int, int]:
-        max_ch = int(info["max_input_channels"])
-        native = int(round(float(info.get("default_samplerate") or 0))) or 48000
-        rates = [self.samplerate] if self.samplerate else [SAMPLE_RATE, native, 48000, 44100, 32000, 22050]
-        chans = [self.channels] if self.channels else [1, min(max_ch, 2), max_ch]
-        for rate in dict.fromkeys(rates):
-            for ch in dict.fromkeys(chans):
-                if _settings_supported(sd, index, int(rate), int(ch)):
-                    return int(rate), int(ch)
-        raise HBAFError(
-            f"input device {index} ({info['name']}) accepts none of rates {list(dict.fromkeys(rates))} "
-            f"with channels {list(dict.fromkeys(chans))}; {DEVICES_HINT} and pick another"
-        )
-
-    def _resolve_device(self, sd: Any) -> tuple[int, dict]:
-        try:
-            devices = list(sd.query_devices())
-        except Exception as err:
-            raise HBAFError(f"cannot query audio devices ({err}); check the sound system, then {DEVICES_HINT}") from err
-        if not any(int(d.get("max_input_channels", 0)) > 0 for d in devices):
-            raise HBAFError("no audio input device found; connect a microphone and check `hbaf-edge devices`, or use a file or '-' (stdin)")
-        try:
-            info = sd.query_devices(self.device, kind="input")
-        except Exception as err:
-            if self.device is None:  # no default input set: take the first device that has inputs
-                info = next(d for d in devices if int(d.get("max_input_channels", 0)) > 0)
-            else:
-                raise HBAFError(f"input device {self.device!r} not found or has no inputs ({err}); {DEVICES_HINT} and pass --device INDEX") from err
-        index = int(info.get("index", devices.index(info) if info in devices else 0))
-        return index, dict(info)
-
-    def start(self) -> None:
-        """Pick the device and capture format and start the stream (idempotent)."""
-        if self._stream is not None or self.closed:
-            return
-        sd = import_sounddevice()
-        index, info = self._resolve_device(sd)
-        rate, channels = self._pick_format(sd, index, info)
-        self.device, self.samplerate, self.channels = index, rate, channels
-        self.name = f"mic:{index} ({info.get('name', '')})"
-        self._resampler = StreamResampler(rate)
-        blocksize = max(1, round(self.block_size * rate / SAMPLE_RATE))
-        try:
-            stream = sd.InputStream(
-                device=index,
-                samplerate=rate,
-                channels=channels,
-                dtype="float32",
-                blocksize=blocksize,
-                callback=self._callback,
-                finished_callback=self._on_finished,
-            )
-            stream.start()
-        except Exception as err:
-            raise HBAFError(f"cannot open input device {index} at {rate} Hz x {channels} ch ({err}); {DEVICES_HINT} and pick another") from err
-        self._stream = stream
-        log.info("capturing %s at %d Hz, %d channel(s), %d frames per block", self.name, rate, channels, blocksize)
-
-    def _convert(self, chunk: np.ndarray) -> np.ndarray:
-        if self._resampler is None:
-            raise HBAFError("microphone capture format unknown; call start() or pass samplerate and channels")
-        mono = to_mono(chunk) if chunk.ndim == 2 and chunk.shape[1] > 1 else np.asarray(chunk, np.float32).reshape(-1)
-        return self._resampler.process(mono)
-
-    def _check_alive(self, last_data: float) -> None:
-        if self._stream is None or self.closed:
-            return
-        try:
-            active = bool(self._stream.active)
-        except Exception as err:
-            raise self._disappeared() from err
-        if self._finished.is_set() or not active or time.monotonic() - last_data > self.STALL_SECONDS:
-            raise self._disappeared()
-
-    def blocks(self) -> Iterator[np.ndarray]:
-        if self._stream is None and not self.closed:
-            self.start()
-        last_data = time.monotonic()
-        try:
-            while True:
-                try:
-                    chunk = self._queue.get(timeout=0.1)
-                except queue.Empty:
-                    if self.closed:
-                        break
-                    self._check_alive(last_data)
-                    continue
-                last_data = time.monotonic()
-                out = self._convert(chunk)
-                if out.size:
-                    yield out
-            if self._resampler is not None:
-                tail = self._resampler.flush()
-                if tail.size:
-                    yield tail
-        finally:
-            self.close()
-
-    def close(self) -> None:
-        super().close()
-        stream, self._stream = self._stream, None
-        if stream is not None:
-            try:
-                stream.stop()
-                stream.close()
-            except Exception:  # the device may already be gone; nothing left to release
-                log.debug("closing the input stream failed", exc_info=True)
-        if (self.dropped_blocks or self.overflows) and not self._reported:
-            self._reported = True
-            log.warning("%s: %d block(s) dropped (consumer too slow), %d input overflow(s)", self.name, self.dropped_blocks, self.overflows)
-
-
-def open_source(spec: str, **kw: Any) -> AudioSource:
-    """``"mic"`` / ``"mic:N"`` -> MicSource, ``"-"`` -> StdinSource, anything else -> FileSource."""
-    spec = str(spec)
-    if spec == "mic" or spec.startswith("mic:"):
-        device = spec[4:] or None
-        if device is not None:
-            kw.setdefault("device", device)
-        return MicSource(**kw)
-    if spec == "-":
-        return StdinSource(**kw)
-    return FileSource(spec, **kw)

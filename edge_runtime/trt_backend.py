@@ -16,35 +16,83 @@ from __future__ import annotations
 import hashlib
 import logging
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from export.engine import (
+from edge_runtime.backends import Backend, resolve_tokenizer
+from hbaf.contract import (
+    INPUT_NAMES,
+    OUTPUT_NAMES,
     Profiles,
     Sidecar,
     build_command_for,
     check_engine_compat,
-    gpu_info,
-    import_tensorrt,
+    check_outputs,
     parse_engine_name,
     sidecar_path,
 )
-from export.trt_compat import INPUT_NAMES, OUTPUT_NAMES
 from hbaf.errors import HBAFError
 
 log = logging.getLogger(__name__)
+
+TRT_MISSING = (
+    "TensorRT is not installed: on Jetson install JetPack's python3-libnvinfer "
+    "(sudo apt install python3-libnvinfer) and use the system Python 3.10; "
+    "on x86 pip install .[jetson]"
+)
+
+
+def import_tensorrt():
+    """``import tensorrt`` or a one-line HBAFError saying how to install it."""
+    try:
+        import tensorrt as trt  # noqa: PLC0415 - optional, device-only dependency
+    except ImportError as err:
+        raise HBAFError(TRT_MISSING) from err
+    return trt
+
+
+def trt_major(trt) -> int:
+    return int(str(trt.__version__).split(".")[0])
+
+
+def gpu_info(device: int = 0) -> tuple[str, str]:
+    """(GPU name, compute capability "major.minor") of CUDA device ``device``, via pycuda or torch."""
+    try:
+        import pycuda.driver as cuda  # noqa: PLC0415
+
+        cuda.init()
+        dev = cuda.Device(device)
+        major, minor = dev.compute_capability()
+        return str(dev.name()), f"{major}.{minor}"
+    except ImportError:
+        pass
+    except Exception as err:  # pycuda present but no usable device
+        raise HBAFError(f"CUDA device {device} is not usable ({err}); check the GPU driver and --device") from err
+    try:
+        import torch  # noqa: PLC0415
+
+        if torch.cuda.is_available() and device < torch.cuda.device_count():
+            major, minor = torch.cuda.get_device_capability(device)
+            return torch.cuda.get_device_name(device), f"{major}.{minor}"
+    except ImportError:
+        pass
+    raise HBAFError(
+        f"no CUDA device {device} found (need pycuda or a CUDA build of torch to query it); "
+        "build engines on the Jetson itself: pip install pycuda, or install NVIDIA's Jetson torch wheel"
+    )
 
 
 def read_engine(engine_path: str | Path) -> tuple[bytes, Sidecar]:
     """Read the engine and check it against its sidecar, without TensorRT; return (engine bytes, sidecar)."""
     engine_path = Path(engine_path)
     if not engine_path.is_file():
-        raise HBAFError(f"engine {engine_path} does not exist; build it on this device with python -m export.engine --onnx <model>.onnx --out {engine_path.parent}")
+        raise HBAFError(f"engine {engine_path} does not exist; build it on this device with hbaf-export engine --onnx <model>.onnx --out {engine_path.parent}")
     size = engine_path.stat().st_size
     if size == 0:
-        raise HBAFError(f"engine {engine_path} is empty (an interrupted copy or build?); rebuild it with python -m export.engine")
+        raise HBAFError(f"engine {engine_path} is empty (an interrupted copy or build?); rebuild it with hbaf-export engine")
     side = sidecar_path(engine_path)
     if not side.is_file():
         parts = parse_engine_name(engine_path.name)
@@ -190,22 +238,26 @@ def _make_buffers(device: int):
     raise HBAFError("the TensorRT backend needs pycuda (pip install pycuda) or a CUDA build of torch (NVIDIA's Jetson wheel) for GPU buffers")
 
 
-class TensorRTBackend:
-    """Run a TensorRT engine built by ``export.engine``; ``run(feeds) -> outputs`` with the contract's names."""
+class TensorRTBackend(Backend):
+    """A TensorRT engine built by ``hbaf-export engine``, checked against its sidecar and this machine."""
 
     name = "tensorrt"
 
     def __init__(self, engine_path: str | Path, *, device: int = 0) -> None:
-        self.engine_path = Path(engine_path)
-        engine_bytes, self.sidecar = read_engine(self.engine_path)
-        self.labels: list[str] = list(self.sidecar.labels)
-        self.context_size: int = self.sidecar.context_size
-        self.memory_dim: int = self.sidecar.memory_dim
-        rebuild = self.sidecar.build_command(self.engine_path.parent)
+        t0 = time.perf_counter()
+        engine_path = Path(engine_path)
+        engine_bytes, self.sidecar = read_engine(engine_path)
+        super().__init__(engine_path, self.sidecar.model)
+        self.precision = self.sidecar.precision
+        profiles = self.sidecar.profiles
+        self.min_frames, self.max_frames = profiles.min.frames, min(profiles.max.frames, self.spec.max_frames)
+        self.min_tokens, self.token_limit = profiles.min.tokens, profiles.max.tokens
+        self.max_batch = profiles.max.batch
+        rebuild = self.sidecar.build_command(self.path.parent)
 
         trt = import_tensorrt()
         gpu_name, cc = gpu_info(device)
-        check_engine_compat(self.sidecar, str(trt.__version__), gpu_name, cc, engine_path=self.engine_path)
+        check_engine_compat(self.sidecar, str(trt.__version__), gpu_name, cc, engine_path=self.path)
 
         self._buffers = _make_buffers(device)
         self._lock = threading.Lock()
@@ -215,13 +267,16 @@ class TensorRTBackend:
             self._runtime = trt.Runtime(self._logger)
             self._engine = self._runtime.deserialize_cuda_engine(engine_bytes)
             if self._engine is None:
-                raise HBAFError(f"TensorRT could not deserialize {self.engine_path}: truncated or foreign engine; rebuild with `{rebuild}`")
+                raise HBAFError(f"TensorRT could not deserialize {self.path}: truncated or foreign engine; rebuild with `{rebuild}`")
             self._context = self._engine.create_execution_context()
             if self._context is None:
-                raise HBAFError(f"TensorRT could not create an execution context for {self.engine_path} (out of GPU memory?); close other GPU programs or rebuild with a smaller --max")
+                raise HBAFError(f"TensorRT could not create an execution context for {self.path} (out of GPU memory?); close other GPU programs or rebuild with a smaller --max")
             self._setup_io(trt, rebuild)
         finally:
             self._buffers.exit()
+        onnx_path = self.sidecar.onnx_path
+        self.tokenizer_file = resolve_tokenizer(self.path, {"onnx_path": onnx_path} if onnx_path else {}, self.spec)
+        self.load_seconds = time.perf_counter() - t0
 
     def _setup_io(self, trt, rebuild: str) -> None:
         engine = self._engine
@@ -229,7 +284,7 @@ class TensorRTBackend:
         inputs = [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
         outputs = [n for n in names if n not in inputs]
         if sorted(inputs) != sorted(INPUT_NAMES) or sorted(outputs) != sorted(OUTPUT_NAMES):
-            raise HBAFError(f"{self.engine_path} has I/O {inputs} -> {outputs}, not the HBAF contract; rebuild it from an exported HBAF ONNX with `{rebuild}`")
+            raise HBAFError(f"{self.path} has I/O {inputs} -> {outputs}, not the HBAF contract; rebuild it from an exported HBAF ONNX with `{rebuild}`")
         self._inputs, self._outputs = inputs, outputs
         self._dtypes = {n: np.dtype(trt.nptype(engine.get_tensor_dtype(n))) for n in names}
         self._profile = {n: tuple(tuple(int(v) for v in s) for s in engine.get_tensor_profile_shape(n, 0)) for n in inputs}
@@ -238,7 +293,7 @@ class TensorRTBackend:
         for n in names:
             shape = self._profile[n][2] if n in inputs else tuple(int(v) for v in self._context.get_tensor_shape(n))
             if any(v < 0 for v in shape):
-                raise HBAFError(f"{self.engine_path}: output '{n}' has no bounded shape {shape}; rebuild with `{rebuild}`")
+                raise HBAFError(f"{self.path}: output '{n}' has no bounded shape {shape}; rebuild with `{rebuild}`")
             ptr = self._buffers.allocate(n, int(np.prod(shape)), self._dtypes[n])
             self._context.set_tensor_address(n, ptr)
 
@@ -266,12 +321,13 @@ class TensorRTBackend:
                     self._buffers.to_device(n, a)
                 shapes = {n: tuple(int(v) for v in self._context.get_tensor_shape(n)) for n in self._outputs}
                 if not self._context.execute_async_v3(self._buffers.stream_handle):
-                    raise HBAFError(f"TensorRT failed to run {self.engine_path.name} (see the log above); rebuild the engine if this persists")
+                    raise HBAFError(f"TensorRT failed to run {self.path.name} (see the log above); rebuild the engine if this persists")
                 hosts = {n: self._buffers.to_host(n, int(np.prod(s))) for n, s in shapes.items()}
                 self._buffers.synchronize()
             finally:
                 self._buffers.exit()
-            return {n: np.array(hosts[n]).reshape(shapes[n]) for n in self._outputs}
+            out = {n: np.array(hosts[n]).reshape(shapes[n]) for n in self._outputs}
+        return check_outputs(out, str(self.path))
 
     def close(self) -> None:
         """Free GPU buffers and TensorRT objects (also done at interpreter exit)."""

@@ -23,13 +23,18 @@ from pathlib import Path
 
 import numpy as np
 
+from hbaf.contract import MAX_SECONDS, SAMPLE_RATE
 from hbaf.errors import HBAFError
-from hbaf.features import SAMPLE_RATE
 
 log = logging.getLogger(__name__)
 
 WINDOW = 512  # samples per VAD window at 16 kHz (32 ms)
 CONTEXT = 64  # samples of the previous window the model sees in front of each window
+# segmenter defaults (``hbaf-edge run`` takes its flags' defaults from these)
+THRESHOLD = 0.5  # speech probability that starts an utterance
+MIN_SPEECH_MS = 250  # shorter bursts are ignored
+MIN_SILENCE_MS = 300  # silence that ends an utterance
+SPEECH_PAD_MS = 100  # audio kept around each utterance
 
 
 def bundled_vad_model() -> Path:
@@ -77,13 +82,21 @@ class SileroVAD:
 
 @dataclass
 class Utterance:
-    """One stretch of speech. ``start``/``end`` are seconds of stream time; ``ended_at`` is
-    ``time.perf_counter()`` when the segmenter decided the utterance was over."""
+    """One stretch of speech. ``start``/``end`` are seconds of stream time (padding included);
+    ``speech_end`` is the stream time where the last voiced VAD window ended (what a listener
+    hears as the end of speech); ``ended_at`` is ``time.perf_counter()`` when the segmenter
+    decided the utterance was over."""
 
     start: float
     end: float
     samples: np.ndarray
     ended_at: float
+    speech_end: float | None = None
+
+    @property
+    def key(self) -> tuple[int, int]:
+        """(first, last) stream sample: the same audio gives the same key."""
+        return round(self.start * SAMPLE_RATE), round(self.end * SAMPLE_RATE)
 
     @property
     def duration(self) -> float:
@@ -131,11 +144,11 @@ class Segmenter:
 
     def __init__(
         self,
-        threshold: float = 0.5,
-        min_speech_ms: int = 250,
-        min_silence_ms: int = 300,
-        speech_pad_ms: int = 100,
-        max_utterance_s: float = 10.0,
+        threshold: float = THRESHOLD,
+        min_speech_ms: int = MIN_SPEECH_MS,
+        min_silence_ms: int = MIN_SILENCE_MS,
+        speech_pad_ms: int = SPEECH_PAD_MS,
+        max_utterance_s: float = MAX_SECONDS,
         *,
         vad: SileroVAD | None = None,
     ) -> None:
@@ -210,6 +223,26 @@ class Segmenter:
         self._clear_speech()
         return out
 
+    def pending_key(self) -> tuple[int, int] | None:
+        """(first, last) sample of the utterance that silence from here on would close, once its
+        trailing pad has arrived; None while speech goes on (or nothing would be kept)."""
+        if self._speech_start is None or self._temp_end is None or self._continued:
+            return None
+        if self._buf.end < self._temp_end + self.pad or self._temp_end - self._speech_start < self.min_speech:
+            return None
+        start = self._padded_start()
+        end = min(self._temp_end + self.pad, start + self.max_samples, self._buf.end)
+        return (start, end) if end > start else None
+
+    def pending(self) -> Utterance | None:
+        """The utterance of ``pending_key``: the same samples ``accept`` returns when the VAD
+        confirms the end, so work on them can start during the hangover (``ended_at`` is NaN)."""
+        bounds = self.pending_key()
+        if bounds is None:
+            return None
+        assert self._temp_end is not None
+        return self._make(*bounds, self._temp_end, ended_at=float("nan"))
+
     def _padded_start(self) -> int:
         assert self._speech_start is not None
         if self._continued:
@@ -241,7 +274,7 @@ class Segmenter:
         cut_win, _ = min(recent, key=lambda sp: sp[1])
         cut = cut_win + WINDOW // 2
         start = self._padded_start()
-        utt = self._make(start, cut)
+        utt = self._make(start, cut, cut)
         log.debug("speech longer than %.1f s: cut at %.2f s", self.max_samples / SAMPLE_RATE, cut / SAMPLE_RATE)
         self._last_end = cut
         self._speech_start = cut
@@ -259,18 +292,19 @@ class Segmenter:
             keep = any(p >= self.threshold for _, p in self._probs)
         else:
             keep = speech_end - self._speech_start >= self.min_speech
-        utt = self._make(start, end) if keep and end > start else None
+        utt = self._make(start, end, speech_end) if keep and end > start else None
         if utt is not None:
             self._last_end = end
         self._clear_speech()
         return utt
 
-    def _make(self, start: int, end: int) -> Utterance:
+    def _make(self, start: int, end: int, speech_end: int, ended_at: float | None = None) -> Utterance:
         return Utterance(
             start=start / SAMPLE_RATE,
             end=end / SAMPLE_RATE,
             samples=self._buf.view(start, end).copy(),
-            ended_at=time.perf_counter(),
+            ended_at=time.perf_counter() if ended_at is None else ended_at,
+            speech_end=min(speech_end, end) / SAMPLE_RATE,
         )
 
     def _trim(self) -> None:

@@ -1,11 +1,15 @@
-"""`hbaf-export`: checkpoint -> ONNX -> INT8 (Q/DQ) -> TensorRT engine.
+"""`hbaf-export`: the one export entry — checkpoint -> ONNX -> INT8 (Q/DQ) -> TensorRT engine.
 
+    hbaf-export all --checkpoint DIR --manifest M --out DIR          (every format below, one report)
     hbaf-export onnx --checkpoint DIR --out model.onnx [--graph contract|ort-cpu] [--parity-manifest M]
     hbaf-export parity --checkpoint DIR --onnx model.onnx --manifest M
     hbaf-export int8 --onnx model.onnx --manifest M --flavour trt|cpu|both --method percentile --num 512 --out DIR
     hbaf-export compare-calibration --onnx model.onnx --manifest M --out DIR
-    hbaf-export all --checkpoint DIR --manifest M --out DIR
-    hbaf-export engine --onnx model.int8-trt.onnx --precision int8 ...   (on the Jetson; see export/engine.py)
+    hbaf-export engine --onnx model.int8-trt.onnx --precision int8 --out engines/   (on the device: TensorRT)
+    hbaf-export torch-trt --checkpoint DIR --precision fp16 --out student.fp16.ep   (on the device: Torch-TensorRT)
+
+This is the only module of export/ that reaches into calibration/ (for int8,
+compare-calibration and all).
 """
 
 from __future__ import annotations
@@ -15,16 +19,28 @@ import logging
 import sys
 from pathlib import Path
 
-from hbaf.errors import HBAFError, cli_entry
+from export.onnx_export import EXPORTERS
+from hbaf.contract import (
+    GRAPH_CONTRACT,
+    GRAPHS,
+    MAX_FRAMES,
+    MAX_TOKENS,
+    PRECISIONS,
+    Profiles,
+    format_dims,
+)
+from hbaf.errors import ArgumentParser, cli_entry
 
-log = logging.getLogger("hbaf")
-
-
-class _Parser(argparse.ArgumentParser):
-    """argparse whose usage errors are one-line HBAFErrors (exit code 2 through cli_entry)."""
-
-    def error(self, message: str) -> None:
-        raise HBAFError(f"{message}; see `{self.prog} --help`")
+# What `hbaf-export all --name NAME` writes into --out: (file, what it is).
+FORMATS = (
+    ("NAME.onnx", "FP32, the export contract (TensorRT and every runtime)"),
+    ("NAME.ort.onnx", "FP32, the ONNX Runtime CPU graph"),
+    ("parity.json, parity.ort.json", "PyTorch vs ONNX Runtime on real utterances"),
+    ("NAME.int8-trt.onnx", "symmetric s8 Q/DQ for TensorRT, from NAME.onnx"),
+    ("NAME.int8-cpu.onnx", "u8/s8 for ONNX Runtime CPU, from NAME.ort.onnx"),
+    ("report.json, report.md", "weighted F1, top-1 agreement, max prob diff, size, CPU latency"),
+    ("tokenizer.json", "the checkpoint's tokenizer"),
+)
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -54,17 +70,46 @@ def _trt_embedding_arg(p: argparse.ArgumentParser) -> None:
                         "FP32 size, check that the device's TensorRT builds it")
 
 
+def _profile_args(p: argparse.ArgumentParser) -> None:
+    default = Profiles()
+    p.add_argument("--min", default=format_dims(default.min), help="min BATCH,FRAMES,TOKENS (default %(default)s)")
+    p.add_argument("--opt", default=format_dims(default.opt), help="opt BATCH,FRAMES,TOKENS (default %(default)s)")
+    p.add_argument("--max", default=format_dims(default.max),
+                   help=f"max BATCH,FRAMES,TOKENS (FRAMES <= {MAX_FRAMES}, TOKENS <= {MAX_TOKENS}; default %(default)s)")
+    p.add_argument("--workspace-mb", type=int, default=1024, help="TensorRT workspace limit in MiB (default %(default)s)")
+    p.add_argument("--device", type=int, default=0, help="CUDA device index (default %(default)s)")
+
+
+def _formats_help() -> str:
+    width = max(len(f) for f, _ in FORMATS)
+    return "writes into --out:\n" + "\n".join(f"  {f.ljust(width)}  {what}" for f, what in FORMATS)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    ap = _Parser(prog="hbaf-export", description="Export HBAF to ONNX, quantize to INT8 (Q/DQ), build TensorRT engines.")
+    ap = ArgumentParser(prog="hbaf-export", description="Export HBAF to ONNX, quantize to INT8 (Q/DQ), build TensorRT engines.")
     ap.add_argument("-v", "--verbose", action="store_true")
-    sub = ap.add_subparsers(dest="cmd", required=True, parser_class=_Parser)
+    sub = ap.add_subparsers(dest="cmd", required=True, parser_class=ArgumentParser)
+
+    p = sub.add_parser("all", help="checkpoint -> ONNX (contract + ORT CPU graph) -> parity -> INT8 trt + cpu -> report",
+                       epilog=_formats_help(), formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--manifest", required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--name", default="model", help="file stem NAME of the models (default %(default)s)")
+    p.add_argument("--opset", type=int, default=17)
+    p.add_argument("--parity-n", type=int, default=64)
+    _calib_args(p)
+    _trt_embedding_arg(p)
+    _eval_args(p)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--workers", type=int, default=None)
 
     p = sub.add_parser("onnx", help="checkpoint -> ONNX (the export contract), checked; optional parity on real speech")
     p.add_argument("--checkpoint", required=True, help="checkpoint folder (hbaf train/distill --out)")
     p.add_argument("--out", required=True, help="output .onnx file (tokenizer.json is copied next to it)")
     p.add_argument("--opset", type=int, default=17)
-    p.add_argument("--exporter", choices=["auto", "dynamo", "torchscript"], default="auto")
-    p.add_argument("--graph", choices=["contract", "ort-cpu"], default="contract",
+    p.add_argument("--exporter", choices=EXPORTERS, default="auto")
+    p.add_argument("--graph", choices=GRAPHS, default=GRAPH_CONTRACT,
                    help="contract: standard operators, for TensorRT and any runtime (default); ort-cpu: the same model with "
                         "ONNX Runtime's fused CPU kernels (opset 18 + com.microsoft), the source of the fast CPU INT8 model")
     p.add_argument("--no-check", action="store_true", help="skip onnx.checker / TensorRT / ONNX Runtime checks")
@@ -101,37 +146,24 @@ def build_parser() -> argparse.ArgumentParser:
     _eval_args(p)
     _common(p)
 
-    p = sub.add_parser("all", help="checkpoint -> ONNX (contract + ORT CPU graph) -> parity -> INT8 trt + cpu -> report")
-    p.add_argument("--checkpoint", required=True)
-    p.add_argument("--manifest", required=True)
-    p.add_argument("--out", required=True)
-    p.add_argument("--name", default="model", help="file stem of the models (default %(default)s)")
-    p.add_argument("--opset", type=int, default=17)
-    p.add_argument("--parity-n", type=int, default=64)
-    _calib_args(p)
-    _trt_embedding_arg(p)
-    _eval_args(p)
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--workers", type=int, default=None)
+    p = sub.add_parser("engine", help="ONNX -> TensorRT engine + sidecar, built on this device (needs TensorRT)")
+    p.add_argument("--onnx", required=True, help="ONNX model (the export contract; Q/DQ for int8)")
+    p.add_argument("--precision", choices=PRECISIONS, default="fp16",
+                   help="fp16 (default), fp32, or int8 (needs a Q/DQ ONNX from calibration)")
+    p.add_argument("--out", default="engines", help="output folder for <model>.<trt>.<gpu>.<precision>.engine and its .json sidecar")
+    _profile_args(p)
+    p.add_argument("--timing-cache", default=None, help="timing cache file, read if present and saved after the build")
+    p.add_argument("--verbose", dest="trt_verbose", action="store_true", help="verbose TensorRT log")
 
-    sub.add_parser("engine", help="build a TensorRT engine on this device (arguments: see `hbaf-export engine --help`)",
-                   add_help=False)
+    p = sub.add_parser("torch-trt", help="compile a checkpoint with Torch-TensorRT, saved as an exported program (needs CUDA)")
+    p.add_argument("--checkpoint", required=True, help="checkpoint folder (hbaf train/distill --out)")
+    p.add_argument("--precision", choices=PRECISIONS, default="fp16", help="fp16 (default), fp32, or int8 (needs --manifest)")
+    p.add_argument("--out", required=True, help="output file (a Torch-TensorRT exported program, e.g. student.fp16.ep)")
+    _profile_args(p)
+    p.add_argument("--manifest", default=None, help="int8: manifest whose train split provides the calibration batches")
+    p.add_argument("--num", type=int, default=256, help="int8: calibration utterances (default %(default)s)")
+    p.add_argument("--seed", type=int, default=0, help="int8: seed of the calibration-dialogue draw (default %(default)s)")
     return ap
-
-
-def cmd_onnx(args) -> int:
-    from export.onnx_export import export_onnx, parity
-
-    out = export_onnx(args.checkpoint, args.out, opset=args.opset, check=not args.no_check, exporter=args.exporter,
-                      graph=args.graph)
-    print(f"onnx: {out} ({out.stat().st_size / 1e6:.1f} MB)")
-    if args.parity_manifest:
-        res = parity(args.checkpoint, out, args.parity_manifest, n=args.parity_n, threads=args.threads)
-        _print_parity(res)
-        from hbaf.io import write_json_atomic
-
-        write_json_atomic(out.with_name(out.stem + ".parity.json"), res)
-    return 0
 
 
 def _print_parity(res: dict) -> None:
@@ -141,20 +173,50 @@ def _print_parity(res: dict) -> None:
           f"{res['batched_max_abs_prob_diff_vs_torch']:.2e}, vs batch 1 {res['batched_vs_batch1_max_abs_prob_diff']:.2e}")
 
 
+def cmd_all(args) -> int:
+    from calibration.report import export_all
+
+    report = export_all(args.checkpoint, args.manifest, args.out, method=args.method, num=args.num, seed=args.seed,
+                        parity_n=args.parity_n, opset=args.opset, split=args.eval_split, limit=args.eval_limit,
+                        threads=args.threads, latency_runs=args.latency_runs, workers=args.workers, name=args.name,
+                        trt_int8_embedding=args.trt_int8_embedding)
+    _print_parity(report["parity"])
+    print(report["table"])
+    for note in report.get("notes", []):
+        print(f"note: {note}")
+    print(f"report: {Path(args.out) / 'report.md'}")
+    return 0
+
+
+def cmd_onnx(args) -> int:
+    from export.onnx_export import export_onnx
+    from export.parity import parity
+    from hbaf.io import write_json_atomic
+
+    out = export_onnx(args.checkpoint, args.out, opset=args.opset, check=not args.no_check, exporter=args.exporter,
+                      graph=args.graph)
+    print(f"onnx: {out} ({out.stat().st_size / 1e6:.1f} MB)")
+    if args.parity_manifest:
+        res = parity(args.checkpoint, out, args.parity_manifest, n=args.parity_n, threads=args.threads)
+        _print_parity(res)
+        write_json_atomic(out.with_name(out.stem + ".parity.json"), res)
+    return 0
+
+
 def cmd_parity(args) -> int:
-    from export.onnx_export import parity
+    from export.parity import parity
+    from hbaf.io import write_json_atomic
 
     res = parity(args.checkpoint, args.onnx, args.manifest, n=args.n, threads=args.threads)
     _print_parity(res)
     if args.out:
-        from hbaf.io import write_json_atomic
-
         write_json_atomic(args.out, res)
     return 0
 
 
 def cmd_int8(args) -> int:
     from calibration.report import int8_report, quantize_onnx
+    from hbaf.contract import GRAPH_ORT_CPU, graph_kind, read_onnx
 
     flavours = ["trt", "cpu"] if args.flavour == "both" else [args.flavour]
     results = quantize_onnx(args.onnx, args.manifest, args.out, flavours=flavours, method=args.method, num=args.num,
@@ -162,13 +224,9 @@ def cmd_int8(args) -> int:
                             include_conv=not args.no_conv, trt_int8_embedding=args.trt_int8_embedding)
     for r in results:
         print(f"int8 {r.flavour}: {r.path} ({r.size_mb:.1f} MB, {len(r.quantized_nodes)} GEMMs quantized, embedding {r.embedding})")
-    if "cpu" in flavours:
-        from export.onnx_export import load_onnx_model
-        from export.ort_cpu import is_ort_cpu_graph
-
-        if not is_ort_cpu_graph(load_onnx_model(args.onnx)):
-            print("note: the CPU INT8 model runs faster quantized from the ONNX Runtime CPU graph "
-                  "(`hbaf-export onnx --graph ort-cpu`, then --onnx model.ort.onnx --flavour cpu); `hbaf-export all` does both")
+    if "cpu" in flavours and graph_kind(read_onnx(args.onnx, load_external_data=False)) != GRAPH_ORT_CPU:
+        print("note: the CPU INT8 model runs faster quantized from the ONNX Runtime CPU graph "
+              "(`hbaf-export onnx --graph ort-cpu`, then --onnx model.ort.onnx --flavour cpu); `hbaf-export all` does both")
     if not args.no_eval:
         report = int8_report(args.onnx, results, args.manifest, args.out, split=args.eval_split, limit=args.eval_limit,
                              threads=args.threads, latency_runs=args.latency_runs, tokenizer=args.tokenizer,
@@ -193,38 +251,52 @@ def cmd_compare(args) -> int:
     return 0
 
 
-def cmd_all(args) -> int:
-    from calibration.report import export_all
+def cmd_engine(args) -> int:
+    from export.engine import EngineBuilder
 
-    report = export_all(args.checkpoint, args.manifest, args.out, method=args.method, num=args.num, seed=args.seed,
-                        parity_n=args.parity_n, opset=args.opset, split=args.eval_split, limit=args.eval_limit,
-                        threads=args.threads, latency_runs=args.latency_runs, workers=args.workers, name=args.name,
-                        trt_int8_embedding=args.trt_int8_embedding)
-    _print_parity(report["parity"])
-    print(report["table"])
-    for note in report.get("notes", []):
-        print(f"note: {note}")
-    print(f"report: {Path(args.out) / 'report.md'}")
+    profiles = Profiles.parse(args.min, args.opt, args.max)
+    builder = EngineBuilder(args.onnx, args.precision, profiles, workspace_mb=args.workspace_mb,
+                            timing_cache=args.timing_cache, verbose=args.trt_verbose or args.verbose, device=args.device)
+    engine_path, _sidecar = builder.build(args.out)
+    print(engine_path)
     return 0
+
+
+def cmd_torch_trt(args) -> int:
+    from edge_runtime.backends import TorchBackend
+    from export.torch_trt import (
+        calibration_batches,
+        compile_student,
+        import_torch_tensorrt,
+    )
+    from hbaf.errors import HBAFError
+
+    if args.precision == "int8" and not args.manifest:
+        raise HBAFError("--precision int8 needs --manifest (real utterances for the INT8 calibration)")
+    profiles = Profiles.parse(args.min, args.opt, args.max)
+    import_torch_tensorrt()  # before anything slow: it is the usual reason this cannot run
+    backend = TorchBackend(args.checkpoint)
+    calib = None
+    if args.precision == "int8":
+        calib = calibration_batches(backend, args.manifest, num=args.num, batch=profiles.max.batch, seed=args.seed)
+    compile_student(backend.model, backend.spec, profiles, precision=args.precision, out=args.out, calib_batches=calib,
+                    workspace_mb=args.workspace_mb, device=args.device)
+    print(args.out)
+    return 0
+
+
+COMMANDS = {"all": cmd_all, "onnx": cmd_onnx, "parity": cmd_parity, "int8": cmd_int8, "compare-calibration": cmd_compare,
+            "engine": cmd_engine, "torch-trt": cmd_torch_trt}
 
 
 @cli_entry
 def main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    first = next((i for i, a in enumerate(argv) if not a.startswith("-")), None)
-    if first is not None and argv[first] == "engine":
-        if any(a in ("-v", "--verbose") for a in argv[:first]):
-            argv.append("--verbose")
-        argv = argv[first:]
-        try:
-            from export.engine import main as engine_main
-        except ImportError as err:
-            raise HBAFError(f"the TensorRT engine builder is not available ({err}); run it on the Jetson with TensorRT installed") from err
-        return engine_main(argv[1:])
-    args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s", stream=sys.stderr)
-    handlers = {"onnx": cmd_onnx, "parity": cmd_parity, "int8": cmd_int8, "compare-calibration": cmd_compare, "all": cmd_all}
-    return handlers[args.cmd](args)
+    args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
+    verbose = args.verbose or getattr(args, "trt_verbose", False)
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(message)s", stream=sys.stderr)
+    if not verbose:  # every model opened says which ONNX Runtime providers it got: always the CPU here
+        logging.getLogger("edge_runtime.backends").setLevel(logging.WARNING)
+    return COMMANDS[args.cmd](args)
 
 
 if __name__ == "__main__":

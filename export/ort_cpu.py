@@ -15,21 +15,31 @@ limits the INT8 model. This graph, used for the CPU INT8 flavour, differs in lay
 - ONNX Runtime's transformer fusions then fold GELU (with its bias), the residual adds into
   SkipLayerNormalization, and LayerNorm.
 
+How: ``fused_copy(model)`` deep-copies the model and swaps every ``MultiHeadAttention`` for a
+``FusedAttention`` holding the same Linear layers (so the parameter names stay the same) whose
+forward is the packed projections + a PyTorch custom op; ``translation_table()`` tells the
+exporter to emit that op as the contrib node. The original model and the class are untouched.
+
 Only ONNX Runtime runs this graph (opset 18 plus the com.microsoft domain); its metadata says
 ``"graph": "ort-cpu"`` and the TensorRT path refuses it.
 """
 
 from __future__ import annotations
 
-import contextlib
+import copy
 import logging
 import math
-from typing import Iterator
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from export.graph_ops import fold_weight_packing
+from hbaf.contract import MS_DOMAIN
+from hbaf.model import NEG_INF, MultiHeadAttention
 
 log = logging.getLogger(__name__)
 
-MS_DOMAIN = "com.microsoft"
-GRAPH_KIND = "ort-cpu"
 _MHA_OP = "hbaf::mha"
 
 
@@ -37,7 +47,6 @@ def _register() -> None:
     """The PyTorch custom op (reference math, used while tracing) and an ONNX schema for the
     contrib node so onnxscript can build it (registered once per process)."""
     import onnx
-    import torch
     from onnx.defs import OpSchema
 
     if not hasattr(torch.ops.hbaf, "mha"):
@@ -77,7 +86,6 @@ def _register() -> None:
 def translation_table() -> dict:
     """torch custom op -> the contrib node, for torch.onnx.export(custom_translation_table=...)."""
     import onnxscript
-    import torch
 
     _register()
     ms = onnxscript.values.Opset(MS_DOMAIN, 1)
@@ -88,72 +96,38 @@ def translation_table() -> dict:
     return {torch.ops.hbaf.mha.default: mha_onnx}
 
 
-def _packed_forward(self, x, kv, mask_add):
-    """hbaf.model.MultiHeadAttention.forward for this graph (same arithmetic, packed projections)."""
-    import torch
-    import torch.nn.functional as F
+class FusedAttention(nn.Module):
+    """An ``hbaf.model.MultiHeadAttention``'s layers with this graph's forward: the same arithmetic,
+    with packed projections and the attention itself as one custom op (one contrib node)."""
 
-    from hbaf.model import NEG_INF
+    def __init__(self, attn: MultiHeadAttention) -> None:
+        super().__init__()
+        self.n_heads = attn.n_heads
+        self.query, self.key, self.value, self.out = attn.query, attn.key, attn.value, attn.out
 
-    d = self.query.weight.shape[0]
-    keep = (mask_add[:, 0, 0, :] > 0.5 * NEG_INF).to(torch.int32)
-    bias = torch.cat([self.query.bias, self.key.bias, self.value.bias])
-    if x is kv:  # self-attention: one GEMM for Q, K and V
-        w = torch.cat([self.query.weight, self.key.weight, self.value.weight])
-        q, k, v = F.linear(x, w).split(d, dim=-1)
-    else:  # cross-attention: Q from x, one GEMM for K and V
-        q = F.linear(x, self.query.weight)
-        k, v = F.linear(kv, torch.cat([self.key.weight, self.value.weight])).split(d, dim=-1)
-    y = torch.ops.hbaf.mha(q, k, v, bias, keep, self.n_heads, NEG_INF)
-    return self.out(y)
+    def forward(self, x: torch.Tensor, kv: torch.Tensor, mask_add: torch.Tensor) -> torch.Tensor:
+        d = self.query.weight.shape[0]
+        keep = (mask_add[:, 0, 0, :] > 0.5 * NEG_INF).to(torch.int32)
+        bias = torch.cat([self.query.bias, self.key.bias, self.value.bias])
+        if x is kv:  # self-attention: one GEMM for Q, K and V
+            w = torch.cat([self.query.weight, self.key.weight, self.value.weight])
+            q, k, v = F.linear(x, w).split(d, dim=-1)
+        else:  # cross-attention: Q from x, one GEMM for K and V
+            q = F.linear(x, self.query.weight)
+            k, v = F.linear(kv, torch.cat([self.key.weight, self.value.weight])).split(d, dim=-1)
+        y = torch.ops.hbaf.mha(q, k, v, bias, keep, self.n_heads, NEG_INF)
+        return self.out(y)
 
 
-@contextlib.contextmanager
-def fused_attention() -> Iterator[None]:
-    """While active, every HBAF attention block traces to the packed projections + one contrib node."""
-    from hbaf.model import MultiHeadAttention
-
+def fused_copy(model: nn.Module) -> nn.Module:
+    """A deep copy of ``model`` whose attention blocks are ``FusedAttention`` (``model`` is untouched)."""
     _register()
-    original = MultiHeadAttention.forward
-    MultiHeadAttention.forward = _packed_forward
-    try:
-        yield
-    finally:
-        MultiHeadAttention.forward = original
-
-
-def fold_weight_packing(proto) -> int:
-    """Fold the Concat/Transpose chains that pack projection weights into plain initializers (the
-    quantizer only quantizes a GEMM whose weight is an initializer). Returns the nodes removed."""
-    import numpy as np
-    from onnx import numpy_helper
-
-    graph = proto.graph
-    inits = {i.name: i for i in graph.initializer}
-    removed = 0
-    changed = True
-    while changed:
-        changed = False
-        for node in list(graph.node):
-            if node.op_type not in ("Concat", "Transpose") or not all(n in inits for n in node.input):
-                continue
-            arrays = [numpy_helper.to_array(inits[n]) for n in node.input]
-            attrs = {a.name: a for a in node.attribute}
-            if node.op_type == "Concat":
-                value = np.concatenate(arrays, axis=int(attrs["axis"].i))
-            else:
-                perm = list(attrs["perm"].ints) if "perm" in attrs else None
-                value = np.transpose(arrays[0], perm)
-            tensor = numpy_helper.from_array(np.ascontiguousarray(value), node.output[0])
-            graph.initializer.append(tensor)
-            inits[tensor.name] = tensor
-            graph.node.remove(node)
-            removed += 1
-            changed = True
-    used = {n for node in graph.node for n in node.input} | {o.name for o in graph.output}
-    for init in [i for i in graph.initializer if i.name not in used]:
-        graph.initializer.remove(init)
-    return removed
+    fused = copy.deepcopy(model).eval()
+    for parent in list(fused.modules()):
+        for name, child in list(parent.named_children()):
+            if isinstance(child, MultiHeadAttention):
+                setattr(parent, name, FusedAttention(child))
+    return fused
 
 
 def fuse_transformer_ops(proto):
@@ -174,25 +148,3 @@ def fuse_transformer_ops(proto):
     stats = {k: v for k, v in model.get_fused_operator_statistics().items() if v}
     log.info("ONNX Runtime CPU graph: %s", ", ".join(f"{v} {k}" for k, v in stats.items()))
     return model.model
-
-
-def add_contrib_types(proto) -> int:
-    """ONNX shape inference cannot type contrib outputs; the quantizer needs every GEMM input's
-    element type, so declare them float. Returns how many were added."""
-    from onnx import TensorProto, helper
-
-    known = {v.name for v in proto.graph.value_info} | {o.name for o in proto.graph.output}
-    added = 0
-    for node in proto.graph.node:
-        if node.domain != MS_DOMAIN:
-            continue
-        for name in node.output:
-            if name and name not in known:
-                proto.graph.value_info.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, None))
-                known.add(name)
-                added += 1
-    return added
-
-
-def is_ort_cpu_graph(proto) -> bool:
-    return any(node.domain == MS_DOMAIN for node in proto.graph.node)

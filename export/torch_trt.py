@@ -11,46 +11,61 @@ Why ``torch.export`` first and then ``torch_tensorrt.dynamo.compile`` rather tha
 ``torch.export`` rejects as a constraint violation on the Torch-TensorRT versions JetPack
 ships. One dim per axis, shared across inputs, says exactly that (``Dim.AUTO`` with the
 profile's range on torch >= 2.7, a named ``Dim`` before); the ``Input`` min/opt/max ranges
-then tell TensorRT the same profile as ``export.engine``.
+then tell TensorRT the same profile as ``hbaf-export engine`` (``hbaf.contract.Profiles``).
 
 INT8 uses NVIDIA Model Optimizer (``nvidia-modelopt``): ``mtq.quantize`` with a calibration
 loop over real feature batches inserts fake-quantizers on Linear/Conv inputs and weights
 (the GEMMs; LayerNorm, Softmax, masks and the gate stay in higher precision). Calibration
 runs anywhere, CPU included; exporting the quantized model needs CUDA, because only there
 do the quantizers lower to the ``tensorrt::quantize_op`` that Torch-TensorRT converts to Q/DQ.
+``calibration_batches`` draws those batches as the ONNX calibration does: whole dialogues of a
+manifest's train split, each utterance with the dialogue memory the FP32 model produced for it
+on the runtime's offline path.
+
+Command line: ``hbaf-export torch-trt --checkpoint DIR --precision fp16 --out student.fp16.ep``.
 """
 
 from __future__ import annotations
 
 import copy
 import logging
+import os
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Iterable, Sequence
 
-from export.engine import PRECISIONS, Profiles
-from export.trt_compat import INPUT_NAMES
+from edge_runtime.backends import Backend
+from export.dialogues import DialogueSet, calibration_records
+from hbaf.contract import (
+    INPUT_DTYPES,
+    INPUT_NAMES,
+    INPUTS,
+    PRECISIONS,
+    ModelSpec,
+    Profiles,
+    batch_feeds,
+    first_line,
+)
 from hbaf.errors import HBAFError
-from hbaf.features import N_MELS
 from hbaf.io import atomic_path
 
 log = logging.getLogger(__name__)
 
 
-
-def _import_torch_tensorrt():
+def import_torch_tensorrt():
+    """``import torch_tensorrt`` or a one-line HBAFError saying how to install it."""
     try:
-        import torch_tensorrt  # noqa: PLC0415
+        import torch_tensorrt
     except ImportError as err:
         raise HBAFError(
             "torch-tensorrt is not installed: on x86 pip install .[jetson]; on Jetson use the torch-tensorrt wheel "
-            "matching NVIDIA's Jetson torch, or build a TensorRT engine from ONNX with python -m export.engine"
+            "matching NVIDIA's Jetson torch, or build a TensorRT engine from ONNX with hbaf-export engine"
         ) from err
     return torch_tensorrt
 
 
 def _import_modelopt():
     try:
-        import modelopt.torch.quantization as mtq  # noqa: PLC0415
+        import modelopt.torch.quantization as mtq
     except ImportError as err:
         raise HBAFError("nvidia-modelopt is not installed: pip install nvidia-modelopt (needed for --precision int8)") from err
     return mtq
@@ -63,21 +78,21 @@ def _example_size(lo: int, opt: int, hi: int) -> int:
     return min(2, hi)
 
 
-def example_inputs(profiles: Profiles, context_size: int, memory_dim: int, device: str = "cpu") -> tuple:
+def example_inputs(profiles: Profiles, spec: ModelSpec, device: str = "cpu") -> tuple:
     """Six tracing tensors in contract order, sized from the profile (valid masks, in-vocabulary ids)."""
-    import torch  # noqa: PLC0415
+    import torch
 
     b = _example_size(profiles.min.batch, profiles.opt.batch, profiles.max.batch)
     t = _example_size(profiles.min.frames, profiles.opt.frames, profiles.max.frames)
     ln = _example_size(profiles.min.tokens, profiles.opt.tokens, profiles.max.tokens)
     gen = torch.Generator().manual_seed(0)
     return (
-        torch.randn(b, t, N_MELS, generator=gen).to(device),
+        torch.randn(b, t, spec.feature_dim, generator=gen).to(device),
         torch.ones(b, t).to(device),
         torch.randint(1000, 2000, (b, ln), generator=gen, dtype=torch.int32).to(device),
         torch.ones(b, ln, dtype=torch.int32).to(device),
-        torch.randn(b, context_size, memory_dim, generator=gen).to(device),
-        torch.ones(b, context_size).to(device),
+        torch.randn(b, spec.context_size, spec.memory_dim, generator=gen).to(device),
+        torch.ones(b, spec.context_size).to(device),
     )
 
 
@@ -88,7 +103,7 @@ def _dynamic_dim(name: str, lo: int, hi: int):
     prove symbolically (the HBAF audio subsampling gives ceil(ceil(T/2)/2) two ways) into
     run-time checks; a named ``Dim`` rejects such guards as constraint violations.
     """
-    from torch.export import Dim  # noqa: PLC0415
+    from torch.export import Dim
 
     hint = getattr(Dim, "AUTO", None)
     if callable(hint):
@@ -105,52 +120,64 @@ def dynamic_shapes(profiles: Profiles) -> tuple:
     def dim(name: str, lo: int, hi: int):
         return None if lo == hi else _dynamic_dim(name, lo, hi)
 
-    batch = dim("batch", profiles.min.batch, profiles.max.batch)
-    frames = dim("frames", profiles.min.frames, profiles.max.frames)
-    tokens = dim("tokens", profiles.min.tokens, profiles.max.tokens)
-
-    def axes(*dims):  # Dim (or None when static) per leading axis -> {axis: Dim}, None if all static
-        spec = {axis: d for axis, d in enumerate(dims) if d is not None}
-        return spec or None
-
-    return (
-        axes(batch, frames),  # audio_feats [B, T, 80]
-        axes(batch, frames),  # audio_mask [B, T]
-        axes(batch, tokens),  # input_ids [B, L]
-        axes(batch, tokens),  # attention_mask [B, L]
-        axes(batch),  # memory [B, K, D]
-        axes(batch),  # memory_mask [B, K]
-    )
+    dims = {
+        "B": dim("batch", profiles.min.batch, profiles.max.batch),
+        "T": dim("frames", profiles.min.frames, profiles.max.frames),
+        "L": dim("tokens", profiles.min.tokens, profiles.max.tokens),
+    }
+    # {axis index: Dim} per input (None when every axis of it is static)
+    return tuple({i: dims[a] for i, a in enumerate(s.axes) if dims.get(a) is not None} or None for s in INPUTS)
 
 
-def trt_inputs(profiles: Profiles, context_size: int, memory_dim: int) -> list:
-    """``torch_tensorrt.Input`` min/opt/max specs for the six inputs (the same profile as export.engine)."""
-    import torch  # noqa: PLC0415
+def trt_inputs(profiles: Profiles, spec: ModelSpec) -> list:
+    """``torch_tensorrt.Input`` min/opt/max specs for the six inputs (the same profile as engines from ONNX)."""
+    import torch
 
-    torch_tensorrt = _import_torch_tensorrt()
-    shapes = profiles.input_shapes(context_size, memory_dim)
-    dtypes = {"input_ids": torch.int32, "attention_mask": torch.int32}
+    torch_tensorrt = import_torch_tensorrt()
+    shapes = profiles.input_shapes(spec)
+    dtypes = {"float32": torch.float32, "int32": torch.int32}
     return [
         torch_tensorrt.Input(min_shape=shapes[n][0], opt_shape=shapes[n][1], max_shape=shapes[n][2],
-                             dtype=dtypes.get(n, torch.float32), name=n)
+                             dtype=dtypes[INPUT_DTYPES[n].name], name=n)
         for n in INPUT_NAMES
     ]
 
 
-def export_student(model, profiles: Profiles, context_size: int, memory_dim: int, device: str = "cpu"):
+def export_student(model, profiles: Profiles, spec: ModelSpec, device: str = "cpu"):
     """``torch.export`` the student with dynamic B/T/L (runs on CPU too; the step Torch-TensorRT compiles)."""
-    import torch  # noqa: PLC0415
+    import torch
 
-    args = example_inputs(profiles, context_size, memory_dim, device)
+    args = example_inputs(profiles, spec, device)
     try:
         with torch.no_grad():
             return torch.export.export(model, args, dynamic_shapes=dynamic_shapes(profiles), strict=False)
     except Exception as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise HBAFError(
-            f"torch.export could not trace the student with dynamic batch/frames/tokens ({first}); with torch < 2.7 "
-            "give frames a fixed size (equal min/opt/max FRAMES) or build from ONNX with python -m export.engine"
+            f"torch.export could not trace the student with dynamic batch/frames/tokens ({first_line(err)}); with torch < 2.7 "
+            "give frames a fixed size (equal min/opt/max FRAMES) or build from ONNX with hbaf-export engine"
         ) from err
+
+
+def calibration_batches(backend: Backend, manifest: str | os.PathLike, *, num: int = 256, batch: int = 8, seed: int = 0,
+                        workers: int | None = None) -> list[tuple]:
+    """INT8 calibration batches for ``quantize_student``: ``num`` utterances of whole dialogues (seeded;
+    the train split, else dev, else test) of ``manifest``, ``batch`` padded utterances per batch in
+    contract order, each with the dialogue memory ``backend`` (the FP32 model) produced for it on
+    the runtime's offline path."""
+    import torch
+
+    if num < 1 or batch < 1:
+        raise HBAFError(f"--num ({num}) and the calibration batch size ({batch}) must be >= 1")
+    data = DialogueSet.load(manifest, calibration_records(manifest, num, seed), "calib", workers)
+    tokenizer = backend.tokenizer()
+    seen = data.run(backend, tokenizer, desc="calibration: FP32 dialogue memory")
+    batches = []
+    for start in range(0, len(data), batch):
+        sel = list(range(start, min(start + batch, len(data))))
+        feeds = batch_feeds(backend.spec, [data.feats[i] for i in sel], [tokenizer([data.texts[i]])[0][0] for i in sel],
+                            seen["memory"][sel], seen["memory_mask"][sel])
+        batches.append(tuple(torch.from_numpy(feeds[n]) for n in INPUT_NAMES))
+    return batches
 
 
 def quantize_student(model, calib_batches: Iterable[Sequence], *, progress: bool = True):
@@ -159,8 +186,8 @@ def quantize_student(model, calib_batches: Iterable[Sequence], *, progress: bool
     ``calib_batches`` yields the six contract tensors per batch (real utterances from a
     manifest, through hbaf.features); the original model is left untouched.
     """
-    import torch  # noqa: PLC0415
-    from tqdm import tqdm  # noqa: PLC0415
+    import torch
+    from tqdm import tqdm
 
     mtq = _import_modelopt()
     batches = list(calib_batches)
@@ -178,10 +205,9 @@ def quantize_student(model, calib_batches: Iterable[Sequence], *, progress: bool
 
 def compile_student(
     model,
+    spec: ModelSpec,
     profiles: Profiles | None = None,
     *,
-    context_size: int,
-    memory_dim: int,
     precision: str = "fp16",
     out: str | Path | None = None,
     calib_batches: Iterable[Sequence] | None = None,
@@ -190,16 +216,17 @@ def compile_student(
 ):
     """Compile ``model`` with Torch-TensorRT (dynamo IR, dynamic B/T/L); save to ``out`` as an exported program.
 
-    Returns the compiled ``torch.fx.GraphModule``. ``precision`` is fp32, fp16 or int8 (int8
-    needs ``calib_batches`` and nvidia-modelopt).
+    Returns the compiled ``torch.fx.GraphModule``. ``spec`` is the model's ``ModelSpec`` (K, D,
+    feature width for the input shapes). ``precision`` is fp32, fp16 or int8 (int8 needs
+    ``calib_batches``, e.g. from ``calibration_batches``, and nvidia-modelopt).
     """
-    import torch  # noqa: PLC0415
+    import torch
 
     if precision not in PRECISIONS:
         raise HBAFError(f"precision '{precision}' is not one of {'|'.join(PRECISIONS)}")
     if precision == "int8" and calib_batches is None:
         raise HBAFError("precision int8 needs calib_batches (real utterances) for modelopt calibration")
-    torch_tensorrt = _import_torch_tensorrt()
+    torch_tensorrt = import_torch_tensorrt()
     if not torch.cuda.is_available():
         raise HBAFError("Torch-TensorRT needs a CUDA GPU and a CUDA build of torch; run this on the Jetson")
     profiles = profiles or Profiles()
@@ -207,27 +234,27 @@ def compile_student(
     model = model.eval().to(cuda)
 
     if precision == "int8":
-        from modelopt.torch.quantization.utils import export_torch_mode  # noqa: PLC0415
+        from modelopt.torch.quantization.utils import export_torch_mode
 
         calib = [tuple(t.to(cuda) for t in batch) for batch in calib_batches]
         model = quantize_student(model, calib)
         with export_torch_mode():
-            program = export_student(model, profiles, context_size, memory_dim, cuda)
+            program = export_student(model, profiles, spec, cuda)
         enabled = {torch.int8}
     else:
-        program = export_student(model, profiles, context_size, memory_dim, cuda)
+        program = export_student(model, profiles, spec, cuda)
         enabled = {torch.float16} if precision == "fp16" else {torch.float32}
 
     log.info("compiling the student with Torch-TensorRT %s (%s)", torch_tensorrt.__version__, precision)
     compiled = torch_tensorrt.dynamo.compile(
         program,
-        inputs=trt_inputs(profiles, context_size, memory_dim),
+        inputs=trt_inputs(profiles, spec),
         enabled_precisions=enabled,
         workspace_size=workspace_mb << 20,
         min_block_size=1,
     )
     if out is not None:
-        example = list(example_inputs(profiles, context_size, memory_dim, cuda))
+        example = list(example_inputs(profiles, spec, cuda))
         with atomic_path(out) as tmp:
             torch_tensorrt.save(compiled, str(tmp), output_format="exported_program", inputs=example)
         log.info("saved %s", out)
@@ -236,14 +263,14 @@ def compile_student(
 
 def load_compiled(path: str | Path):
     """Load a program saved by ``compile_student``; returns a callable module (runs on CUDA)."""
-    import torch  # noqa: PLC0415
+    import torch
 
     path = Path(path)
     if not path.is_file() or path.stat().st_size == 0:
-        raise HBAFError(f"compiled student {path} is missing or empty; compile it with export.torch_trt.compile_student")
-    _import_torch_tensorrt()  # registers the TensorRT engine op the program calls
+        raise HBAFError(f"compiled student {path} is missing or empty; compile it with `hbaf-export torch-trt --checkpoint DIR --out {path.name}`")
+    import_torch_tensorrt()  # registers the TensorRT engine op the program calls
     try:
         return torch.export.load(str(path)).module()
     except Exception as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise HBAFError(f"{path} is not a Torch-TensorRT exported program for this torch/TensorRT ({first}); compile it again on this device") from err
+        raise HBAFError(f"{path} is not a Torch-TensorRT exported program for this torch/TensorRT ({first_line(err)}); "
+                        "compile it again on this device") from err

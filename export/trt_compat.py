@@ -2,9 +2,10 @@
 
 Building an engine happens on the Jetson and takes minutes; this check runs anywhere in
 well under a second and names every problem at once: opset range, operators the parser
-does not implement, integer tensors feeding float-only layers, the fixed I/O contract
-(names, dtypes, dynamic axes) and Q/DQ nodes that TensorRT cannot use (it needs symmetric
-INT8: zero point 0 of type int8).
+does not implement, integer tensors feeding float-only layers, the I/O contract of
+hbaf/contract.py (``INPUTS``/``OUTPUTS``: names, dtypes, dynamic B/T/L, fixed K/D/F/C that
+agree across tensors; F is the model's feature width) and Q/DQ nodes that TensorRT cannot use
+(it needs symmetric INT8: zero point 0 of type int8).
 
 ``check_onnx_for_tensorrt`` returns a list of one-line problems (empty = OK) and raises
 ``HBAFError`` only when the file is not an ONNX model at all.
@@ -12,23 +13,26 @@ INT8: zero point 0 of type int8).
 
 from __future__ import annotations
 
-import json
 import logging
 import os
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Iterator, Union
+from collections.abc import Iterator
 
 import numpy as np
 import onnx
 from onnx import TensorProto, numpy_helper
 
-from hbaf.errors import HBAFError
-from hbaf.features import N_MELS
+from hbaf.contract import (
+    DYNAMIC_AXES,
+    INPUTS,
+    OUTPUTS,
+    TensorSpec,
+    first_line,
+    read_onnx,
+)
 
 log = logging.getLogger(__name__)
 
-ModelLike = Union[str, os.PathLike, onnx.ModelProto]
+ModelLike = str | os.PathLike | onnx.ModelProto
 
 # TensorRT 10 parses opsets 9..20; per-channel Q/DQ (axis attribute) needs opset >= 13.
 MIN_OPSET = 13
@@ -63,71 +67,11 @@ FLOAT_ONLY_OPS = frozenset({"MatMul", "Gemm", "Conv", "ConvTranspose", "Einsum"}
 QDQ_OPS = frozenset({"QuantizeLinear", "DequantizeLinear"})
 DEFAULT_DOMAINS = frozenset({"", "ai.onnx"})
 
-METADATA_KEY = "hbaf"
-
-
-@dataclass(frozen=True)
-class TensorSpec:
-    """One tensor of the export contract: axes are "B", "T", "L" (symbolic), "K", "D" (fixed) or a number."""
-
-    name: str
-    dtype: int
-    axes: tuple[str | int, ...]
-
-
-CONTRACT_INPUTS = (
-    TensorSpec("audio_feats", TensorProto.FLOAT, ("B", "T", N_MELS)),
-    TensorSpec("audio_mask", TensorProto.FLOAT, ("B", "T")),
-    TensorSpec("input_ids", TensorProto.INT32, ("B", "L")),
-    TensorSpec("attention_mask", TensorProto.INT32, ("B", "L")),
-    TensorSpec("memory", TensorProto.FLOAT, ("B", "K", "D")),
-    TensorSpec("memory_mask", TensorProto.FLOAT, ("B", "K")),
-)
-CONTRACT_OUTPUTS = (
-    TensorSpec("probs", TensorProto.FLOAT, ("B", "C")),
-    TensorSpec("utt_emb", TensorProto.FLOAT, ("B", "D")),
-    TensorSpec("gate", TensorProto.FLOAT, ("B", 2)),
-)
-DYNAMIC_AXES = frozenset({"B", "T", "L"})
-INPUT_NAMES = tuple(s.name for s in CONTRACT_INPUTS)
-OUTPUT_NAMES = tuple(s.name for s in CONTRACT_OUTPUTS)
+FIXED_AXES = ("K", "D", "F", "C")  # fixed per model: context slots, memory width, feature width, labels
 
 
 def _dtype_name(elem_type: int) -> str:
     return TensorProto.DataType.Name(elem_type).lower() if elem_type else "unknown"
-
-
-def load_onnx(path_or_model: ModelLike, *, load_external_data: bool = True) -> onnx.ModelProto:
-    """Load an ONNX model, or raise a one-line ``HBAFError`` if the file is missing or not ONNX."""
-    if isinstance(path_or_model, onnx.ModelProto):
-        return path_or_model
-    path = Path(path_or_model)
-    if not path.is_file():
-        raise HBAFError(f"ONNX file {path} does not exist; export it first (export/onnx) or check the path")
-    if path.stat().st_size == 0:
-        raise HBAFError(f"ONNX file {path} is empty; export it again (export/onnx)")
-    try:
-        model = onnx.load(str(path), load_external_data=load_external_data)
-    except Exception as err:  # protobuf DecodeError, missing external data, ...
-        first = str(err).splitlines()[0] if str(err) else type(err).__name__
-        raise HBAFError(f"{path} is not a readable ONNX model ({first}); export it again (export/onnx)") from err
-    if model.ir_version == 0 or not model.HasField("graph") or not model.graph.node:
-        raise HBAFError(f"{path} is not an ONNX model (no graph); export it again (export/onnx)")
-    return model
-
-
-def read_metadata(model: onnx.ModelProto) -> dict:
-    """The JSON object under metadata key ``hbaf`` (labels, config, version), or {} when absent."""
-    for prop in model.metadata_props:
-        if prop.key == METADATA_KEY:
-            try:
-                meta = json.loads(prop.value)
-            except json.JSONDecodeError as err:
-                raise HBAFError(f"ONNX metadata '{METADATA_KEY}' is not valid JSON ({err}); export the model again") from err
-            if not isinstance(meta, dict):
-                raise HBAFError(f"ONNX metadata '{METADATA_KEY}' is not a JSON object; export the model again")
-            return meta
-    return {}
 
 
 def default_opset(model: onnx.ModelProto) -> int | None:
@@ -158,12 +102,6 @@ def _iter_nodes(graph: onnx.GraphProto, functions: dict[tuple[str, str], onnx.Fu
                         yield from walk(sub.node)
 
     yield from walk(graph.node)
-
-
-def has_qdq(model: onnx.ModelProto) -> bool:
-    """True when the graph carries explicit quantization (QuantizeLinear/DequantizeLinear)."""
-    functions = {(f.domain, f.name): f for f in model.functions}
-    return any(n.op_type in QDQ_OPS for n in _iter_nodes(model.graph, functions))
 
 
 def _tensor_types(model: onnx.ModelProto) -> dict[str, int]:
@@ -213,7 +151,10 @@ def _dims(vi: onnx.ValueInfoProto) -> list[int | str | None] | None:
     return out
 
 
-def _check_io(values: list[onnx.ValueInfoProto], specs: tuple[TensorSpec, ...], kind: str) -> list[str]:
+def _check_io(values: list[onnx.ValueInfoProto], specs: tuple[TensorSpec, ...], kind: str,
+              fixed_sizes: dict[str, tuple[int, str]]) -> list[str]:
+    """Names, dtypes and axes of the graph's inputs or outputs against the contract. ``fixed_sizes``
+    collects the size each fixed axis letter (K, D, F, C) has, to check that all tensors agree."""
     problems: list[str] = []
     by_name = {v.name: v for v in values}
     expected = [s.name for s in specs]
@@ -229,11 +170,9 @@ def _check_io(values: list[onnx.ValueInfoProto], specs: tuple[TensorSpec, ...], 
         if vi is None:
             continue
         elem = vi.type.tensor_type.elem_type if vi.type.HasField("tensor_type") else 0
-        if elem != spec.dtype:
+        if elem != spec.onnx_type():
             hint = "; int64 I/O costs TensorRT casts: export token tensors as int32" if elem == TensorProto.INT64 else ""
-            problems.append(
-                f"{kind} '{spec.name}' is {_dtype_name(elem)}, the contract needs {_dtype_name(spec.dtype)}{hint}"
-            )
+            problems.append(f"{kind} '{spec.name}' is {_dtype_name(elem)}, the contract needs {spec.dtype}{hint}")
         dims = _dims(vi)
         if dims is None:
             problems.append(f"{kind} '{spec.name}' has no shape; export with explicit shapes and dynamic axes")
@@ -242,11 +181,20 @@ def _check_io(values: list[onnx.ValueInfoProto], specs: tuple[TensorSpec, ...], 
             problems.append(f"{kind} '{spec.name}' has rank {len(dims)}, the contract needs {len(spec.axes)} {list(spec.axes)}")
             continue
         for i, (axis, dim) in enumerate(zip(spec.axes, dims)):
-            if axis in DYNAMIC_AXES and isinstance(dim, int):
-                fixed.setdefault(f"{axis} (fixed to {dim})", []).append(f"{spec.name}[{i}]")
-            elif kind == "input" and axis in ("K", "D") and not (isinstance(dim, int) and dim > 0):
-                problems.append(f"input '{spec.name}' axis {i} ({axis}) must be a fixed size, got {dim!r}; export with a fixed context size/width")
-            elif isinstance(axis, int) and isinstance(dim, int) and dim != axis:
+            where = f"{spec.name}[{i}]"
+            if axis in DYNAMIC_AXES:
+                if isinstance(dim, int):
+                    fixed.setdefault(f"{axis} (fixed to {dim})", []).append(where)
+            elif axis in FIXED_AXES:
+                if not (isinstance(dim, int) and dim > 0):
+                    problems.append(f"{kind} '{spec.name}' axis {i} ({axis}) must be a fixed size, got {dim!r}; "
+                                    "export the model again with `hbaf-export onnx`")
+                elif axis in fixed_sizes and fixed_sizes[axis][0] != dim:
+                    size, first = fixed_sizes[axis]
+                    problems.append(f"axis {axis} is {size} in {first} but {dim} in {where}; the graph is inconsistent: export it again")
+                else:
+                    fixed_sizes.setdefault(axis, (dim, where))
+            elif isinstance(dim, int) and dim != axis:
                 problems.append(f"{kind} '{spec.name}' axis {i} is {dim}, the contract needs {axis}")
     for axis, where in fixed.items():
         problems.append(f"{kind} axis {axis} in {', '.join(where)} must be dynamic; export it as a dynamic axis")
@@ -277,7 +225,7 @@ def _check_qdq(node: onnx.NodeProto, types: dict[str, int], constants: dict[str,
 
 def check_onnx_for_tensorrt(path_or_model: ModelLike) -> list[str]:
     """Return every reason TensorRT 10 would reject this model or break the I/O contract ([] = OK)."""
-    model = load_onnx(path_or_model)
+    model = path_or_model if isinstance(path_or_model, onnx.ModelProto) else read_onnx(path_or_model, check_io=False)
     problems: list[str] = []
 
     try:
@@ -286,8 +234,7 @@ def check_onnx_for_tensorrt(path_or_model: ModelLike) -> list[str]:
         else:
             onnx.checker.check_model(str(path_or_model))  # path form also handles >2 GB models
     except Exception as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        problems.append(f"onnx.checker: {first}")
+        problems.append(f"onnx.checker: {first_line(err, 1000)}")
 
     opset = default_opset(model)
     if opset is None:
@@ -320,17 +267,8 @@ def check_onnx_for_tensorrt(path_or_model: ModelLike) -> list[str]:
     for op, count in sorted(unsupported.items()):
         problems.append(f"operator {op} ({count} node{'s' if count > 1 else ''}) is not supported by the TensorRT 10 ONNX parser; rewrite it with supported ops")
 
-    problems.extend(_check_io(list(model.graph.input), CONTRACT_INPUTS, "input"))
-    problems.extend(_check_io(list(model.graph.output), CONTRACT_OUTPUTS, "output"))
+    fixed_sizes: dict[str, tuple[int, str]] = {}
+    problems.extend(_check_io(list(model.graph.input), INPUTS, "input", fixed_sizes))
+    problems.extend(_check_io(list(model.graph.output), OUTPUTS, "output", fixed_sizes))
     return problems
 
-
-def context_dims(model: onnx.ModelProto) -> tuple[int, int]:
-    """(K, D): the fixed context size and memory width, read from the ``memory`` input."""
-    for vi in model.graph.input:
-        if vi.name == "memory":
-            dims = _dims(vi)
-            if dims and len(dims) == 3 and all(isinstance(d, int) and d > 0 for d in dims[1:]):
-                return int(dims[1]), int(dims[2])
-            raise HBAFError(f"ONNX input 'memory' has shape {dims}; K and D must be fixed sizes: export the model again")
-    raise HBAFError("ONNX model has no 'memory' input; it does not follow the HBAF export contract: export it with export/onnx")

@@ -12,15 +12,14 @@ import json
 import shutil
 from pathlib import Path
 
-
 from hbaf import __version__
+from hbaf.contract import TOKENIZER_FILE
 from hbaf.errors import HBAFError
 from hbaf.io import atomic_path, write_json_atomic
 from hbaf.model import HBAF, HBAFConfig
 
 WEIGHTS = "model.safetensors"
 CONFIG = "config.json"
-TOKENIZER = "tokenizer.json"
 
 
 def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
@@ -40,8 +39,8 @@ def save_checkpoint(model: HBAF, out_dir: str | Path, tokenizer_file: str | Path
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     with atomic_path(out / WEIGHTS) as tmp:
         save_file(state, str(tmp), metadata={"format": "pt", "hbaf_version": __version__})
-    if Path(tokenizer_file).resolve() != (out / TOKENIZER).resolve():
-        with atomic_path(out / TOKENIZER) as tmp:
+    if Path(tokenizer_file).resolve() != (out / TOKENIZER_FILE).resolve():
+        with atomic_path(out / TOKENIZER_FILE) as tmp:
             shutil.copyfile(tokenizer_file, tmp)
     meta = {
         "hbaf_version": __version__,
@@ -108,4 +107,4 @@ def load_checkpoint(path: str | Path, map_location: str = "cpu") -> tuple[HBAF, 
 
 
 def tokenizer_path(path: str | Path) -> Path:
-    return checkpoint_dir(path) / TOKENIZER
+    return checkpoint_dir(path) / TOKENIZER_FILE

@@ -7,46 +7,55 @@ import logging
 import sys
 from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from hbaf.errors import HBAFError, cli_entry
+from hbaf.errors import ArgumentParser, HBAFError, cli_entry
+
+if TYPE_CHECKING:
+    from hbaf.train import TrainConfig
 
 log = logging.getLogger("hbaf")
 
-ABLATIONS = {
-    "text-only": {"modalities": "text"},
-    "audio-only": {"modalities": "audio"},
-    "fused-no-gate": {"use_gate": False},
-    "fused-no-contrastive": {"w_abs": 0.0, "w_rel": 0.0},
-    "full": {},
+NO_CONTRASTIVE = {"w_abs": 0.0, "w_rel": 0.0}  # LossConfig overrides: no inter-modal contrastive terms
+ABLATIONS: dict[str, tuple[dict, dict]] = {  # name -> (HBAFConfig overrides, LossConfig overrides)
+    "text-only": ({"modalities": "text"}, {}),
+    "audio-only": ({"modalities": "audio"}, {}),
+    "fused-no-gate": ({"use_gate": False}, {}),
+    "fused-no-contrastive": ({}, NO_CONTRASTIVE),
+    "full": ({}, {}),
 }
 
 
-def _add_data_args(p: argparse.ArgumentParser) -> None:
+def _add_data_args(p: argparse.ArgumentParser, seed: int) -> None:
     g = p.add_mutually_exclusive_group(required=True)
     g.add_argument("--manifest", help="JSONL manifest (audio, text, label, speaker, dialogue, index, split)")
     g.add_argument("--corpus", help="a corpus built by `hbaf make-corpus` (name under $HBAF_HOME/corpora, or its folder)")
     g.add_argument("--meld-raw", help="root of the official MELD.Raw release")
     g.add_argument("--iemocap", help="root of IEMOCAP_full_release")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=seed,
+                   help="seed of the split of a manifest that has none, and of training (default %(default)s)")
     p.add_argument("--workers", type=int, default=None, help="feature-extraction processes (default: all cores)")
 
 
-def _add_train_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--preset", default="teacher", help="teacher | student | tiny")
-    p.add_argument("--epochs", type=int, default=8)
-    p.add_argument("--max-steps", type=int, default=None, help="stop after this many optimizer steps")
-    p.add_argument("--max-utts", type=int, default=64, help="utterances per batch (whole dialogues)")
-    p.add_argument("--lr", type=float, default=5e-4)
-    p.add_argument("--text-lr", type=float, default=5e-5)
-    p.add_argument("--patience", type=int, default=3)
-    p.add_argument("--threads", type=int, default=None)
+def _add_train_args(p: argparse.ArgumentParser, d: TrainConfig) -> None:
+    """Flags of the training commands; ``d`` is the default ``TrainConfig``."""
+    from hbaf.model import PRESETS
+
+    p.add_argument("--preset", default="teacher", choices=tuple(PRESETS), help="model size (default %(default)s)")
+    p.add_argument("--epochs", type=int, default=d.epochs)
+    p.add_argument("--max-steps", type=int, default=d.max_steps, help="stop after this many optimizer steps")
+    p.add_argument("--max-utts", type=int, default=d.max_utts, help="utterances per batch (whole dialogues)")
+    p.add_argument("--lr", type=float, default=d.lr)
+    p.add_argument("--text-lr", type=float, default=d.text_lr)
+    p.add_argument("--patience", type=int, default=d.patience)
+    p.add_argument("--threads", type=int, default=d.threads)
     p.add_argument("--text-encoder", default=None, help="local folder or hub name of the BERT-style text encoder")
     p.add_argument("--train-fraction", type=float, default=1.0,
                    help="train on this seeded fraction of the training dialogues (dev/test untouched)")
-    p.add_argument("--asr-text", type=float, default=0.0, metavar="P",
+    p.add_argument("--asr-text", type=float, default=d.asr_text, metavar="P",
                    help="replace this share of training transcripts by their ASR form, so the model does not lean on "
-                        "what the runtime's recogniser never writes (default 0): the --asr-transcripts entry, else "
-                        "the reference rewritten by rule (no '!')")
+                        "what the runtime's recogniser never writes (default %(default)s): the --asr-transcripts entry, "
+                        "else the reference rewritten by rule (no '!')")
     p.add_argument("--asr-transcripts", default=None, metavar="JSONL",
                    help="recogniser transcripts of the training clips (scripts/transcribe_corpus.py)")
 
@@ -58,8 +67,10 @@ def load_records(args: argparse.Namespace, labels: list[str] | None = None):
 
         return load_manifest(args.manifest, seed=args.seed, labels=labels), Path(args.manifest)
     if args.corpus:
-        manifest = corpus_manifest(args.corpus)
         from hbaf.data.manifest import load_manifest
+        from hbaf.data.store import corpus_manifest
+
+        manifest = corpus_manifest(args.corpus)
 
         return load_manifest(manifest, seed=args.seed, labels=labels), manifest
     if args.meld_raw:
@@ -81,19 +92,8 @@ def _filter_labels(records, labels):
     return records
 
 
-def corpus_manifest(name: str) -> Path:
-    from hbaf.data.meld_tts import default_corpus_dir
-
-    p = Path(name)
-    folder = p if p.is_dir() else default_corpus_dir(name)
-    manifest = folder / "manifest.jsonl"
-    if not manifest.exists():
-        raise HBAFError(f"corpus '{name}' is not built ({manifest} missing); run `hbaf make-corpus --out {folder}` first")
-    return manifest
-
-
 def _feature_store(records, manifest: Path, workers):
-    from hbaf.train import FeatureStore, feature_cache_path
+    from hbaf.data.store import FeatureStore, feature_cache_path
 
     return FeatureStore(records, feature_cache_path(manifest), workers=workers)
 
@@ -109,15 +109,18 @@ def _new_model(cfg, labels):
     return model, enc_path
 
 
-def _train_one(args, cfg, records, store, out_dir: Path, teacher_out=None, tc_overrides: dict | None = None) -> dict:
+def _train_one(args, cfg, records, store, out_dir: Path, teacher_out=None, tc_overrides: dict | None = None,
+               loss_overrides: dict | None = None) -> dict:
     from hbaf.data.manifest import label_set
+    from hbaf.data.store import SubStore, subset_train
+    from hbaf.losses import LossConfig
     from hbaf.text import Tokenizer
-    from hbaf.train import TrainConfig, _SubStore, load_transcripts, subset_train
+    from hbaf.train import TrainConfig, load_transcripts, train
 
     labels = label_set(records)
     if args.train_fraction < 1.0:
         keep = subset_train(records, args.train_fraction, args.seed)
-        records, store = [records[i] for i in keep], _SubStore(store, keep)
+        records, store = [records[i] for i in keep], SubStore(store, keep)
         if teacher_out is not None:
             teacher_out = {k: v[keep] for k, v in teacher_out.items()}
     model, enc_path = _new_model(cfg, labels)
@@ -125,9 +128,7 @@ def _train_one(args, cfg, records, store, out_dir: Path, teacher_out=None, tc_ov
     tc = TrainConfig(epochs=args.epochs, max_utts=args.max_utts, lr=args.lr, text_lr=args.text_lr, patience=args.patience,
                      seed=args.seed, max_steps=args.max_steps, threads=args.threads, asr_text=args.asr_text,
                      asr_transcripts=load_transcripts(args.asr_transcripts) if args.asr_transcripts else None,
-                     **(tc_overrides or {}))
-    from hbaf.train import train
-
+                     loss=LossConfig(**(loss_overrides or {})), **(tc_overrides or {}))
     summary = train(model, records, store, tok, out_dir, tc, teacher_out=teacher_out)
     summary["train_fraction"] = args.train_fraction
     return _report_test(out_dir, records, store, summary)
@@ -138,14 +139,15 @@ def _report_test(out_dir: Path, records, store, summary: dict) -> dict:
     from hbaf.io import write_json_atomic
     from hbaf.model import count_parameters
     from hbaf.text import Tokenizer
-    from hbaf.train import _SubStore, evaluate, write_eval_outputs
+    from hbaf.data.store import SubStore
+    from hbaf.train import evaluate, write_eval_outputs
 
     model, meta = load_checkpoint(out_dir)
     tok = Tokenizer(tokenizer_path(out_dir), model.cfg.max_tokens)
     idx = [i for i, r in enumerate(records) if r.split == "test"]
     metrics = {"checkpoint": str(out_dir), "preset_config": meta["config"], "parameters": count_parameters(model), **summary}
     if idx:
-        report, _ = evaluate(model, [records[i] for i in idx], _SubStore(store, idx), tok, desc="test")
+        report, _ = evaluate(model, [records[i] for i in idx], SubStore(store, idx), tok, desc="test")
         metrics["test"] = report
         write_eval_outputs(out_dir, "test_metrics", report, f"test, weighted F1 {100 * report['weighted_f1']:.1f}")
     write_json_atomic(out_dir / "metrics.json", metrics)
@@ -176,12 +178,10 @@ def cmd_train(args) -> int:
         overrides["modalities"] = args.modalities
     if args.no_gate:
         overrides["use_gate"] = False
-    if args.no_contrastive:
-        overrides.update(w_abs=0.0, w_rel=0.0)
     cfg = _cfg_from_args(args, **overrides)
     records, manifest = load_records(args)
     store = _feature_store(records, manifest, args.workers)
-    metrics = _train_one(args, cfg, records, store, Path(args.out))
+    metrics = _train_one(args, cfg, records, store, Path(args.out), loss_overrides=NO_CONTRASTIVE if args.no_contrastive else None)
     _print_summary(args.out, metrics)
     return 0
 
@@ -199,7 +199,8 @@ def _print_summary(out, metrics: dict) -> None:
 def cmd_evaluate(args) -> int:
     from hbaf.checkpoint import load_checkpoint, tokenizer_path
     from hbaf.text import Tokenizer
-    from hbaf.train import _SubStore, evaluate, write_eval_outputs
+    from hbaf.data.store import SubStore
+    from hbaf.train import evaluate, write_eval_outputs
 
     model, _ = load_checkpoint(args.checkpoint)
     records, manifest = load_records(args, labels=model.labels)
@@ -213,8 +214,6 @@ def cmd_evaluate(args) -> int:
             + ("_asr_transcripts" if args.asr_transcripts else ""))
     chosen = [records[i] for i in idx]
     if args.asr_text or args.asr_transcripts:
-        from dataclasses import replace
-
         from hbaf.text import asr_style
         from hbaf.train import load_transcripts
 
@@ -224,7 +223,7 @@ def cmd_evaluate(args) -> int:
             raise HBAFError(f"{args.asr_transcripts} has no transcript for {len(missing)} {args.split} clip(s) (e.g. {missing[0]}); "
                             f"run scripts/transcribe_corpus.py --split {args.split}")
         chosen = [replace(r, text=heard[r.audio] if heard else asr_style(r.text)) for r in chosen]
-    report, _ = evaluate(model, chosen, _SubStore(store, idx), tok, blank_text=args.blank_text)
+    report, _ = evaluate(model, chosen, SubStore(store, idx), tok, blank_text=args.blank_text)
     write_eval_outputs(out, name, report, f"{args.split}, weighted F1 {100 * report['weighted_f1']:.1f}")
     print(f"{args.split}: weighted F1 {100 * report['weighted_f1']:.1f}  accuracy {100 * report['accuracy']:.1f}  "
           f"UA {100 * report['unweighted_accuracy']:.1f}  macro F1 {100 * report['macro_f1']:.1f}  "
@@ -250,7 +249,9 @@ def cmd_ablate(args) -> int:
             metrics = json.loads((vdir / "metrics.json").read_text())
         else:
             log.info("training ablation %s", name)
-            metrics = _train_one(args, _cfg_from_args(args, **ABLATIONS[name]), records, store, vdir)
+            model_overrides, loss_overrides = ABLATIONS[name]
+            metrics = _train_one(args, _cfg_from_args(args, **model_overrides), records, store, vdir,
+                                 loss_overrides=loss_overrides)
         rows[name] = metrics
     table = ["| variant | test weighted F1 | accuracy | macro F1 | dev weighted F1 | epochs |", "|---|---|---|---|---|---|"]
     for name, m in rows.items():
@@ -286,21 +287,26 @@ def cmd_distill(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="hbaf", description="HBAF speech emotion recognition: data, training, evaluation")
+    from hbaf.data.meld_tts import DEFAULT_STRENGTH
+    from hbaf.train import TrainConfig
+
+    d = TrainConfig()
+    ap = ArgumentParser(prog="hbaf", description="HBAF speech emotion recognition: data, training, evaluation")
     ap.add_argument("-v", "--verbose", action="store_true")
     sub = ap.add_subparsers(dest="cmd", required=True)
 
     p = sub.add_parser("make-corpus", help="render the MELD-TTS corpus (synthetic speech) with espeak-ng")
     p.add_argument("--out", default=None)
     p.add_argument("--limit", type=int, default=None, help="max utterances per split (whole dialogues)")
-    p.add_argument("--strength", type=float, default=0.5, help="how strongly prosody follows the label (0..1)")
+    p.add_argument("--strength", type=float, default=DEFAULT_STRENGTH,
+                   help="how strongly prosody follows the label (0..1, default %(default)s)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--workers", type=int, default=None)
     p.set_defaults(fn=cmd_make_corpus)
 
     p = sub.add_parser("train", help="train a teacher or student; early stopping on dev weighted F1")
-    _add_data_args(p)
-    _add_train_args(p)
+    _add_data_args(p, d.seed)
+    _add_train_args(p, d)
     p.add_argument("--out", required=True)
     p.add_argument("--modalities", choices=["both", "audio", "text"], default=None)
     p.add_argument("--no-gate", action="store_true")
@@ -308,7 +314,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(fn=cmd_train)
 
     p = sub.add_parser("evaluate", help="metrics JSON + confusion matrix PNG of a checkpoint on a split")
-    _add_data_args(p)
+    _add_data_args(p, d.seed)
     p.add_argument("--checkpoint", required=True)
     p.add_argument("--split", default="test")
     p.add_argument("--out", default=None)
@@ -319,22 +325,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(fn=cmd_evaluate)
 
     p = sub.add_parser("ablate", help="train and compare text-only, audio-only, no-gate, no-contrastive and full")
-    _add_data_args(p)
-    _add_train_args(p)
+    _add_data_args(p, d.seed)
+    _add_train_args(p, d)
     p.add_argument("--out", required=True)
     p.add_argument("--variants", default=",".join(ABLATIONS))
     p.add_argument("--retrain", action="store_true")
     p.set_defaults(fn=cmd_ablate)
 
     p = sub.add_parser("distill", help="train the student from a teacher's soft targets")
-    _add_data_args(p)
-    _add_train_args(p)
+    _add_data_args(p, d.seed)
+    _add_train_args(p, d)
     p.set_defaults(preset="student")
     p.add_argument("--teacher", required=True)
     p.add_argument("--out", required=True)
-    p.add_argument("--temperature", type=float, default=2.0)
-    p.add_argument("--alpha", type=float, default=0.7)
-    p.add_argument("--hint-weight", type=float, default=0.0)
+    p.add_argument("--temperature", type=float, default=d.distill_temperature, help="soft-target temperature")
+    p.add_argument("--alpha", type=float, default=d.distill_alpha, help="weight of the soft-target term (1 - alpha on the labels)")
+    p.add_argument("--hint-weight", type=float, default=d.hint_weight,
+                   help="weight of the hidden-state hint (student utterance embedding -> teacher's)")
     p.set_defaults(fn=cmd_distill)
     return ap
 

@@ -7,6 +7,7 @@ line entry points catch it and print one line, no traceback, exit code 2.
 
 from __future__ import annotations
 
+import argparse
 import functools
 import logging
 import sys
@@ -15,6 +16,15 @@ from typing import Callable
 
 class HBAFError(Exception):
     """A user-facing error: ``str(err)`` is one line saying what is wrong and what to do."""
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse for every command line of the project: a bad flag is a user error, reported as
+    one line (``HBAFError``, exit code 2 through ``cli_entry``) instead of the usage block.
+    Subparsers inherit it (``add_subparsers`` passes this class on)."""
+
+    def error(self, message: str) -> None:
+        raise HBAFError(f"{message}; see `{self.prog} --help`")
 
 
 def cli_entry(fn: Callable[[list[str] | None], int]) -> Callable[[list[str] | None], int]:

@@ -1,5 +1,7 @@
 """The single waveform -> log-mel implementation (training, calibration and runtime all call this).
 
+The sample rate, the bin count, the hop and the frame cap are contract facts (hbaf/contract.py).
+
 80 mel bins, 16 kHz, 25 ms Hann window (400 samples), 10 ms hop (160 samples),
 512-point FFT, Slaney-style mel filters, log10 with a floor, then a fixed affine
 scaling. There is deliberately no per-utterance normalisation: loudness is an
@@ -14,15 +16,12 @@ from pathlib import Path
 
 import numpy as np
 
+from hbaf.contract import FEATURE_DIM as N_MELS
+from hbaf.contract import HOP_LENGTH, MAX_FRAMES, SAMPLE_RATE
 from hbaf.errors import HBAFError
 
-SAMPLE_RATE = 16000
-N_MELS = 80
 WIN_LENGTH = 400
-HOP_LENGTH = 160
 N_FFT = 512
-MAX_SECONDS = 10.0
-MAX_FRAMES = int(MAX_SECONDS * SAMPLE_RATE) // HOP_LENGTH  # 1000: the export contract's T <= 10 s
 LOG_FLOOR = 1e-10
 
 
@@ -114,42 +113,102 @@ def resample(wave: np.ndarray, orig_rate: int, target_rate: int = SAMPLE_RATE) -
     return resample_poly(wave, target_rate // g, orig_rate // g).astype(np.float32)
 
 
-def load_audio(path: str | Path, target_rate: int = SAMPLE_RATE) -> np.ndarray:
-    """Any audio file -> float32 mono at ``target_rate``.
-
-    WAV/FLAC/OGG go through soundfile; anything else (mp3, mp4, ...) through ffmpeg.
-    Raises HBAFError naming the file when it is missing, empty or not audio.
-    """
+def check_audio_path(path: str | Path) -> Path:
+    """``path`` as a Path; HBAFError naming the file when it is missing or empty."""
     path = Path(path)
     if not path.exists():
         raise HBAFError(f"audio file not found: {path}; check the path")
     if path.stat().st_size == 0:
         raise HBAFError(f"audio file is empty (0 bytes): {path}; re-record or remove it")
+    return path
+
+
+def unreadable_audio(path: Path, why: str) -> HBAFError:
+    """The one-line error for a file that is not decodable audio."""
+    why = " ".join(str(why).split()).rstrip(".") or "no audio stream"
+    return HBAFError(f"not a readable audio file: {path} ({why}); convert it to 16 kHz WAV with ffmpeg")
+
+
+def open_soundfile(path: Path) -> tuple[object, str | None]:
+    """Open ``path`` with soundfile (libsndfile) for reading.
+
+    Returns ``(SoundFile, None)`` when it opens; ``(None, None)`` when libsndfile does not
+    recognise the format at all (mp4, m4a, webm, ...: ffmpeg's job); ``(None, reason)`` when
+    libsndfile recognises the container but cannot read it, e.g. a WAV cut inside its header or
+    one whose codec libsndfile lacks (mp2, some ADPCMs). Such a file is offered to ffmpeg as well,
+    but when ffmpeg cannot decode it either (or is not installed) the error gives ``reason``.
+    """
+    import os
+
     try:
         import soundfile as sf
+    except (ImportError, OSError):  # no libsndfile: everything goes through ffmpeg
+        return None, None
+    try:
+        # bytes: soundfile would encode a str with the file system encoding, which fails on
+        # names that are not valid UTF-8
+        return sf.SoundFile(os.fsencode(path)), None
+    except Exception as err:  # LibsndfileError (a RuntimeError) or a TypeError/ValueError from odd headers
+        if getattr(err, "code", None) == 1:  # SF_ERR_UNRECOGNISED_FORMAT
+            return None, None
+        reason = getattr(err, "error_string", None) or str(err)
+        return None, f"soundfile: {reason}"
 
-        data, rate = sf.read(str(path), dtype="float32", always_2d=True)
-        wave = to_mono(data)
-    except Exception:
-        wave, rate = _ffmpeg_decode(path, target_rate), target_rate
+
+def ffmpeg_command(path: Path, rate: int) -> list[str]:
+    """ffmpeg decoding ``path`` to float32 little-endian mono at ``rate`` on stdout."""
+    return ["ffmpeg", "-nostdin", "-v", "error", "-i", str(path), "-ac", "1", "-ar", str(rate), "-f", "f32le", "-"]
+
+
+def ffmpeg_missing(path: Path, soundfile_reason: str | None) -> HBAFError:
+    """The error when a file needs ffmpeg and it is not installed."""
+    if soundfile_reason:  # soundfile recognised the file: its reason is the one that matters
+        return unreadable_audio(path, soundfile_reason)
+    return HBAFError(f"cannot decode {path}: ffmpeg is not installed; apt-get install ffmpeg, or convert it to WAV")
+
+
+def load_audio(path: str | Path, target_rate: int = SAMPLE_RATE) -> np.ndarray:
+    """Any audio file -> float32 mono at ``target_rate`` (the whole file in memory; the
+    runtime's ``FileSource`` streams instead).
+
+    WAV/FLAC/OGG/MP3 go through soundfile; formats it does not know (mp4, m4a, ...) through
+    ffmpeg. Raises HBAFError naming the file when it is missing, empty or not audio; for a
+    file soundfile recognises but cannot read, the error gives soundfile's reason (ffmpeg is
+    tried too, as some WAV codecs are ffmpeg's alone).
+    """
+    path = check_audio_path(path)
+    handle, reason = open_soundfile(path)
+    if handle is not None:
+        try:
+            with handle:
+                rate = handle.samplerate
+                wave = to_mono(handle.read(dtype="float32"))
+        except Exception as err:  # a read error past the header
+            reason = f"soundfile: {getattr(err, 'error_string', None) or err}"
+    if handle is None or reason:
+        wave, rate = _ffmpeg_decode(path, target_rate, reason), target_rate
     if not np.all(np.isfinite(wave)):
         wave = np.nan_to_num(wave, nan=0.0, posinf=1.0, neginf=-1.0)
     return resample(wave, int(rate), target_rate)
 
 
-def _ffmpeg_decode(path: Path, rate: int) -> np.ndarray:
-    cmd = ["ffmpeg", "-nostdin", "-v", "error", "-i", str(path), "-ac", "1", "-ar", str(rate), "-f", "f32le", "-"]
+def _ffmpeg_decode(path: Path, rate: int, soundfile_reason: str | None = None) -> np.ndarray:
     try:
-        proc = subprocess.run(cmd, capture_output=True, check=False)
+        proc = subprocess.run(ffmpeg_command(path, rate), capture_output=True, check=False)
     except FileNotFoundError as err:
-        raise HBAFError(f"cannot decode {path}: ffmpeg is not installed; apt-get install ffmpeg, or convert it to WAV") from err
+        raise ffmpeg_missing(path, soundfile_reason) from err
     if proc.returncode != 0 or not proc.stdout:
         detail = proc.stderr.decode("utf-8", "replace").strip().splitlines()
-        why = detail[-1] if detail else "no audio stream"
-        raise HBAFError(f"not a readable audio file: {path} ({why}); convert it to 16 kHz WAV with ffmpeg")
+        raise unreadable_audio(path, soundfile_reason or (detail[-1] if detail else "no audio stream"))
     return np.frombuffer(proc.stdout, dtype=np.float32).copy()
 
 
+def utterance_features(wave: np.ndarray) -> np.ndarray:
+    """One utterance's model input: 16 kHz mono waveform -> log-mel [T, 80], cut to the export
+    contract's ``MAX_FRAMES``. Training, calibration, the benchmark and the runtime all call this."""
+    return log_mel(wave)[:MAX_FRAMES]
+
+
 def features_for(path: str | Path) -> np.ndarray:
-    """Audio file -> log-mel [T, 80], truncated to the export contract's 10 s."""
-    return log_mel(load_audio(path))[:MAX_FRAMES]
+    """Audio file -> ``utterance_features``."""
+    return utterance_features(load_audio(path))

@@ -1,13 +1,18 @@
-"""Atomic file writes: a killed process never leaves a half file that a later run trusts."""
+"""Atomic file writes (a killed process never leaves a half file that a later run trusts), the
+project's home folder, and silencing chatty libraries."""
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
+import logging
 import os
 import tempfile
+import warnings
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Sequence
 
 
 @contextmanager
@@ -51,3 +56,25 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> None:
 
 def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
     write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
+
+
+@contextmanager
+def quiet_output(loggers: Sequence[str], what: str, tail: int | None = None) -> Iterator[None]:
+    """Silence chatty libraries: the named loggers ("" is the root logger) drop to ERROR, warnings
+    are ignored and stdout is captured; what was printed goes to the debug log as ``what`` output
+    (its last ``tail`` characters)."""
+    buf = io.StringIO()
+    noisy = [logging.getLogger(n) for n in loggers]
+    levels = [lg.level for lg in noisy]
+    for lg in noisy:
+        lg.setLevel(logging.ERROR)
+    with warnings.catch_warnings(), contextlib.redirect_stdout(buf):
+        warnings.simplefilter("ignore")
+        try:
+            yield
+        finally:
+            for lg, level in zip(noisy, levels):
+                lg.setLevel(level)
+            text = buf.getvalue().strip()
+            if text:
+                logging.getLogger("hbaf").debug("%s output:\n%s", what, text[-tail:] if tail else text)

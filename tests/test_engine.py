@@ -13,25 +13,31 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from export.engine import (
+from export.cli import main as export_main
+from export.engine import EngineBuilder
+from export.trt_compat import check_onnx_for_tensorrt
+from hbaf.contract import (
     Dims,
-    EngineBuilder,
+    ModelSpec,
     Profiles,
     Sidecar,
     check_engine_compat,
     engine_name,
-    main as engine_main,
+    has_qdq,
+    memory_input_dims,
+    onnx_metadata,
     parse_dims,
     parse_engine_name,
+    read_onnx,
     sanitize_gpu_name,
     sidecar_path,
 )
-from export.trt_compat import check_onnx_for_tensorrt, context_dims, has_qdq, load_onnx, read_metadata
 from hbaf.errors import HBAFError
 
 REPO = Path(__file__).resolve().parents[1]
 K, D, C = 8, 16, 4
 LABELS = ["neutral", "joy", "sadness", "anger"]
+SPEC = ModelSpec(labels=tuple(LABELS), context_size=K, memory_dim=D)
 
 HAS_TRT = importlib.util.find_spec("tensorrt") is not None
 
@@ -131,7 +137,7 @@ def make_contract_onnx(
     graph = helper.make_graph(nodes, "hbaf_tiny", inputs, outputs, inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], producer_name="test")
     model.ir_version = 8
-    helper.set_model_props(model, {"hbaf": json.dumps({"labels": LABELS, "config": {"d": D}, "version": "0.1.0"})})
+    helper.set_model_props(model, {"hbaf": json.dumps({**SPEC.to_metadata(), "config": {"d": D}, "version": "0.1.0"})})
     return model
 
 
@@ -153,8 +159,9 @@ def contract_feeds(b: int = 2, t: int = 50, ln: int = 12) -> dict[str, np.ndarra
 
 
 def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    """``hbaf-export engine ARGS`` in a fresh process."""
     env = {"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin", "HOME": str(cwd)}
-    return subprocess.run([sys.executable, "-m", "export.engine", *args], cwd=cwd, env=env,
+    return subprocess.run([sys.executable, "-m", "export.cli", "engine", *args], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=120)
 
 
@@ -206,7 +213,7 @@ def test_profiles_validation(lo, mid, hi, match):
 
 
 def test_profile_input_shapes_cover_all_six_inputs():
-    shapes = Profiles().input_shapes(context_size=K, memory_dim=D)
+    shapes = Profiles().input_shapes(SPEC)
     assert shapes["audio_feats"] == ((1, 16, 80), (1, 300, 80), (8, 1000, 80))
     assert shapes["audio_mask"] == ((1, 16), (1, 300), (8, 1000))
     assert shapes["input_ids"] == shapes["attention_mask"] == ((1, 4), (1, 32), (8, 128))
@@ -240,8 +247,8 @@ def test_engine_name_rejects_bad_parts():
 def make_sidecar(**over) -> Sidecar:
     base = dict(
         onnx_sha256="ab" * 32, tensorrt_version="10.3.0.30", gpu_name="Orin", compute_capability="8.7",
-        precision="int8", profiles=Profiles.parse("1,16,4", "1,300,32", "4,1000,128"), labels=LABELS,
-        package_version="0.1.0", built_at="2025-01-01T00:00:00+00:00", context_size=K, memory_dim=D,
+        precision="int8", profiles=Profiles.parse("1,16,4", "1,300,32", "4,1000,128"), model=SPEC,
+        package_version="0.1.0", built_at="2025-01-01T00:00:00+00:00",
         onnx_path="/opt/models/student.int8.onnx", workspace_mb=2048, strongly_typed=True,
     )
     base.update(over)
@@ -253,7 +260,7 @@ def test_sidecar_json_round_trip():
     text = side.to_json()
     data = json.loads(text)
     assert data["profiles"] == {"min": [1, 16, 4], "opt": [1, 300, 32], "max": [4, 1000, 128]}
-    assert data["labels"] == LABELS and data["context_size"] == K and data["memory_dim"] == D
+    assert data["model"]["labels"] == LABELS and data["model"]["context_size"] == K and data["model"]["memory_dim"] == D
     back = Sidecar.from_json(text)
     assert back == side
     assert Sidecar.from_json(json.dumps({**data, "future_field": 1})) == side  # unknown keys are ignored
@@ -281,7 +288,7 @@ def test_sidecar_rejects_bad_profile():
 
 def test_build_command_is_exact():
     cmd = make_sidecar().build_command("engines")
-    assert cmd == ("python -m export.engine --onnx /opt/models/student.int8.onnx --precision int8 --out engines "
+    assert cmd == ("hbaf-export engine --onnx /opt/models/student.int8.onnx --precision int8 --out engines "
                    "--min 1,16,4 --opt 1,300,32 --max 4,1000,128 --workspace-mb 2048")
 
 
@@ -308,7 +315,7 @@ def test_compat_mismatch_says_how_to_rebuild(machine, expect):
     assert expect in msg
     assert "\n" not in msg
     assert msg.startswith("student.10.3.0.30.orin.int8.engine was built for")
-    assert "`python -m export.engine --onnx /opt/models/student.int8.onnx --precision int8 --out engines --min 1,16,4" in msg
+    assert "`hbaf-export engine --onnx /opt/models/student.int8.onnx --precision int8 --out engines --min 1,16,4" in msg
 
 
 def test_compat_lists_every_mismatch():
@@ -347,7 +354,7 @@ def test_engine_file_errors_before_tensorrt(tmp_path):
         read_engine(engine)
     msg = str(info.value)
     assert "has no sidecar student.10.3.0.30.orin.fp16.engine.json" in msg
-    assert "python -m export.engine --onnx student.onnx --precision fp16" in msg
+    assert "hbaf-export engine --onnx student.onnx --precision fp16" in msg
 
 
 def test_truncated_and_foreign_engines_are_refused(tmp_path):
@@ -387,9 +394,9 @@ def test_backend_without_tensorrt_is_one_line(tmp_path):
 def test_good_contract_graph_passes_and_runs(tmp_path):
     path = save(make_contract_onnx(), tmp_path / "student.onnx")
     assert check_onnx_for_tensorrt(path) == []
-    model = load_onnx(path)
-    assert context_dims(model) == (K, D)
-    assert read_metadata(model)["labels"] == LABELS
+    model = read_onnx(path)
+    assert memory_input_dims(model) == (K, D)
+    assert onnx_metadata(model)["labels"] == LABELS
     assert not has_qdq(model)
 
     import onnxruntime as ort
@@ -448,6 +455,19 @@ def test_missing_contract_input_is_flagged():
     assert any(p.startswith("onnx.checker:") for p in problems), problems
 
 
+def test_fixed_axes_must_agree_and_be_fixed():
+    model = make_contract_onnx()
+    mask = next(i for i in model.graph.input if i.name == "memory_mask")
+    mask.type.tensor_type.shape.dim[1].dim_value = K + 1
+    problems = check_onnx_for_tensorrt(model)
+    assert problems == [f"axis K is {K} in memory[1] but {K + 1} in memory_mask[1]; the graph is inconsistent: export it again"], problems
+    model = make_contract_onnx()
+    feats = next(i for i in model.graph.input if i.name == "audio_feats")
+    feats.type.tensor_type.shape.dim[2].dim_param = "mels"
+    problems = check_onnx_for_tensorrt(model)
+    assert any(p.startswith("input 'audio_feats' axis 2 (F) must be a fixed size") for p in problems), problems
+
+
 @pytest.mark.parametrize("content", [b"", b"this is not a model at all\n", bytes(range(256)) * 8])
 def test_corrupt_onnx_is_one_line_error(tmp_path, content):
     bad = tmp_path / "bad.onnx"
@@ -463,7 +483,16 @@ def test_corrupt_onnx_is_one_line_error(tmp_path, content):
 def test_builder_inspect_reads_contract(tmp_path):
     path = save(make_contract_onnx(), tmp_path / "student.onnx")
     _, info = EngineBuilder(path, "fp16").inspect()
-    assert info == {"context_size": K, "memory_dim": D, "labels": LABELS, "quantized": False, "model_version": "0.1.0"}
+    assert info == {"spec": SPEC, "quantized": False, "model_version": "0.1.0"}
+
+
+def test_builder_needs_the_model_spec_in_the_metadata(tmp_path):
+    model = make_contract_onnx()
+    del model.metadata_props[:]
+    path = save(model, tmp_path / "bare.onnx")
+    assert check_onnx_for_tensorrt(path) == []  # a valid graph, but the sidecar could not say what model it is
+    with pytest.raises(HBAFError, match="carries no HBAF labels in its metadata"):
+        EngineBuilder(path, "fp16").inspect()
 
 
 def test_builder_precision_must_match_quantization(tmp_path):
@@ -501,7 +530,7 @@ def test_cli_tensorrt_missing_is_one_line(tmp_path):
         (["--onnx", "student.onnx", "--min", "1,16"], "BATCH,FRAMES,TOKENS"),
         (["--onnx", "student.onnx", "--max", "8,2000,128"], "exceeds 1000"),
         (["--onnx", "student.onnx", "--precision", "bf16"], "invalid choice"),
-        (["--onnx", "missing.onnx"], "does not exist"),
+        (["--onnx", "missing.onnx"], "ONNX file not found: missing.onnx"),
         (["--onnx", "student.onnx", "--precision", "int8"], "no Q/DQ nodes"),
         (["--precision", "fp16"], "--onnx"),
     ],
@@ -514,16 +543,30 @@ def test_cli_user_errors_are_one_line(tmp_path, args, match):
 
 @pytest.mark.skipif(_cuda_available() or importlib.util.find_spec("pycuda") is not None, reason="a GPU query tool is installed here")
 def test_gpu_info_without_cuda_is_one_line():
-    from export.engine import gpu_info
+    from edge_runtime.trt_backend import gpu_info
 
     with pytest.raises(HBAFError, match="no CUDA device 0 found") as info:
         gpu_info(0)
     assert "\n" not in str(info.value)
 
 
+@pytest.mark.skipif(importlib.util.find_spec("torch_tensorrt") is not None, reason="torch-tensorrt is installed here")
+def test_cli_torch_trt_without_torch_tensorrt_is_one_line(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "export.cli", "torch-trt", "--checkpoint", str(tmp_path / "ckpt"),
+                           "--out", "student.fp16.ep"], cwd=tmp_path, capture_output=True, text=True, timeout=120,
+                          env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin", "HOME": str(tmp_path)})
+    line = assert_one_line_error(proc)
+    assert line.startswith("error: torch-tensorrt is not installed") and "hbaf-export engine" in line
+    assert not (tmp_path / "student.fp16.ep").exists()
+    bad = assert_one_line_error(subprocess.run(
+        [sys.executable, "-m", "export.cli", "torch-trt", "--checkpoint", "ckpt", "--out", "x.ep", "--precision", "int8"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=120, env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"}))
+    assert "--precision int8 needs --manifest" in bad
+
+
 def test_main_returns_2_in_process(tmp_path, capsys):
-    assert engine_main(["--onnx", str(tmp_path / "none.onnx")]) == 2
-    assert "does not exist" in capsys.readouterr().err
+    assert export_main(["engine", "--onnx", str(tmp_path / "none.onnx")]) == 2
+    assert "ONNX file not found" in capsys.readouterr().err
 
 
 # --------------------------------------------------------------------------- torch-tensorrt path (CPU parts)
@@ -575,7 +618,7 @@ def test_torch_export_with_shared_dynamic_dims():
 
     model = TinyStudent.make()
     profiles = Profiles.parse("1,16,4", "1,300,32", "4,400,64")
-    program = export_student(model, profiles, context_size=K, memory_dim=D)
+    program = export_student(model, profiles, SPEC)
     runner = program.module()
     for b, t, ln in [(1, 16, 4), (3, 123, 17), (4, 400, 64)]:
         feeds = _torch_feeds(b, t, ln)
@@ -603,9 +646,10 @@ def test_torch_export_of_the_real_hbaf_model():
     from hbaf.model import HBAF, preset
 
     model = HBAF(preset("tiny", dropout=0.0), LABELS).eval()
-    k, d = model.cfg.context_size, model.memory_dim
+    spec = ModelSpec.from_model(model)
+    k, d = spec.context_size, spec.memory_dim
     profiles = Profiles.parse("1,16,4", "1,120,16", "3,400,40")
-    runner = export_student(model, profiles, context_size=k, memory_dim=d).module()
+    runner = export_student(model, profiles, spec).module()
     rng = np.random.default_rng(3)
     for b, t, ln in [(1, 16, 4), (3, 399, 40), (2, 123, 9)]:
         feeds = (
@@ -630,9 +674,9 @@ def test_torch_export_static_axis_when_min_equals_max():
     shapes = dynamic_shapes(profiles)
     assert all(0 not in s for s in shapes if s)  # batch fixed to 1
     assert 1 in shapes[0] and 1 in shapes[2]
-    feats, _, ids, *_ = example_inputs(profiles, K, D)
+    feats, _, ids, *_ = example_inputs(profiles, SPEC)
     assert feats.shape == (1, 300, 80) and ids.shape == (1, 32) and str(ids.dtype) == "torch.int32"
-    wide = example_inputs(Profiles(), K, D)
+    wide = example_inputs(Profiles(), SPEC)
     assert wide[0].shape[0] == 2  # opt batch 1 would specialise the batch axis: trace with 2
 
 
@@ -665,9 +709,9 @@ def test_compile_student_without_torch_tensorrt_is_clear():
     from export.torch_trt import compile_student, load_compiled
 
     with pytest.raises(HBAFError, match="torch-tensorrt is not installed"):
-        compile_student(TinyStudent.make(), context_size=K, memory_dim=D)
+        compile_student(TinyStudent.make(), SPEC)
     with pytest.raises(HBAFError, match="int8 needs calib_batches"):
-        compile_student(TinyStudent.make(), context_size=K, memory_dim=D, precision="int8")
+        compile_student(TinyStudent.make(), SPEC, precision="int8")
     with pytest.raises(HBAFError, match="missing or empty"):
         load_compiled("/nonexistent/student.ep")
 
@@ -715,7 +759,7 @@ def test_torch_tensorrt_compile_save_load(tmp_path):
     model = TinyStudent.make()
     profiles = Profiles.parse("1,16,4", "2,100,16", "4,400,64")
     out = tmp_path / "student.fp16.ep"
-    compile_student(model, profiles, context_size=K, memory_dim=D, precision="fp16", out=out)
+    compile_student(model, SPEC, profiles, precision="fp16", out=out)
     loaded = load_compiled(out)
     feeds = tuple(t.cuda() for t in _torch_feeds(3, 250, 30))
     got = loaded(*feeds)

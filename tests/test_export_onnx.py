@@ -109,6 +109,13 @@ def test_contract_checker_and_metadata(exported):
     assert meta["config"]["d_model"] == 64 and meta["hbaf_version"]
     cfg = json.loads((ckpt / "config.json").read_text())
     assert meta["source_checkpoint_sha256"] == cfg["weights_sha256"]
+    assert meta["graph"] == "contract" and meta["exporter"] == "dynamo" and meta["opset"] == 17
+    # the metadata is the checkpoint's ModelSpec (what every consumer reads) plus provenance
+    from hbaf.checkpoint import load_checkpoint
+    from hbaf.contract import ModelSpec, spec_from_onnx
+
+    spec = ModelSpec.from_model(load_checkpoint(ckpt)[0])
+    assert spec_from_onnx(model) == spec and {k: meta[k] for k in spec.to_metadata()} == spec.to_metadata()
     assert (path.parent / "tokenizer.json").read_bytes() == (ckpt / "tokenizer.json").read_bytes()
     assert not list(path.parent.glob("*.data")) and not list(path.parent.glob(".*tmp*"))  # one file, no leftovers
 
@@ -119,7 +126,7 @@ def test_trt_compat_check_passes(exported):
 
 
 def test_parity_on_real_speech_batch1_and_padded_batch3(exported):
-    from export.onnx_export import parity
+    from export.parity import parity
 
     ckpt, manifest, path = exported
     res = parity(ckpt, path, manifest, n=len(LINES), batch=3, threads=1)
@@ -134,13 +141,24 @@ def test_parity_on_real_speech_batch1_and_padded_batch3(exported):
     assert res["batched_vs_batch1_max_abs_prob_diff"] < 1e-4
 
 
+def test_parity_refuses_an_onnx_of_another_model(exported, tmp_path):
+    from helpers import tiny_checkpoint
+
+    from export.parity import parity
+    from hbaf.errors import HBAFError
+
+    _, manifest, path = exported
+    other = tiny_checkpoint(tmp_path / "other", ["a", "b"])
+    with pytest.raises(HBAFError, match="not the same model"):
+        parity(other, path, manifest, n=2, threads=1)
+
+
 def test_dynamic_axes_at_b1_and_b3_with_different_lengths(exported):
-    from export.onnx_export import OrtRunner, TorchRunner
-    from hbaf.checkpoint import load_checkpoint
+    from edge_runtime.backends import TorchBackend
+    from export.parity import onnx_cpu
 
     ckpt, _, path = exported
-    model, _ = load_checkpoint(ckpt)
-    ort_run, torch_run = OrtRunner(path, threads=1), TorchRunner(model)
+    ort_backend, torch_backend = onnx_cpu(path, threads=1), TorchBackend(ckpt)
     rng = np.random.default_rng(0)
     for b, t, length in ((1, 1, 1), (1, 257, 9), (3, 120, 31), (3, 998, 128)):
         feeds = {
@@ -155,11 +173,44 @@ def test_dynamic_axes_at_b1_and_b3_with_different_lengths(exported):
         if b > 1:
             feeds["audio_mask"][1, t // 3:] = 0
             feeds["attention_mask"][2, length // 2:] = 0
-        ref = torch_run(feeds)
-        got = ort_run(feeds)
-        assert [o.shape for o in got] == [(b, 4), (b, 64), (b, 2)]
-        assert np.abs(ref[0] - got[0]).max() < 1e-4
-        assert (ref[0].argmax(1) == got[0].argmax(1)).all()
+        ref = torch_backend.run(feeds)
+        got = ort_backend.run(feeds)
+        assert [got[k].shape for k in ("probs", "utt_emb", "gate")] == [(b, 4), (b, 64), (b, 2)]
+        assert np.abs(ref["probs"] - got["probs"]).max() < 1e-4
+        assert (ref["probs"].argmax(1) == got["probs"].argmax(1)).all()
+
+
+def test_smoke_parity_catches_an_onnx_that_disagrees(exported, tmp_path):
+    from edge_runtime.backends import TorchBackend
+    from export.parity import smoke_parity
+    from hbaf.errors import HBAFError
+
+    ckpt, _, path = exported
+    import torch
+
+    reference = TorchBackend(ckpt)
+    assert smoke_parity(reference, path, vocab_size=30522, threads=1) < 1e-4
+    with torch.no_grad():
+        reference.model.head.bias.copy_(torch.tensor([0.0, 3.0, -3.0, 1.0]))  # now another model than the file
+    with pytest.raises(HBAFError, match="ONNX Runtime disagrees with PyTorch"):
+        smoke_parity(reference, path, vocab_size=30522, threads=1)
+
+
+def test_calibration_batches_for_torch_tensorrt(exported):
+    from edge_runtime.backends import TorchBackend
+    from export.torch_trt import calibration_batches
+
+    ckpt, manifest, _ = exported
+    batches = calibration_batches(TorchBackend(ckpt), manifest, num=5, batch=2, workers=1)
+    assert [b[0].shape[0] for b in batches] == [2, 2, 1]  # 5 train utterances (d1, d3), padded 2 at a time
+    for b in batches:
+        assert [t.dtype.is_floating_point for t in b] == [True, True, False, False, True, True]
+        assert b[4].shape[1:] == (4, 64) and b[5].shape[1:] == (4,)
+    # dialogues d1 (3 utterances) and d3 (2): each utterance sees as many memory slots as it has predecessors
+    counts = np.concatenate([b[5].numpy() for b in batches]).sum(1)
+    assert sorted(counts.tolist()) == [0, 0, 1, 1, 2]
+    memory = np.concatenate([b[4].numpy() for b in batches])
+    assert np.abs(memory[int(counts.argmax()), -2:]).min() > 0 and not memory[counts == 0].any()
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess:

@@ -322,14 +322,58 @@ def test_read_only_output_fails_before_loading_models(conv_wav, ckpt, tmp_path):
 
 
 @pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full to simulate a full disk")
-def test_full_disk_output_keeps_stdout_and_counts_lost_lines(conv_wav, ckpt):
+def test_full_disk_output_keeps_stdout_and_fails_at_the_end(conv_wav, ckpt):
     run = run_cli("--source", str(conv_wav), "--model", str(ckpt), "--output", "/dev/full", "--format", "json")
-    assert run.rc == 0 and "Traceback" not in run.stderr, run.stderr
+    # every event still reaches stdout, the summary is printed, then one error line and exit code 2
+    assert_one_line_error(run, "3 of 3 line(s) could not be written to /dev/full (No space left on device)",
+                          "free disk space or pass another --output", alone=False)
     lines = [json.loads(ln) for ln in run.stdout.splitlines()]
     assert len(lines) == 3 and lines[-1]["summary"]["utterances"] == 2
     assert lines[-1]["summary"]["jsonl_lines_lost"] == 2  # the summary line itself is lost after this count
     assert run.stderr.count("warning: writing /dev/full failed (No space left on device)") == 1
-    assert "JSONL lines lost: 3" in run.stderr
+    assert "JSONL lines lost: 3" in run.stderr and "summary: 2 utterance(s)" in run.stderr
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 64 KiB tmpfs mounted on a temporary folder: a real file system that fills up."""
+    folder = tmp_path / "small-disk"
+    folder.mkdir()
+    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(folder)], capture_output=True, text=True)
+    if proc.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here ({proc.stderr.strip() or 'mount failed'}; it needs root); "
+                    "the /dev/full case covers the command line")
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", "-l", str(folder)], capture_output=True)
+
+
+def test_disk_fills_up_mid_run(conv_wav, ckpt, small_disk):
+    """The events file's disk fills up between the first and the second event: the earlier lines
+    and the first event stay whole in the file, the rest goes to stdout, exit code 2."""
+    out = small_disk / "events.jsonl"
+    earlier = '{"utterance": 1, "text": "from an earlier run"}\n'
+    page = os.statvfs(small_disk).f_bsize
+    # earlier lines leave 700 bytes in the file's last page: one event line (~450 bytes) fits, two do not
+    out.write_text(earlier * ((page - 700) // len(earlier)))
+    fd = os.open(small_disk / "filler", os.O_WRONLY | os.O_CREAT, 0o644)
+    try:
+        while True:
+            os.write(fd, bytes(4096))
+    except OSError:
+        pass  # full
+    finally:
+        os.close(fd)
+    before = jsonl(out)
+    run = run_cli("--source", str(conv_wav), "--model", str(ckpt), "--output", str(out), "--format", "json")
+    assert_one_line_error(run, f"2 of 3 line(s) could not be written to {out} (No space left on device)",
+                          "free disk space or pass another --output", alone=False)
+    lines = jsonl(out)  # every line parses: the second event's partial line was removed
+    assert lines[: len(before)] == before and len(lines) == len(before) + 1
+    stdout = [json.loads(ln) for ln in run.stdout.splitlines()]
+    assert len(stdout) == 3 and stdout[0] == lines[-1] and stdout[-1]["summary"]["utterances"] == 2
+    assert "summary: 2 utterance(s)" in run.stderr and "JSONL lines lost: 2" in run.stderr
 
 
 # ----------------------------------------------------------------------------- bad model files
@@ -371,16 +415,17 @@ def _bad_model(kind: str, ckpt: Path, onnx_model: Path, folder: Path) -> Path:
         path.write_bytes(b"\x80\x04\x95junk")
         return path
     if kind in ("engine-cut", "engine-no-sidecar"):
-        from export.engine import Profiles, Sidecar, sidecar_path
+        from hbaf.contract import ModelSpec, Profiles, Sidecar, sidecar_path
 
         payload = bytes(range(256)) * 4096  # stands for the serialized engine; never deserialized here
         path = folder / "tiny.10.3.0.30.orin.fp16.engine"
         path.write_bytes(payload[: len(payload) // 3])
         if kind == "engine-cut":
             side = Sidecar(
+                model=ModelSpec(labels=tuple(LABELS), context_size=4, memory_dim=128),
                 onnx_sha256=hashlib.sha256(onnx_model.read_bytes()).hexdigest(), tensorrt_version="10.3.0.30",
-                gpu_name="Orin", compute_capability="8.7", precision="fp16", profiles=Profiles(), labels=LABELS,
-                package_version="0", built_at="2025-01-01T00:00:00+00:00", context_size=4, memory_dim=128,
+                gpu_name="Orin", compute_capability="8.7", precision="fp16", profiles=Profiles(),
+                package_version="0", built_at="2025-01-01T00:00:00+00:00",
                 onnx_path=str(onnx_model), engine_sha256=hashlib.sha256(payload).hexdigest(), engine_bytes=len(payload),
             )
             sidecar_path(path).write_text(side.to_json())
@@ -437,7 +482,8 @@ def test_microphone_unplugged_mid_utterance(voice, ckpt, tmp_path, monkeypatch, 
     stream object that goes inactive, as PortAudio reports an unplugged device); the callback,
     resampler, VAD, ASR, model and writer are the real ones, run through the command's main()."""
     from edge_runtime import cli
-    from edge_runtime.sources import MicSource, StreamResampler
+    from edge_runtime.mic import MicSource
+    from edge_runtime.sources import StreamResampler
 
     speech = np.concatenate([_silence(0.3), voice["a"], _silence(0.8), voice["b"][: int(0.6 * voice["b"].size)]])
     w48 = resample(0.8 * speech / np.abs(speech).max(), SAMPLE_RATE, 48000)

@@ -3,7 +3,8 @@ import pytest
 import soundfile as sf
 
 from hbaf.errors import HBAFError
-from hbaf.features import HOP_LENGTH, N_MELS, SAMPLE_RATE, load_audio, log_mel, mel_filterbank, num_frames, resample, to_mono
+from hbaf.contract import FEATURE_DIM, HOP_LENGTH, MAX_FRAMES, SAMPLE_RATE
+from hbaf.features import load_audio, log_mel, mel_filterbank, num_frames, resample, to_mono, utterance_features
 
 
 def tone(freq, seconds=1.0, rate=SAMPLE_RATE):
@@ -14,8 +15,15 @@ def tone(freq, seconds=1.0, rate=SAMPLE_RATE):
 def test_shape_and_frame_count():
     x = tone(440, 3.0)
     f = log_mel(x)
-    assert f.shape == (num_frames(x.size), N_MELS) == (1 + 48000 // HOP_LENGTH, 80)
+    assert f.shape == (num_frames(x.size), FEATURE_DIM) == (1 + 3 * SAMPLE_RATE // HOP_LENGTH, 80)
     assert f.dtype == np.float32
+
+
+def test_utterance_features_are_cut_to_the_contract():
+    long = tone(440, 12.0)
+    f = utterance_features(long)
+    assert f.shape == (MAX_FRAMES, FEATURE_DIM) and f.dtype == np.float32
+    np.testing.assert_array_equal(f, log_mel(long)[:MAX_FRAMES])
 
 
 def test_tone_energy_lands_in_the_right_mel_bin():
@@ -47,10 +55,10 @@ def test_resample_and_downmix(tmp_path):
     path = tmp_path / "s.wav"
     sf.write(path, stereo, 48000, subtype="PCM_24")
     y = load_audio(path)
-    assert y.shape == (16000,)
+    assert y.shape == (SAMPLE_RATE,)
     ref = tone(440, 1.0)
     assert np.corrcoef(y[200:-200], ref[200:-200])[0, 1] > 0.99
-    assert resample(tone(440, 1.0, 8000), 8000).shape == (16000,)
+    assert resample(tone(440, 1.0, 8000), 8000).shape == (SAMPLE_RATE,)
     assert to_mono(stereo).shape == (48000,)
 
 

@@ -14,18 +14,19 @@ import numpy as np
 import pytest
 import soundfile as sf
 
+from hbaf.contract import SAMPLE_RATE
 from hbaf.data import meld_raw
 from hbaf.data.iemocap import load_iemocap
 from hbaf.data.manifest import label_set, load_manifest, write_manifest
 from hbaf.data.meld_raw import load_meld_raw, normalize_text
-from hbaf.data.records import Record
+from hbaf.data.records import MELD_LABELS, Record
 from hbaf.data.splits import assign_groups
 from hbaf.errors import HBAFError
 
 # ---------------------------------------------------------------- helpers
 
 
-def make_wav(path: Path, seconds: float = 0.2, freq: float = 220.0, rate: int = 16000) -> Path:
+def make_wav(path: Path, seconds: float = 0.2, freq: float = 220.0, rate: int = SAMPLE_RATE) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     t = np.arange(int(seconds * rate)) / rate
     sf.write(str(path), (0.3 * np.sin(2 * np.pi * freq * t)).astype(np.float32), rate, subtype="PCM_16")
@@ -241,14 +242,14 @@ def test_meld_raw_official_layout_and_cache(tmp_path: Path, mp4_sources: dict[st
         ("train", "train-0", 0), ("train", "train-0", 1), ("train", "train-0", 2), ("train", "train-1", 0),
         ("dev", "dev-0", 0), ("test", "test-3", 0),
     ]  # fmt: skip
-    assert {r.label for r in recs} <= set(meld_raw.MELD_LABELS) and recs[0].label == "sadness"
+    assert {r.label for r in recs} <= set(MELD_LABELS) and recs[0].label == "sadness"
     assert recs[0].text == "Oh my God, he's lost it." and recs[2].text == "It's fine - really..."
     assert [r.speaker for r in recs[:2]] == ["Phoebe", "Monica"]
     cache = root / ".hbaf_cache" / "wav16k"
     for r in recs:
         assert Path(r.audio).is_relative_to(cache)
         info = sf.info(r.audio)
-        assert info.samplerate == 16000 and info.channels == 1 and info.frames > 1000
+        assert info.samplerate == SAMPLE_RATE and info.channels == 1 and info.frames > 1000
     assert not list(cache.rglob("*.tmp*"))
 
     # Second load: nothing decoded again, known-bad clips not retried, files untouched.
@@ -264,7 +265,7 @@ def test_meld_raw_official_layout_and_cache(tmp_path: Path, mp4_sources: dict[st
 
     # Loader output round-trips through a manifest.
     man = write_manifest(recs, tmp_path / "meld.jsonl")
-    assert load_manifest(man, labels=meld_raw.MELD_LABELS) == recs
+    assert load_manifest(man, labels=MELD_LABELS) == recs
 
 
 def test_meld_raw_nested_layout_csv_in_parent(tmp_path: Path, mp4_sources: dict[str, Path]) -> None:

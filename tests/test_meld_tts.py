@@ -12,7 +12,9 @@ import pytest
 
 from hbaf.data import meld_tts as mt
 from hbaf.errors import HBAFError
-from hbaf.features import SAMPLE_RATE, load_audio
+from hbaf.contract import SAMPLE_RATE
+from hbaf.data.records import MELD_LABELS
+from hbaf.features import load_audio
 
 needs_tools = pytest.mark.skipif(
     shutil.which("espeak-ng") is None or shutil.which("sox") is None,
@@ -30,7 +32,7 @@ def test_read_meld_csv_counts_labels_and_order():
     for split, n in expected.items():
         rows = mt.read_meld_csv(split)
         assert len(rows) == n
-        assert {r["label"] for r in rows} == set(mt.LABELS)
+        assert {r["label"] for r in rows} == set(MELD_LABELS)
         keys = [(r["dialogue_id"], r["utterance_id"]) for r in rows]
         assert keys == sorted(keys) and len(set(keys)) == len(keys)
         for r in rows:
@@ -158,7 +160,7 @@ def test_manifest_and_card_are_valid(small_corpus):
     for r in recs:
         assert set(r) == MANIFEST_FIELDS
         assert not Path(r["audio"]).is_absolute() and r["audio"].startswith("wav/dev/")
-        assert r["label"] in mt.LABELS and r["split"] == "dev" and isinstance(r["index"], int)
+        assert r["label"] in MELD_LABELS and r["split"] == "dev" and isinstance(r["index"], int)
         assert r["dialogue"].startswith("dev-") and r["text"]
         assert mt.wav_duration(small_corpus / r["audio"]) > 0.3
         by_dia[r["dialogue"]].append(r["index"])

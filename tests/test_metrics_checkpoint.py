@@ -5,8 +5,10 @@ import sys
 import numpy as np
 import pytest
 import torch
+from helpers import assert_one_line_error
 
 from hbaf.checkpoint import load_checkpoint, save_checkpoint
+from hbaf.contract import TOKENIZER_FILE
 from hbaf.errors import HBAFError
 from hbaf.metrics import classification_report, majority_baseline
 from hbaf.model import HBAF, preset
@@ -31,7 +33,7 @@ def test_weighted_f1_by_hand():
 @pytest.fixture()
 def ckpt(tmp_path):
     m = HBAF(preset("tiny"), ["x", "y"])
-    return save_checkpoint(m, tmp_path / "ck", resolve_text_encoder() / "tokenizer.json"), m
+    return save_checkpoint(m, tmp_path / "ck", resolve_text_encoder() / TOKENIZER_FILE), m
 
 
 def test_roundtrip(ckpt):
@@ -40,6 +42,18 @@ def test_roundtrip(ckpt):
     assert meta["labels"] == ["x", "y"]
     for (k, v), (k2, v2) in zip(m.state_dict().items(), m2.state_dict().items()):
         assert k == k2 and torch.equal(v, v2)
+
+
+def test_checkpoint_with_the_old_loss_keys_loads(ckpt):
+    """Checkpoints written while HBAFConfig still held the loss weights load unchanged."""
+    path, m = ckpt
+    meta = json.loads((path / "config.json").read_text())
+    meta["config"].update(w_audio=0.3, w_text=0.3, w_abs=0.1, w_rel=0.1, contrastive_temperature=0.1,
+                          modality_dropout=0.15, label_smoothing=0.05)
+    (path / "config.json").write_text(json.dumps(meta))
+    m2, _ = load_checkpoint(path)
+    assert m2.cfg == m.cfg
+    assert all(torch.equal(v, m2.state_dict()[k]) for k, v in m.state_dict().items())
 
 
 def test_truncated_and_mismatched(ckpt):
@@ -65,7 +79,5 @@ def test_cli_truncated_checkpoint_is_one_line(ckpt, tmp_path):
     man.write_text("")
     proc = subprocess.run([sys.executable, "-m", "hbaf.cli", "evaluate", "--checkpoint", str(path), "--manifest", str(man)],
                           capture_output=True, text=True)
-    assert proc.returncode == 2
-    assert "Traceback" not in proc.stderr
-    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
-    assert len(lines) == 1 and "model.safetensors" in lines[0]
+    assert_one_line_error(proc, "model.safetensors")
+    assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr

@@ -1,9 +1,12 @@
+from dataclasses import fields
+
 import numpy as np
 import pytest
 import torch
 
-from hbaf.losses import distillation_loss, hbaf_loss, info_nce, relative_structure
-from hbaf.model import HBAF, count_parameters, preset
+from hbaf.losses import LossConfig, distillation_loss, hbaf_loss, info_nce, relative_structure
+from hbaf.model import HBAF, HBAFConfig, count_parameters, preset
+from hbaf.train import TrainConfig
 from hbaf.text import Tokenizer, load_encoder_weights, resolve_text_encoder
 
 LABELS = ["anger", "joy", "neutral", "sadness"]
@@ -109,10 +112,34 @@ def test_losses_behave():
     assert relative_structure(a, torch.randn(8, 16), 0.1) > 0.01
     logits = torch.randn(4, 3)
     assert distillation_loss(logits, logits, 2.0).abs() < 1e-5
-    cfg = preset("tiny")
+    lc = LossConfig()
+    target = torch.tensor([0, 1, 2, 0])
     out = {"logits": logits, "audio_logits": logits, "text_logits": logits, "con_a": torch.randn(4, 8), "con_t": torch.randn(4, 8)}
-    total, parts = hbaf_loss(out, torch.tensor([0, 1, 2, 0]), cfg)
+    total, parts = hbaf_loss(out, target, lc)
     assert set(parts) == {"ce", "ce_audio", "ce_text", "abs", "rel"}
     assert abs(float(total) - sum(parts.values())) < 1e-4
-    total.backward() if total.requires_grad else None
-    np.testing.assert_allclose(parts["ce_audio"], cfg.w_audio * parts["ce"], rtol=1e-5)
+    np.testing.assert_allclose(parts["ce_audio"], lc.w_audio * parts["ce"], rtol=1e-5)
+    _, parts = hbaf_loss(out, target, LossConfig(w_abs=0.0, w_rel=0.0))
+    assert set(parts) == {"ce", "ce_audio", "ce_text"}
+    single = {k: v for k, v in out.items() if k != "text_logits"}  # an audio-only model has no text head
+    _, parts = hbaf_loss(single, target, lc)
+    assert set(parts) == {"ce"}
+
+
+def test_model_config_holds_sizes_only():
+    """The loss weights and augmentation belong to training; old checkpoint configs that still carry
+    them load (the unknown keys are ignored)."""
+    training_knobs = {f.name for f in fields(LossConfig)} | {"modality_dropout"}
+    assert not training_knobs & {f.name for f in fields(HBAFConfig)}
+    assert isinstance(TrainConfig().loss, LossConfig) and "modality_dropout" in {f.name for f in fields(TrainConfig)}
+    old = {**preset("student").to_dict(), "w_audio": 0.3, "w_abs": 0.0, "modality_dropout": 0.15, "label_smoothing": 0.05}
+    assert HBAFConfig.from_dict(old) == preset("student")
+
+
+def test_state_dict_names_are_stable():
+    """Checkpoints and the export map weights by these names: the context attention of each modality
+    is a LayerNorm + attention, nothing sized by K."""
+    m = HBAF(preset("tiny"), LABELS)
+    names = {k for k in m.state_dict() if k.startswith(("a_ctx.", "t_ctx."))}
+    per_side = {"ln.weight", "ln.bias"} | {f"attn.{p}.{w}" for p in ("query", "key", "value", "out") for w in ("weight", "bias")}
+    assert names == {f"{side}.{n}" for side in ("a_ctx", "t_ctx") for n in per_side}

@@ -13,8 +13,8 @@ import pytest
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
 
-from helpers import assert_one_line_error  # noqa: E402
-from test_export_onnx import LABELS, LINES, make_checkpoint, make_manifest  # noqa: E402  (shared small fixtures)
+from helpers import assert_one_line_error
+from test_export_onnx import LABELS, LINES, make_checkpoint, make_manifest
 
 
 @pytest.fixture(scope="module")
@@ -60,8 +60,34 @@ def test_attention_is_fused_and_the_graph_is_smaller(graphs):
     assert gemms and all(n.input[1] in inits for n in gemms)
 
 
+def test_fused_copy_swaps_modules_on_a_copy_only(graphs):
+    import torch
+
+    from export.ort_cpu import FusedAttention, fused_copy
+    from hbaf.checkpoint import load_checkpoint
+    from hbaf.model import MultiHeadAttention
+
+    forward = MultiHeadAttention.forward
+    model, _ = load_checkpoint(graphs[0])
+    fused = fused_copy(model)
+    assert MultiHeadAttention.forward is forward  # nothing global was patched
+    n_blocks = sum(isinstance(m, MultiHeadAttention) for m in model.modules())
+    assert n_blocks and sum(isinstance(m, FusedAttention) for m in fused.modules()) == n_blocks
+    assert not any(isinstance(m, MultiHeadAttention) for m in fused.modules())
+    assert not any(isinstance(m, FusedAttention) for m in model.modules())
+    assert list(dict(fused.named_parameters())) == list(dict(model.named_parameters()))  # same names: same initializers
+    g = torch.Generator().manual_seed(0)
+    feeds = (torch.randn(2, 97, 80, generator=g), torch.ones(2, 97), torch.randint(1000, 2000, (2, 9), generator=g).int(),
+             torch.ones(2, 9, dtype=torch.int32), torch.randn(2, 4, 64, generator=g), torch.ones(2, 4))
+    feeds[1][1, 60:] = 0
+    feeds[3][1, 5:] = 0
+    with torch.no_grad():
+        for want, got in zip(model(*feeds), fused(*feeds)):
+            torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4)
+
+
 def test_parity_with_pytorch_on_real_speech_batch1_and_padded_batch3(graphs):
-    from export.onnx_export import parity
+    from export.parity import parity
 
     ckpt, manifest, _, cpu = graphs
     res = parity(ckpt, cpu, manifest, n=len(LINES), batch=3, threads=1)
@@ -71,8 +97,8 @@ def test_parity_with_pytorch_on_real_speech_batch1_and_padded_batch3(graphs):
 
 
 def test_cpu_int8_from_the_cpu_graph(graphs, tmp_path):
-    from calibration.int8 import agreement, build_eval_set, evaluate_onnx
-    from calibration.report import quantize_onnx
+    from calibration.data import build_eval_set, evaluate_onnx, open_fp32
+    from calibration.report import agreement, quantize_onnx
 
     _, manifest, contract, cpu = graphs
     (res,) = quantize_onnx(cpu, manifest, tmp_path, flavours=["cpu"], method="minmax", num=16, threads=1, workers=1)
@@ -86,7 +112,7 @@ def test_cpu_int8_from_the_cpu_graph(graphs, tmp_path):
         if n.op_type == "DequantizeLinear":
             assert {r.op_type for r in readers[n.output[0]]} <= {"MatMul", "Gemm", "Gather"}, n.name  # Convs stay float
     assert sum(n.op_type == "MultiHeadAttention" for n in model.graph.node) >= 1
-    data = build_eval_set(contract, manifest, workers=1)
+    data = build_eval_set(open_fp32(contract, threads=1), manifest, workers=1)
     ref = evaluate_onnx(contract, data, threads=1)
     got = evaluate_onnx(res.path, data, threads=1)
     a = agreement(ref["probs"], got["probs"])

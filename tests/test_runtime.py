@@ -23,7 +23,8 @@ from edge_runtime.cli import NO_MIC, main
 from edge_runtime.events import Event, EventWriter, format_clock
 from edge_runtime.memory import DialogueMemory
 from edge_runtime.pipeline import Pipeline
-from edge_runtime.sources import FileSource, MicSource
+from edge_runtime.mic import MicSource
+from edge_runtime.sources import FileSource
 from edge_runtime.vad import Segmenter
 from helpers import tiny_checkpoint
 from hbaf.errors import HBAFError
@@ -131,7 +132,8 @@ def _event(n: int = 1, **kw) -> Event:
     base = dict(
         utterance=n, start=12.31, end=14.12, text="I can't believe this", emotion="anger", confidence=0.82,
         probs={"neutral": 0.1, "anger": 0.82, "joy": 0.08}, gate={"text_to_audio": 0.31, "audio_to_text": 0.64},
-        latency_ms={"vad": 1.0, "queue": 0.1, "asr": 100.0, "features": 5.0, "fusion": 10.0, "total": 123.4},
+        latency_ms={"endpoint": 310.0, "queue": 0.1, "asr": 100.0, "features": 5.0, "fusion": 10.0, "vad_compute": 1.0,
+                    "total": 123.4, "speech_end": 433.4},
     )
     base.update(kw)
     return Event(**base)
@@ -144,7 +146,7 @@ def test_event_line_and_json():
     assert unsure.format_line().startswith("[00:12.3-00:14.1] uncertain (anger 0.41)")
     d = json.loads(e.to_json())
     assert d["gate"] == {"text_to_audio": 0.31, "audio_to_text": 0.64} and d["uncertain"] is False
-    assert set(d["latency_ms"]) >= {"vad", "asr", "features", "fusion", "total"}
+    assert set(d["latency_ms"]) >= {"endpoint", "asr", "features", "fusion", "vad_compute", "total", "speech_end"}
     assert format_clock(3725.04) == "1:02:05.0" and format_clock(0) == "00:00.0"
 
 
@@ -165,12 +167,74 @@ def test_jsonl_flushed_per_event(tmp_path):
 def test_disk_full_mid_run_warns_once_and_counts():
     out, err = io.StringIO(), io.StringIO()
     w = EventWriter("/dev/full", stdout=out, stderr=err)
+    assert w.failure() is None
     for n in range(1, 4):
         w.write(_event(n))
     w.close()
     assert out.getvalue().count("anger 0.82") == 3  # stdout keeps going
     assert err.getvalue().count("warning:") == 1 and "No space left" in err.getvalue()
+    assert "free disk space or pass another --output" in err.getvalue()
     assert w.stats.jsonl_lines_lost == 3 and w.stats.jsonl_lines_written == 0
+    msg = w.failure()  # what the command line prints as its one error line (exit code 2)
+    assert msg is not None and "\n" not in msg
+    assert msg.startswith("3 of 3 line(s) could not be written to /dev/full (No space left on device)")
+    assert msg.endswith("free disk space or pass another --output")
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 64 KiB tmpfs mounted on a temporary folder: a real file system that fills up."""
+    folder = tmp_path / "small-disk"
+    folder.mkdir()
+    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(folder)], capture_output=True, text=True)
+    if proc.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here ({proc.stderr.strip() or 'mount failed'}; it needs root); "
+                    "the /dev/full cases cover the writer")
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", "-l", str(folder)], capture_output=True)
+
+
+def _fill(folder: Path) -> Path:
+    """Write zeros to ``folder/filler`` until the file system is full."""
+    filler = folder / "filler"
+    fd = os.open(filler, os.O_WRONLY | os.O_CREAT, 0o644)
+    try:
+        while True:
+            os.write(fd, bytes(4096))
+    except OSError as err:
+        assert err.errno == 28, err  # ENOSPC
+    finally:
+        os.close(fd)
+    return filler
+
+
+def test_disk_fills_up_mid_run_keeps_every_written_line(small_disk):
+    """A real file system filling up: lines written before stay whole, the partial line is
+    removed, later lines are counted as lost, and writing resumes once space is freed."""
+    path = small_disk / "events.jsonl"
+    out, err = io.StringIO(), io.StringIO()
+    w = EventWriter(path, stdout=out, stderr=err)
+    w.write(_event(1))
+    filler = _fill(small_disk)  # events.jsonl can still grow inside its last page, no further
+    room, fits = os.statvfs(small_disk).f_bsize - path.stat().st_size, 0
+    while len(_event(fits + 2).to_json()) + 1 <= room:  # the lines that still fit after the first
+        room -= len(_event(fits + 2).to_json()) + 1
+        fits += 1
+    for n in range(2, fits + 5):
+        w.write(_event(n))
+    lines = _lines(path)  # every line parses: a partial line was cut off again
+    assert [d["utterance"] for d in lines] == list(range(1, fits + 2))
+    assert w.stats.jsonl_lines_written == fits + 1 and w.stats.jsonl_lines_lost == 3
+    assert out.getvalue().count("anger 0.82") == fits + 4 and err.getvalue().count("warning:") == 1
+    msg = w.failure()
+    assert msg is not None and f"could not be written to {path} (No space left on device)" in msg
+    filler.unlink()  # space again: the next event is written after the last whole line
+    w.write(_event(99))
+    w.close()
+    assert [d["utterance"] for d in _lines(path)] == [*range(1, fits + 2), 99]
+    assert w.failure().startswith(f"3 of {fits + 5} line(s)")  # the lost lines stay reported
 
 
 def _unwritable_dir(tmp_path: Path) -> Path:
@@ -246,10 +310,9 @@ class SlowBackend(Backend):
     """Test double for timing only: a real backend whose every call takes ``delay`` longer."""
 
     def __init__(self, inner: Backend, delay: float) -> None:
-        super().__init__(inner.path)
+        super().__init__(inner.path, inner.spec)
         self.inner, self.delay = inner, delay
-        self.name, self.precision, self.labels = inner.name, inner.precision, inner.labels
-        self.context_size, self.memory_dim, self.config = inner.context_size, inner.memory_dim, inner.config
+        self.name, self.precision = inner.name, inner.precision
         self.tokenizer_file, self.first_inference_seconds = inner.tokenizer_file, inner.first_inference_seconds
 
     def run(self, feeds):
@@ -277,6 +340,7 @@ def test_pipeline_on_full_disk_and_uncertain(conversation, asr, backend):
     writer.close()
     assert summary.utterances == 4 and summary.jsonl_lines_lost == 5  # four events + the summary line
     assert out.getvalue().count("uncertain (") == 4 and err.getvalue().count("warning:") == 1
+    assert writer.failure().startswith("5 of 5 line(s) could not be written to /dev/full")
 
 
 def test_reset_memory_on_request(conversation, asr, backend):
@@ -372,7 +436,7 @@ def test_cli_bad_model_and_flags(conversation, ckpt, tmp_path, capsys):
 
 
 def test_cli_without_microphone_suggests_demo(ckpt, capsys):
-    from edge_runtime.sources import list_input_devices
+    from edge_runtime.mic import list_input_devices
 
     try:
         if list_input_devices():
@@ -384,10 +448,30 @@ def test_cli_without_microphone_suggests_demo(ckpt, capsys):
     assert NO_MIC in err and "--source demo" in err
 
 
-def test_cli_devices_runs(capsys):
-    code = main(["devices"])
-    captured = capsys.readouterr()
-    assert code in (0, 2) and (captured.out.strip() or captured.err.startswith("error:"))
+def test_cli_devices_runs():
+    """`hbaf-edge devices` lists the input devices PortAudio finds (exit 0); with none it is a
+    one-line error (exit 2) that names the problem and points at the other sources. Which
+    branch applies is decided here, by asking PortAudio directly."""
+    from helpers import assert_one_line_error
+
+    try:
+        import sounddevice
+    except (ImportError, OSError):  # no PortAudio library: nothing can be listed either
+        devices = []
+    else:
+        try:
+            devices = list(sounddevice.query_devices())
+        except sounddevice.PortAudioError:
+            devices = []
+    has_input = any(int(d["max_input_channels"]) > 0 for d in devices)
+    proc = subprocess.run([sys.executable, "-m", "edge_runtime.cli", "devices"], capture_output=True, text=True, timeout=120)
+    if has_input:
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        assert "index" in proc.stdout and "--device" in proc.stdout, proc.stdout
+    else:
+        line = assert_one_line_error(proc, "--source FILE", "--source -", "demo")
+        assert "microphone" in line or "input device" in line, line
+        assert proc.stdout == "", proc.stdout
 
 
 # ----------------------------------------------------------------------------- demo, default model

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import io
+import os
+import shutil
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -10,15 +14,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from edge_runtime.sources import (
-    FileSource,
-    MicSource,
-    StdinSource,
-    StreamResampler,
-    format_devices,
-    list_input_devices,
-    open_source,
-)
+from edge_runtime.mic import MicSource, format_devices, list_input_devices
+from edge_runtime.sources import FileSource, StdinSource, StreamResampler
 from hbaf.errors import HBAFError
 from hbaf.features import SAMPLE_RATE, load_audio, resample, to_mono
 
@@ -90,8 +87,127 @@ def test_bad_files_give_one_line_errors(tmp_path: Path) -> None:
     junk.write_bytes(b"this is not audio at all" * 20)
     for spec, needle in [(tmp_path / "missing.wav", "not found"), (empty, "empty"), (junk, "not a readable audio file")]:
         with pytest.raises(HBAFError, match=needle) as info:
-            open_source(str(spec))
+            FileSource(spec)
         assert "\n" not in str(info.value)
+
+
+REPO = Path(__file__).resolve().parents[1]
+needs_ffmpeg = pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="needs ffmpeg (apt-get install ffmpeg)")
+
+
+def _ffmpeg(src: Path, dst: Path, *args: str) -> Path:
+    subprocess.run(["ffmpeg", "-nostdin", "-v", "error", "-y", "-i", str(src), *args, str(dst)], check=True, capture_output=True)
+    return dst
+
+
+@pytest.mark.parametrize("rate,channels,ext,subtype", [
+    (44100, 2, "flac", "PCM_16"), (48000, 1, "wav", "FLOAT"), (8000, 1, "wav", "PCM_U8"), (22050, 3, "ogg", "VORBIS"),
+])
+def test_file_source_streams_what_load_audio_returns(tmp_path: Path, rate: int, channels: int, ext: str, subtype: str) -> None:
+    """Decoded and resampled chunk by chunk, whatever the block size, the file gives the samples that
+    decoding and resampling it whole gives."""
+    x = (0.3 * np.random.default_rng(rate).standard_normal((3 * rate + 123, channels))).astype(np.float32)
+    path = tmp_path / f"noise.{ext}"
+    sf.write(path, x, rate, subtype=subtype)
+    ref = load_audio(path)
+    for block_size in (512, 1000, 7):
+        src = FileSource(path, block_size=block_size)
+        blocks = list(src.blocks())
+        assert all(b.size == block_size for b in blocks[:-1]) and 0 < blocks[-1].size <= block_size
+        out = np.concatenate(blocks)
+        assert out.size == ref.size and np.max(np.abs(out - ref)) < 1e-5
+        assert src.duration == pytest.approx(ref.size / SAMPLE_RATE, abs=1e-3)
+    assert np.concatenate(list(src.blocks())).size == ref.size  # a second pass reads the file again
+
+
+@needs_ffmpeg
+def test_file_source_streams_through_ffmpeg(tmp_path: Path) -> None:
+    """Formats soundfile does not read (m4a) and WAVs whose codec only ffmpeg decodes (mp2) come
+    through an ffmpeg pipe, block by block, as load_audio decodes them."""
+    wav = tmp_path / "tone.wav"
+    sf.write(wav, _tone(44100, 2.5, channels=2), 44100, subtype="PCM_16")
+    for dst, args in [(tmp_path / "tone.m4a", ("-c:a", "aac")), (tmp_path / "mp2-in.wav", ("-c:a", "mp2", "-f", "wav"))]:
+        _ffmpeg(wav, dst, *args)
+        src = FileSource(dst, block_size=512)
+        out = _collect(src)
+        ref = load_audio(dst)
+        assert out.size == ref.size > 2 * SAMPLE_RATE and np.array_equal(out, ref)
+        assert src.duration == pytest.approx(ref.size / SAMPLE_RATE, abs=1e-3)
+
+
+@needs_ffmpeg
+def test_file_source_close_stops_ffmpeg(tmp_path: Path) -> None:
+    wav = tmp_path / "tone.wav"
+    sf.write(wav, _tone(SAMPLE_RATE, 5.0), SAMPLE_RATE)
+    src = FileSource(_ffmpeg(wav, tmp_path / "tone.m4a", "-c:a", "aac"), block_size=512)
+    proc = src._reader.proc
+    got = []
+    for block in src.blocks():
+        got.append(block)
+        src.close()
+    assert len(got) == 1 and proc.wait(timeout=10) is not None
+    unused = FileSource(tmp_path / "tone.m4a")  # opened, never read: close() ends ffmpeg as well
+    proc = unused._reader.proc
+    unused.close()
+    assert proc.wait(timeout=10) is not None
+    # close() from another thread kills ffmpeg under a reader: the stream just ends, it is no decode error
+    reader = FileSource(tmp_path / "tone.m4a")._reader
+    reader.interrupt()
+    while reader.read().size:
+        pass
+    assert reader.proc.returncode != 0
+    reader.close()
+
+
+def test_corrupt_wav_is_blamed_on_the_file_not_on_ffmpeg(tmp_path: Path, monkeypatch) -> None:
+    """soundfile recognises a WAV cut inside its header and cannot read it: without ffmpeg the error
+    still names the file and soundfile's reason (it used to say that ffmpeg is not installed)."""
+    good = tmp_path / "good.wav"
+    sf.write(good, _tone(SAMPLE_RATE, 0.5), SAMPLE_RATE, subtype="PCM_16")
+    cut = tmp_path / "cut.wav"
+    cut.write_bytes(good.read_bytes()[:30])
+    m4a = _ffmpeg(good, tmp_path / "tone.m4a", "-c:a", "aac") if shutil.which("ffmpeg") else None
+    no_tools = tmp_path / "empty-bin"
+    no_tools.mkdir()
+    monkeypatch.setenv("PATH", str(no_tools))  # no ffmpeg
+    for read in (load_audio, lambda p: _collect(FileSource(p))):
+        with pytest.raises(HBAFError) as info:
+            read(cut)
+        msg = str(info.value)
+        assert msg.startswith(f"not a readable audio file: {cut} (soundfile: Error in WAV file. No 'data' chunk marker)"), msg
+        assert "ffmpeg is not installed" not in msg and "\n" not in msg
+        if m4a is not None:  # a format only ffmpeg reads: then ffmpeg is what is missing
+            with pytest.raises(HBAFError, match="ffmpeg is not installed; apt-get install ffmpeg"):
+                read(m4a)
+
+
+def test_file_source_memory_stays_constant(tmp_path: Path) -> None:
+    """Ten minutes of 16 kHz audio decode to 38 MB of float32 (and two minutes of 48 kHz stereo to
+    46 MB before resampling). Iterating FileSource over them in a fresh interpreter must not grow its
+    peak RSS by more than 16 MB: decoding the whole file, as FileSource once did, grows it by 84 MB
+    and 156 MB."""
+    script = (
+        "import resource, sys\n"
+        "from edge_runtime.sources import FileSource\n"
+        "base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
+        "n = sum(b.size for b in FileSource(sys.argv[1]).blocks())\n"
+        "print(n, (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) / 1024)\n"
+    )
+    rng = np.random.default_rng(0)
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    for rate, channels, seconds in [(SAMPLE_RATE, 1, 600), (48000, 2, 120)]:
+        path = tmp_path / f"{seconds}s-{rate}.wav"
+        with sf.SoundFile(path, "w", rate, channels, "PCM_16") as fh:
+            for start in range(0, seconds, 30):  # noise and a gated tone, written 30 s at a time
+                t = start + np.arange(30 * rate) / rate
+                x = 0.05 * rng.standard_normal((t.size, channels)) + (0.3 * np.sin(2 * np.pi * 220 * t) * (np.sin(t) > 0))[:, None]
+                fh.write(x.astype(np.float32))
+        proc = subprocess.run([sys.executable, "-c", script, str(path)], capture_output=True, text=True, timeout=120, env=env, check=False)
+        assert proc.returncode == 0, proc.stderr
+        samples, grown_mb = proc.stdout.split()
+        assert int(samples) == seconds * SAMPLE_RATE
+        decoded_mb = seconds * rate * channels * 4 / 2**20
+        assert float(grown_mb) < 16 < decoded_mb / 2, (grown_mb, decoded_mb)
 
 
 def test_stream_resampler_matches_whole_signal_resample() -> None:
@@ -156,7 +272,7 @@ def test_mic_callback_48k_stereo_equals_file_path(tmp_path: Path) -> None:
         mic._callback(block, block.shape[0], None, None)
     mic.close()
     out = _collect(mic)
-    ref = FileSource(path).audio
+    ref = _collect(FileSource(path))
     assert mic.dropped_blocks == 0
     assert out.size == ref.size
     assert np.max(np.abs(out - ref)) < 1e-4
@@ -241,13 +357,3 @@ def test_mic_without_device_is_a_clear_error() -> None:
     msg = str(info.value)
     assert "\n" not in msg
     assert "hbaf-edge devices" in msg or "libportaudio2" in msg
-
-
-def test_open_source_dispatch(tmp_path: Path) -> None:
-    path = tmp_path / "a.wav"
-    sf.write(path, _tone(SAMPLE_RATE, 0.1), SAMPLE_RATE)
-    assert isinstance(open_source(str(path)), FileSource)
-    assert isinstance(open_source("-", stream=io.BytesIO(b"")), StdinSource)
-    mic = open_source("mic")
-    assert isinstance(mic, MicSource) and mic.device is None
-    assert open_source("mic:3").device == 3

@@ -34,6 +34,40 @@ def test_evaluate_cli_and_blank_text(ci_student, ci_corpus, tmp_path):
     assert json.loads((tmp_path / "eval_test_asr_text.json").read_text())["n"] == full["n"]
 
 
+def test_bad_flags_and_commands_are_one_line_errors(tmp_path):
+    """A bad flag or an unknown subcommand: exit 2, one `error:` line naming it, no usage block."""
+    cases = [
+        (("evaluate", "--checkpoint", tmp_path, "--manifest", tmp_path / "m.jsonl", "--bogus"), ("--bogus",)),
+        (("frobnicate",), ("frobnicate", "make-corpus")),
+        (("train", "--corpus", tmp_path, "--out", tmp_path, "--epochs", "many"), ("--epochs", "many")),
+        (("train", "--corpus", tmp_path, "--manifest", tmp_path / "m.jsonl", "--out", tmp_path), ("--manifest",)),
+    ]
+    for args, words in cases:
+        proc = run_cli(*args)
+        assert_one_line_error(proc, *words)
+        assert len(proc.stderr.strip().splitlines()) == 1 and proc.stdout == "", (proc.stdout, proc.stderr)
+
+
+def test_training_defaults_come_from_the_config():
+    from hbaf.cli import ABLATIONS, build_parser
+    from hbaf.losses import LossConfig
+    from hbaf.model import preset
+    from hbaf.train import TrainConfig
+
+    d = TrainConfig()
+    parser = build_parser()
+    train = parser.parse_args(["train", "--corpus", "c", "--out", "o"])
+    distill = parser.parse_args(["distill", "--corpus", "c", "--teacher", "t", "--out", "o"])
+    for args in (train, distill):
+        assert (args.epochs, args.max_utts, args.lr, args.text_lr, args.patience, args.seed, args.max_steps, args.asr_text) == (
+            d.epochs, d.max_utts, d.lr, d.text_lr, d.patience, d.seed, d.max_steps, d.asr_text)
+    assert (distill.temperature, distill.alpha, distill.hint_weight) == (d.distill_temperature, d.distill_alpha, d.hint_weight)
+    assert distill.preset == "student" and train.preset == "teacher"
+    for model_overrides, loss_overrides in ABLATIONS.values():  # each override names a real field
+        preset("tiny", **model_overrides)
+        LossConfig(**loss_overrides)
+
+
 def test_asr_style_transcripts():
     from hbaf.text import asr_style
 

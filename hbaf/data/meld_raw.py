@@ -30,15 +30,13 @@ from typing import Sequence
 
 from tqdm import tqdm
 
-from hbaf.data.records import Record
+from hbaf.contract import SAMPLE_RATE
+from hbaf.data.records import MELD_LABELS, SPLITS, Record
 from hbaf.errors import HBAFError
-from hbaf.features import SAMPLE_RATE
 from hbaf.io import atomic_path, write_json_atomic
 
 log = logging.getLogger(__name__)
 
-MELD_LABELS = ("neutral", "joy", "surprise", "anger", "sadness", "disgust", "fear")
-MELD_SPLITS = ("train", "dev", "test")
 CLIP_DIRS = {
     "train": ("train_splits",),
     "dev": ("dev_splits_complete", "dev_splits"),
@@ -223,7 +221,7 @@ def load_meld_raw(
     *,
     cache_dir: str | os.PathLike | None = None,
     workers: int | None = None,
-    splits: Sequence[str] = MELD_SPLITS,
+    splits: Sequence[str] = SPLITS,
 ) -> list[Record]:
     """Load MELD.Raw into Records whose audio is a cached 16 kHz mono WAV.
 
@@ -237,9 +235,9 @@ def load_meld_raw(
     root = Path(root).expanduser()
     if not root.is_dir():
         raise HBAFError(f"MELD.Raw folder not found: {root}; give the folder holding train_splits/ and the *_sent_emo.csv files")
-    bad = [s for s in splits if s not in MELD_SPLITS]
+    bad = [s for s in splits if s not in SPLITS]
     if bad or not splits:
-        raise HBAFError(f"unknown MELD split(s) {bad or splits}; choose from {', '.join(MELD_SPLITS)}")
+        raise HBAFError(f"unknown MELD split(s) {bad or splits}; choose from {', '.join(SPLITS)}")
     csvs, clips = _find_layout(root, splits)
     cache = Path(cache_dir).expanduser() if cache_dir is not None else _default_cache(root)
     cache.mkdir(parents=True, exist_ok=True)

@@ -25,6 +25,10 @@ SYNTHETIC speech and must always be reported as such (see docs/CORPUS.md).
 
 Per utterance the cost is one espeak-ng call and one sox call (raw audio through
 pipes) plus a little numpy; builds are resumable: complete WAVs are kept.
+
+This module is longer than the others on purpose: everything that shapes a render (text
+clean-up, voices, prosody, effects, noise, selection) sits under one ``GENERATOR_VERSION``,
+so whoever changes one of them finds the others, and the version, in the same file.
 """
 
 from __future__ import annotations
@@ -53,19 +57,20 @@ from xml.sax.saxutils import escape as _xml_escape
 
 import numpy as np
 
-from hbaf.data.records import SPLITS
+from hbaf.contract import SAMPLE_RATE
+from hbaf.data.records import MELD_LABELS, SPLITS
 from hbaf.errors import HBAFError
-from hbaf.features import SAMPLE_RATE
 from hbaf.io import atomic_path, hbaf_home, write_json_atomic, write_text_atomic
 
 log = logging.getLogger(__name__)
 
 GENERATOR = "hbaf.data.meld_tts"
 GENERATOR_VERSION = "1.0"
-LABELS = ("neutral", "joy", "surprise", "anger", "sadness", "disgust", "fear")
 MANIFEST_NAME = "manifest.jsonl"
 CORPUS_CARD_NAME = "corpus.json"
 RENDERS_NAME = "render_params.jsonl"
+DEFAULT_STRENGTH = 0.5  # how strongly prosody follows the label (0..1)
+DEFAULT_NOISE_SNR_DB = (15.0, 30.0)  # range of the background noise's signal-to-noise ratio
 
 _CSV_DIR = Path(__file__).resolve().parent / "meld_csv"
 _TOOL_HINT = "apt-get install espeak-ng sox"
@@ -152,7 +157,7 @@ def read_meld_csv(split: str, path: str | os.PathLike | None = None) -> list[dic
 
     Returns one dict per utterance, sorted by (dialogue_id, utterance_id), with keys
     split, dialogue_id (int), utterance_id (int), speaker, text (normalised), label
-    (lower case, one of LABELS), sentiment, season, episode, start_time, end_time.
+    (lower case, one of MELD_LABELS), sentiment, season, episode, start_time, end_time.
     """
     if split not in SPLITS:
         raise HBAFError(f"unknown MELD split {split!r}; use one of {', '.join(SPLITS)}")
@@ -173,8 +178,8 @@ def read_meld_csv(split: str, path: str | os.PathLike | None = None) -> list[dic
     out: list[dict[str, Any]] = []
     for line_no, row in enumerate(reader, start=2):
         label = col(row, "Emotion").strip().lower()
-        if label not in LABELS:
-            raise HBAFError(f"{csv_path} line {line_no}: unknown emotion {label!r}; expected one of {', '.join(LABELS)}")
+        if label not in MELD_LABELS:
+            raise HBAFError(f"{csv_path} line {line_no}: unknown emotion {label!r}; expected one of {', '.join(MELD_LABELS)}")
         try:
             dia = int(col(row, "Dialogue_ID").strip())
             utt = int(col(row, "Utterance_ID").strip())
@@ -390,8 +395,8 @@ def render_params(
     utt: dict[str, Any],
     *,
     seed: int = 0,
-    strength: float = 0.5,
-    noise_snr_db: tuple[float, float] = (15.0, 30.0),
+    strength: float = DEFAULT_STRENGTH,
+    noise_snr_db: tuple[float, float] = DEFAULT_NOISE_SNR_DB,
     intensity: float | None = None,
 ) -> RenderParams:
     """Draw the rendering parameters of one utterance (``utt`` as returned by read_meld_csv).
@@ -401,7 +406,7 @@ def render_params(
     split, dia, idx = utt["split"], int(utt["dialogue_id"]), int(utt["utterance_id"])
     label = utt["label"]
     if label not in EMOTION_PROSODY:
-        raise HBAFError(f"unknown emotion {label!r} for {split} dia{dia}_utt{idx}; expected one of {', '.join(LABELS)}")
+        raise HBAFError(f"unknown emotion {label!r} for {split} dia{dia}_utt{idx}; expected one of {', '.join(MELD_LABELS)}")
     voice = speaker_voice(utt["speaker"], seed)
     rng = _rng(seed, split, dia, idx)
     drawn = float(np.clip(rng.uniform(0.0, 2.0 * strength), 0.0, 1.0))
@@ -649,7 +654,7 @@ def _check_args(limit: int | None, splits: Iterable[str], strength: float, worke
     if bad or not splits:
         raise HBAFError(f"unknown split(s) {', '.join(bad) or '(none)'}; choose from {', '.join(SPLITS)}")
     if not (0.0 <= float(strength) <= 1.0) or math.isnan(float(strength)):
-        raise HBAFError(f"strength must be in [0, 1], got {strength}; e.g. --strength 0.5")
+        raise HBAFError(f"strength must be in [0, 1], got {strength}; e.g. --strength {DEFAULT_STRENGTH}")
     if limit is not None and int(limit) < 1:
         raise HBAFError(f"limit must be a positive number of utterances per split, got {limit}; omit it for the full corpus")
     lo, hi = (float(v) for v in noise_snr_db)
@@ -666,10 +671,10 @@ def build_corpus(
     *,
     limit: int | None = None,
     splits: Sequence[str] = SPLITS,
-    strength: float = 0.5,
+    strength: float = DEFAULT_STRENGTH,
     seed: int = 0,
     workers: int | None = None,
-    noise_snr_db: tuple[float, float] = (15.0, 30.0),
+    noise_snr_db: tuple[float, float] = DEFAULT_NOISE_SNR_DB,
 ) -> Path:
     """Build (or resume) the MELD-TTS corpus in ``out_dir``; returns the path of ``manifest.jsonl``.
 
@@ -792,11 +797,11 @@ def build_corpus(
         "parameters": parameters,
         "tools": versions,
         "sample_rate": SAMPLE_RATE,
-        "labels": list(LABELS),
+        "labels": list(MELD_LABELS),
         "utterances": {s: sum(counts[s].values()) for s in split_list} | {"total": len(jobs)},
         "dialogues": {s: len(dialogues[s]) for s in split_list},
         "speakers": {s: len(speakers[s]) for s in split_list},
-        "counts": {s: {lab: counts[s][lab] for lab in LABELS} for s in split_list},
+        "counts": {s: {lab: counts[s][lab] for lab in MELD_LABELS} for s in split_list},
         "duration_s": {s: round(dur_split[s], 2) for s in split_list} | {"total": round(total_dur, 2)},
         "duration_h": round(total_dur / 3600.0, 3),
         "skipped_empty": skipped_empty,

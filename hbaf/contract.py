@@ -1,0 +1,629 @@
+"""The export contract: the one definition of what passes between a trained HBAF model and
+whatever runs it (checkpoint, both ONNX graphs, TensorRT engines, Torch-TensorRT programs,
+every runtime backend, calibration and the benchmark).
+
+    inputs   audio_feats [B,T,F] f32, audio_mask [B,T] f32, input_ids [B,L] i32,
+             attention_mask [B,L] i32, memory [B,K,D] f32, memory_mask [B,K] f32
+    outputs  probs [B,C] f32, utt_emb [B,D] f32, gate [B,2] f32
+
+B, T (audio frames, <= ``MAX_FRAMES``) and L (tokens, <= ``MAX_TOKENS``) are dynamic; K (the
+dialogue-memory slots) and D (the memory width) are fixed per model; F is the audio feature
+width; C the number of labels. The graph is stateless: the caller owns the dialogue memory.
+
+What lives here, each defined once:
+
+- the limits and the audio format (sample rate, feature width and frame hop, 10 s, 128 tokens,
+  the default text encoder);
+- ``TensorSpec`` for every input and output (name, dtype, axes);
+- ``ModelSpec``: the few facts a consumer needs about one model (labels, K, D, feature width,
+  limits, sample rate, text encoder, graph kind), read from a checkpoint, a model or ONNX
+  metadata, and written into ONNX metadata and engine sidecars;
+- the ONNX file form: reading and writing the ``hbaf`` metadata entry, loading an ONNX file
+  with one-line errors, atomic saving, which graph kind a file holds;
+- TensorRT engine naming, the optimization profile, the sidecar and the compatibility check
+  (pure data: nothing here imports TensorRT);
+- feed building: one utterance or a padded batch in the contract's names, shapes and dtypes.
+
+This module imports only numpy and the standard library at load time (``onnx`` lazily), so
+the runtime, export, calibration and the benchmark can all depend on it. It is one file of
+a little over 600 lines on purpose: every fact a producer and a consumer must agree on is in
+one place, which is the point of having a contract.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import shlex
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any, Callable, Mapping, NamedTuple, Sequence
+
+import numpy as np
+
+from hbaf.errors import HBAFError
+
+log = logging.getLogger(__name__)
+
+# ----------------------------------------------------------------------------- limits and audio format
+
+SAMPLE_RATE = 16000  # Hz, mono: every source is resampled to this
+FEATURE_KIND = "log-mel"  # what ``audio_feats`` holds (hbaf.features computes it)
+FEATURE_DIM = 80  # F: mel bins
+HOP_LENGTH = 160  # samples per feature frame (10 ms)
+MAX_SECONDS = 10.0  # the longest utterance a model takes (the segmenter cuts longer speech)
+MAX_FRAMES = int(MAX_SECONDS * SAMPLE_RATE) // HOP_LENGTH  # T <= 1000
+MAX_TOKENS = 128  # L
+DEFAULT_TEXT_ENCODER = "sentence-transformers/all-MiniLM-L6-v2"
+TOKENIZER_FILE = "tokenizer.json"  # shipped next to every exported model
+
+# ----------------------------------------------------------------------------- tensors
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """One tensor of the contract. Axes: "B", "T", "L" (dynamic), "K", "D", "C", "F" (fixed per
+    model) or a number."""
+
+    name: str
+    dtype: str  # numpy dtype name: float32 | int32
+    axes: tuple[str | int, ...]
+
+    @property
+    def np_dtype(self) -> np.dtype:
+        return np.dtype(self.dtype)
+
+    def onnx_type(self) -> int:
+        from onnx import TensorProto
+
+        return {"float32": TensorProto.FLOAT, "int32": TensorProto.INT32}[self.dtype]
+
+
+INPUTS = (
+    TensorSpec("audio_feats", "float32", ("B", "T", "F")),
+    TensorSpec("audio_mask", "float32", ("B", "T")),
+    TensorSpec("input_ids", "int32", ("B", "L")),
+    TensorSpec("attention_mask", "int32", ("B", "L")),
+    TensorSpec("memory", "float32", ("B", "K", "D")),
+    TensorSpec("memory_mask", "float32", ("B", "K")),
+)
+OUTPUTS = (
+    TensorSpec("probs", "float32", ("B", "C")),
+    TensorSpec("utt_emb", "float32", ("B", "D")),
+    TensorSpec("gate", "float32", ("B", 2)),
+)
+INPUT_NAMES = tuple(s.name for s in INPUTS)
+OUTPUT_NAMES = tuple(s.name for s in OUTPUTS)
+DYNAMIC_AXES = {"B": "batch", "T": "frames", "L": "tokens"}  # axis letter -> symbolic dim name in the graphs
+INPUT_DTYPES = {s.name: s.np_dtype for s in INPUTS}
+
+# ----------------------------------------------------------------------------- graph kinds
+
+GRAPH_CONTRACT = "contract"  # standard opset-17 operators: TensorRT, engines, the trt INT8 flavour
+GRAPH_ORT_CPU = "ort-cpu"  # ONNX Runtime CPU kernels (com.microsoft fused attention); ONNX Runtime only
+GRAPHS = (GRAPH_CONTRACT, GRAPH_ORT_CPU)
+MS_DOMAIN = "com.microsoft"
+
+# ----------------------------------------------------------------------------- model spec
+
+METADATA_KEY = "hbaf"  # ONNX metadata_props key holding the JSON below
+QUANT_METADATA_KEY = "hbaf_quantization"  # how an INT8 file was calibrated and quantized
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What a consumer needs to know about one model, whatever form it takes."""
+
+    labels: tuple[str, ...]
+    context_size: int  # K
+    memory_dim: int  # D
+    feature_dim: int = FEATURE_DIM  # F
+    feature_kind: str = FEATURE_KIND
+    max_frames: int = MAX_FRAMES
+    max_tokens: int = MAX_TOKENS
+    sample_rate: int = SAMPLE_RATE
+    text_encoder: str = DEFAULT_TEXT_ENCODER
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "labels", tuple(str(x) for x in self.labels))
+        if not self.labels:
+            raise HBAFError("the model has no labels; export it again from a checkpoint")
+        if self.context_size < 0 or self.memory_dim <= 0 or self.feature_dim <= 0:
+            raise HBAFError(f"model sizes K={self.context_size}, D={self.memory_dim}, F={self.feature_dim} are invalid; "
+                            "export the model again from its checkpoint")
+        if not 1 <= self.max_frames <= MAX_FRAMES or not 1 <= self.max_tokens <= MAX_TOKENS:
+            raise HBAFError(f"model limits {self.max_frames} frames / {self.max_tokens} tokens exceed the contract "
+                            f"({MAX_FRAMES} / {MAX_TOKENS}); export the model again")
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.labels)
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any], labels: Sequence[str], memory_dim: int | None = None) -> "ModelSpec":
+        """From a model config (``HBAFConfig.to_dict()``) and its labels; D is the fusion width."""
+        return cls(
+            labels=tuple(labels),
+            context_size=int(config["context_size"]),
+            memory_dim=int(memory_dim if memory_dim is not None else config["d_model"]),
+            feature_dim=int(config.get("n_mels", FEATURE_DIM)),
+            max_tokens=min(MAX_TOKENS, int(config.get("max_tokens", MAX_TOKENS))),
+            text_encoder=str(config.get("text_encoder") or DEFAULT_TEXT_ENCODER),
+        )
+
+    @classmethod
+    def from_model(cls, model: Any) -> "ModelSpec":
+        """From an ``hbaf.model.HBAF`` (its config, labels and memory width)."""
+        return cls.from_config(model.cfg.to_dict(), model.labels, model.memory_dim)
+
+    def to_metadata(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["labels"] = list(self.labels)
+        return data
+
+    @classmethod
+    def from_metadata(cls, meta: Mapping[str, Any], *, source: str = "model") -> "ModelSpec":
+        """From the flat JSON written by ``to_metadata`` (older exports lack the format keys:
+        they default to this release's log-mel input)."""
+        labels = meta.get("labels")
+        if not labels:
+            raise HBAFError(f"{source} carries no HBAF labels in its metadata; export it with `hbaf-export onnx --checkpoint DIR`")
+        config = meta.get("config") or {}
+        try:
+            kwargs: dict[str, Any] = {
+                "labels": tuple(str(x) for x in labels),
+                "context_size": int(meta["context_size"]),
+                "memory_dim": int(meta["memory_dim"]),
+            }
+            for f in fields(cls):
+                if f.name in kwargs or f.name not in meta and f.name not in config:
+                    continue
+                value = meta.get(f.name, config.get(f.name))
+                kwargs[f.name] = type(f.default)(value) if f.default is not None else value
+            if "feature_dim" not in meta and "n_mels" in config:
+                kwargs["feature_dim"] = int(config["n_mels"])
+        except (KeyError, TypeError, ValueError) as err:
+            raise HBAFError(f"{source} has malformed HBAF metadata ({err}); export the model again") from err
+        return cls(**kwargs)
+
+    def check_same_model(self, other: "ModelSpec", what: str, fix: str) -> None:
+        """Raise when two forms of a model disagree on labels, K, D or F (``what`` names them)."""
+        diffs = [name for name in ("labels", "context_size", "memory_dim", "feature_dim")
+                 if getattr(self, name) != getattr(other, name)]
+        if diffs:
+            raise HBAFError(f"{what} are not the same model ({', '.join(diffs)} differ); {fix}")
+
+    def input_shapes(self, batch: int, frames: int, tokens: int) -> dict[str, tuple[int, ...]]:
+        """The shape of every contract input for these dynamic sizes."""
+        sizes = {"B": batch, "T": frames, "L": tokens, "K": self.context_size, "D": self.memory_dim,
+                 "F": self.feature_dim, "C": self.num_classes}
+        return {s.name: tuple(sizes[a] if isinstance(a, str) else a for a in s.axes) for s in INPUTS}
+
+    @staticmethod
+    def feed_sizes(feeds: Mapping[str, np.ndarray]) -> tuple[int, int, int]:
+        """(batch, frames, tokens) of a set of feeds."""
+        b, t = feeds["audio_feats"].shape[:2]
+        return int(b), int(t), int(feeds["input_ids"].shape[1])
+
+    def output_shapes(self, batch: int) -> dict[str, tuple[int, ...]]:
+        sizes = {"B": batch, "D": self.memory_dim, "C": self.num_classes}
+        return {s.name: tuple(sizes[a] if isinstance(a, str) else a for a in s.axes) for s in OUTPUTS}
+
+
+# ----------------------------------------------------------------------------- feeds
+
+
+def make_feeds(
+    spec: ModelSpec,
+    feats: np.ndarray,
+    input_ids: np.ndarray,
+    attention_mask: np.ndarray,
+    memory: np.ndarray,
+    memory_mask: np.ndarray,
+    *,
+    min_frames: int = 1,
+    max_frames: int | None = None,
+    min_tokens: int = 1,
+) -> dict[str, np.ndarray]:
+    """One utterance (batch 1) in the contract's names, shapes and dtypes.
+
+    Frames beyond ``max_frames`` (default: the model's) are cut; inputs shorter than an engine
+    profile's minimum are padded with masked-out frames / tokens (mask 0), which the model ignores.
+    """
+    feats = np.asarray(feats, dtype=np.float32)
+    if feats.ndim == 2:
+        feats = feats[None]
+    if feats.ndim != 3 or feats.shape[0] != 1 or feats.shape[2] != spec.feature_dim:
+        raise HBAFError(f"audio features of shape {feats.shape} do not fit the model's [1, T, {spec.feature_dim}]; "
+                        "compute them with hbaf.features.utterance_features")
+    feats = feats[:, : min(spec.max_frames, max_frames or spec.max_frames)]
+    feeds = {
+        "audio_feats": feats,
+        "audio_mask": np.ones(feats.shape[:2], dtype=np.float32),
+        "input_ids": np.asarray(input_ids, dtype=np.int32).reshape(1, -1),
+        "attention_mask": np.asarray(attention_mask, dtype=np.int32).reshape(1, -1),
+        "memory": np.asarray(memory, dtype=np.float32).reshape(1, spec.context_size, spec.memory_dim),
+        "memory_mask": np.asarray(memory_mask, dtype=np.float32).reshape(1, spec.context_size),
+    }
+    return pad_feeds(feeds, min_frames=min_frames, min_tokens=min_tokens)
+
+
+def pad_feeds(feeds: Mapping[str, np.ndarray], *, min_frames: int = 1, min_tokens: int = 1) -> dict[str, np.ndarray]:
+    """Feeds (any batch) padded up to ``min_frames`` frames and ``min_tokens`` tokens with
+    masked-out positions (an engine profile's minimum), contiguous in the contract's dtypes."""
+    out = dict(feeds)
+    frames, tokens = out["audio_feats"].shape[1], out["input_ids"].shape[1]
+    if frames < min_frames:
+        pad = ((0, 0), (0, min_frames - frames))
+        out["audio_feats"] = np.pad(out["audio_feats"], (*pad, (0, 0)))
+        out["audio_mask"] = np.pad(out["audio_mask"], pad)
+    if tokens < min_tokens:
+        pad = ((0, 0), (0, min_tokens - tokens))
+        out["input_ids"] = np.pad(out["input_ids"], pad)
+        out["attention_mask"] = np.pad(out["attention_mask"], pad)
+    return {k: np.ascontiguousarray(out[k], dtype=INPUT_DTYPES[k]) for k in INPUT_NAMES}
+
+
+def batch_feeds(
+    spec: ModelSpec,
+    feats: Sequence[np.ndarray],
+    ids: Sequence[np.ndarray],
+    memory: np.ndarray,
+    memory_mask: np.ndarray,
+) -> dict[str, np.ndarray]:
+    """Utterances of different lengths as one padded batch: ``feats[i]`` [T_i, F], ``ids[i]``
+    [L_i] (unpadded token ids), ``memory`` [B, K, D], ``memory_mask`` [B, K]. Padding is masked."""
+    b = len(feats)
+    if b == 0 or len(ids) != b:
+        raise HBAFError("a batch needs as many token sequences as feature sequences, and at least one")
+    cut = [np.asarray(f, dtype=np.float32)[: spec.max_frames] for f in feats]
+    t = max(f.shape[0] for f in cut)
+    length = max(1, max(int(np.asarray(i).size) for i in ids))
+    x = np.zeros((b, t, spec.feature_dim), np.float32)
+    xmask = np.zeros((b, t), np.float32)
+    tok = np.zeros((b, length), np.int32)
+    tmask = np.zeros((b, length), np.int32)
+    for i, (f, row) in enumerate(zip(cut, ids)):
+        row = np.asarray(row, dtype=np.int32).reshape(-1)
+        x[i, : f.shape[0]] = f
+        xmask[i, : f.shape[0]] = 1.0
+        tok[i, : row.size] = row
+        tmask[i, : row.size] = 1
+    return {"audio_feats": x, "audio_mask": xmask, "input_ids": tok, "attention_mask": tmask,
+            "memory": np.ascontiguousarray(memory, dtype=np.float32).reshape(b, spec.context_size, spec.memory_dim),
+            "memory_mask": np.ascontiguousarray(memory_mask, dtype=np.float32).reshape(b, spec.context_size)}
+
+
+def check_outputs(out: Mapping[str, Any], where: str) -> dict[str, np.ndarray]:
+    """The three outputs as float32 arrays, or a one-line error naming ``where`` when one is missing."""
+    missing = [k for k in OUTPUT_NAMES if k not in out]
+    if missing:
+        raise HBAFError(f"{where} does not produce outputs {missing}; it does not follow the HBAF export contract, export it again")
+    return {k: np.asarray(out[k], dtype=np.float32) for k in OUTPUT_NAMES}
+
+
+# ----------------------------------------------------------------------------- ONNX file form
+
+
+def first_line(err: BaseException, limit: int = 240) -> str:
+    text = str(err).strip()
+    return (text.splitlines()[0] if text else type(err).__name__)[:limit]
+
+
+def read_onnx(path: str | os.PathLike, *, load_external_data: bool = True, check_io: bool = True):
+    """Load an ONNX file; a missing, empty, truncated or foreign file is a one-line HBAFError."""
+    import onnx
+
+    p = Path(path)
+    if not p.exists():
+        raise HBAFError(f"ONNX file not found: {p}; export one with `hbaf-export onnx --checkpoint DIR --out {p.name}`")
+    if p.is_dir():
+        raise HBAFError(f"{p} is a folder; pass the .onnx file inside it")
+    if p.stat().st_size == 0:
+        raise HBAFError(f"ONNX file {p} is empty (0 bytes); export it again with `hbaf-export onnx`")
+    try:
+        proto = onnx.load(str(p), load_external_data=load_external_data)
+    except Exception as err:  # DecodeError, truncated protobuf, missing external data
+        raise HBAFError(f"{p} is not a readable ONNX model ({first_line(err, 120)}); the file is corrupt or truncated: export it again") from err
+    if proto.ir_version == 0 or not proto.HasField("graph") or not proto.graph.node:
+        raise HBAFError(f"{p} is not an ONNX model (no graph); the file is corrupt: export it again with `hbaf-export onnx`")
+    if check_io:
+        names = {i.name for i in proto.graph.input}
+        missing = [n for n in INPUT_NAMES if n not in names]
+        if missing:
+            raise HBAFError(f"{p} lacks inputs {missing}; it does not follow the HBAF export contract: export it with `hbaf-export onnx`")
+    return proto
+
+
+def onnx_metadata(proto, key: str = METADATA_KEY) -> dict[str, Any]:
+    """The JSON object stored under metadata key ``key`` ({} when absent)."""
+    for prop in proto.metadata_props:
+        if prop.key == key:
+            try:
+                value = json.loads(prop.value)
+            except ValueError as err:
+                raise HBAFError(f"ONNX metadata '{key}' is not valid JSON ({err}); export the model again") from err
+            if not isinstance(value, dict):
+                raise HBAFError(f"ONNX metadata '{key}' is not a JSON object; export the model again")
+            return value
+    return {}
+
+
+def set_onnx_metadata(proto, info: Mapping[str, Any], key: str = METADATA_KEY) -> None:
+    """Replace (or add) the JSON metadata entry ``key``."""
+    for prop in list(proto.metadata_props):
+        if prop.key == key:
+            proto.metadata_props.remove(prop)
+    entry = proto.metadata_props.add()
+    entry.key = key
+    entry.value = json.dumps(dict(info), sort_keys=True)
+
+
+def memory_input_dims(proto) -> tuple[int, int] | None:
+    """(K, D) as the graph's ``memory`` input declares them, None when not fixed."""
+    for vi in proto.graph.input:
+        if vi.name == "memory":
+            dims = [d.dim_value if d.HasField("dim_value") else None for d in vi.type.tensor_type.shape.dim]
+            if len(dims) == 3 and all(isinstance(d, int) and d > 0 for d in dims[1:]):
+                return int(dims[1]), int(dims[2])
+    return None
+
+
+def spec_from_onnx(proto, *, source: str = "ONNX model") -> ModelSpec:
+    """The ModelSpec an exported file carries; its metadata must agree with its ``memory`` input."""
+    spec = ModelSpec.from_metadata(onnx_metadata(proto), source=source)
+    dims = memory_input_dims(proto)
+    if dims is not None and dims != (spec.context_size, spec.memory_dim):
+        raise HBAFError(f"{source}: metadata says K={spec.context_size}, D={spec.memory_dim} but the graph's memory input is "
+                        f"K={dims[0]}, D={dims[1]}; export the model again")
+    return spec
+
+
+def graph_kind(proto) -> str:
+    """Which graph a file holds: its metadata's ``graph`` entry when present, else ``ort-cpu`` when
+    it has com.microsoft nodes (an opset import alone does not count: ONNX Runtime's
+    quantization pre-processing adds one to any graph), else ``contract``."""
+    kind = onnx_metadata(proto).get("graph")
+    if kind in GRAPHS:
+        return kind
+    return GRAPH_ORT_CPU if any(n.domain == MS_DOMAIN for n in proto.graph.node) else GRAPH_CONTRACT
+
+
+def has_qdq(proto) -> bool:
+    """True when the graph (or one of its local functions) carries explicit Q/DQ nodes."""
+    ops = {"QuantizeLinear", "DequantizeLinear"}
+    return any(n.op_type in ops for n in proto.graph.node) or any(n.op_type in ops for f in proto.functions for n in f.node)
+
+
+_PROTO_LIMIT = 2**31 - 1  # protobuf's 2 GB ceiling for a single-file model
+
+
+def save_onnx(proto, out: str | os.PathLike, verify: Callable[[Path], None] | None = None) -> Path:
+    """Write atomically; a single file below 2 GB, else weights in ``<name>.data`` next to it.
+
+    ``verify(path)`` runs on the written temporary file; if it raises, ``out`` is left untouched.
+    """
+    import onnx
+
+    from hbaf.io import atomic_path
+
+    out = Path(out)
+    with atomic_path(out) as tmp:
+        if proto.ByteSize() < _PROTO_LIMIT:
+            onnx.save_model(proto, str(tmp))
+        else:  # the external file is referenced by name, so it is written under its final name
+            onnx.save_model(proto, str(tmp), save_as_external_data=True, all_tensors_to_one_file=True,
+                            location=out.name + ".data", size_threshold=1024)
+        if verify is not None:
+            verify(tmp)
+    return out
+
+
+# ----------------------------------------------------------------------------- TensorRT engines
+
+PRECISIONS = ("fp32", "fp16", "int8")
+ENGINE_SUFFIX = ".engine"
+SIDECAR_FORMAT = 2
+
+
+class Dims(NamedTuple):
+    """One corner of the optimization profile: batch size, audio frames, text tokens."""
+
+    batch: int
+    frames: int
+    tokens: int
+
+
+def parse_dims(text: str, what: str = "profile") -> Dims:
+    """``"1,300,32"`` (batch,frames,tokens) -> ``Dims``; bad text -> one-line HBAFError."""
+    parts = [p.strip() for p in str(text).split(",")]
+    if len(parts) != 3 or not all(re.fullmatch(r"\d+", p) for p in parts):
+        raise HBAFError(f"{what} '{text}' is not three positive integers BATCH,FRAMES,TOKENS; write it like 1,300,32")
+    return Dims(*(int(p) for p in parts))
+
+
+def format_dims(d: Sequence[int]) -> str:
+    return ",".join(str(v) for v in d)
+
+
+@dataclass(frozen=True)
+class Profiles:
+    """The one optimization profile: min/opt/max of batch, frames (T) and tokens (L)."""
+
+    min: Dims = Dims(1, 16, 4)
+    opt: Dims = Dims(1, 300, 32)
+    max: Dims = Dims(8, MAX_FRAMES, MAX_TOKENS)
+
+    def __post_init__(self) -> None:
+        for corner in ("min", "opt", "max"):
+            value = getattr(self, corner)
+            if not isinstance(value, Dims):
+                value = Dims(*(int(v) for v in value))
+                object.__setattr__(self, corner, value)
+            if any(v < 1 for v in value):
+                raise HBAFError(f"--{corner} {format_dims(value)} has a size below 1; every size must be >= 1")
+        for axis in Dims._fields:
+            lo, mid, hi = (getattr(getattr(self, c), axis) for c in ("min", "opt", "max"))
+            if not lo <= mid <= hi:
+                raise HBAFError(f"profile {axis}: need min <= opt <= max, got {lo} / {mid} / {hi}; fix --min/--opt/--max")
+        if self.max.frames > MAX_FRAMES:
+            raise HBAFError(f"--max frames {self.max.frames} exceeds {MAX_FRAMES} ({MAX_SECONDS:g} s, the export contract); lower it")
+        if self.max.tokens > MAX_TOKENS:
+            raise HBAFError(f"--max tokens {self.max.tokens} exceeds {MAX_TOKENS} (the export contract); lower it")
+
+    @classmethod
+    def parse(cls, min: str | None = None, opt: str | None = None, max: str | None = None) -> "Profiles":
+        """Build from CLI strings; an omitted corner keeps its default."""
+        default = cls()
+        return cls(
+            min=parse_dims(min, "--min") if min else default.min,
+            opt=parse_dims(opt, "--opt") if opt else default.opt,
+            max=parse_dims(max, "--max") if max else default.max,
+        )
+
+    def input_shapes(self, spec: ModelSpec) -> dict[str, tuple[tuple[int, ...], ...]]:
+        """(min, opt, max) shape of every contract input, for ``IOptimizationProfile.set_shape``."""
+        corners = [spec.input_shapes(*d) for d in (self.min, self.opt, self.max)]
+        return {name: tuple(c[name] for c in corners) for name in INPUT_NAMES}
+
+    def to_dict(self) -> dict[str, list[int]]:
+        return {c: list(getattr(self, c)) for c in ("min", "opt", "max")}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "Profiles":
+        return cls(**{c: Dims(*data[c]) for c in ("min", "opt", "max")})
+
+    def cli_args(self) -> list[str]:
+        return ["--min", format_dims(self.min), "--opt", format_dims(self.opt), "--max", format_dims(self.max)]
+
+
+def sanitize_gpu_name(gpu_name: str) -> str:
+    """``"NVIDIA H100 80GB HBM3"`` -> ``"nvidia-h100-80gb-hbm3"``, ``"Orin"`` -> ``"orin"`` (no dots, no spaces)."""
+    name = re.sub(r"[^a-z0-9_]+", "-", gpu_name.strip().lower()).strip("-")
+    return name or "unknown-gpu"
+
+
+def engine_name(model_stem: str, trt_version: str, gpu_name: str, precision: str) -> str:
+    """``<model>.<trt-version>.<gpu>.<precision>.engine``, e.g. ``student.10.3.0.30.orin.int8.engine``."""
+    if precision not in PRECISIONS:
+        raise HBAFError(f"precision '{precision}' is not one of {'|'.join(PRECISIONS)}")
+    if not re.fullmatch(r"\d+(\.\d+)*", trt_version):
+        raise HBAFError(f"TensorRT version '{trt_version}' is not like 10.3.0; check the tensorrt install")
+    model = re.sub(r"[^A-Za-z0-9_-]+", "-", model_stem).strip("-") or "model"
+    return f"{model}.{trt_version}.{sanitize_gpu_name(gpu_name)}.{precision}{ENGINE_SUFFIX}"
+
+
+_ENGINE_RE = re.compile(r"^(?P<model>[A-Za-z0-9_-]+)\.(?P<trt>\d+(?:\.\d+)*)\.(?P<gpu>[a-z0-9_-]+)\.(?P<precision>fp32|fp16|int8)\.engine$")
+
+
+def parse_engine_name(name: str) -> dict[str, str] | None:
+    """Inverse of ``engine_name`` (model, trt, gpu, precision), or None for another naming."""
+    m = _ENGINE_RE.match(Path(name).name)
+    return m.groupdict() if m else None
+
+
+def sidecar_path(engine_path: str | os.PathLike) -> Path:
+    """The sidecar sits next to the engine: ``<engine>.json``."""
+    engine_path = Path(engine_path)
+    return engine_path.with_name(engine_path.name + ".json")
+
+
+def build_command_for(onnx_path: str, precision: str, out_dir: str | os.PathLike, profiles: Profiles, workspace_mb: int) -> str:
+    """The shell-quoted ``hbaf-export engine`` command line that builds an engine with these settings."""
+    args = ["hbaf-export", "engine", "--onnx", onnx_path, "--precision", precision, "--out", str(out_dir),
+            *profiles.cli_args(), "--workspace-mb", str(workspace_mb)]
+    return " ".join(shlex.quote(a) for a in args)
+
+
+@dataclass
+class Sidecar:
+    """What an engine was built from and where it can run; stored as ``<engine>.json``."""
+
+    model: ModelSpec
+    onnx_sha256: str
+    tensorrt_version: str
+    gpu_name: str
+    compute_capability: str
+    precision: str
+    profiles: Profiles
+    package_version: str
+    built_at: str
+    onnx_path: str = ""
+    engine_sha256: str = ""
+    engine_bytes: int = 0
+    workspace_mb: int = 1024
+    strongly_typed: bool = False
+    model_version: str = ""
+    format: int = SIDECAR_FORMAT
+
+    _REQUIRED = ("model", "onnx_sha256", "tensorrt_version", "gpu_name", "compute_capability", "precision",
+                 "profiles", "package_version", "built_at")
+
+    def to_json(self) -> str:
+        data = {f.name: getattr(self, f.name) for f in fields(self)}
+        data["model"] = self.model.to_metadata()
+        data["profiles"] = self.profiles.to_dict()
+        return json.dumps(data, indent=2) + "\n"
+
+    @classmethod
+    def from_json(cls, text: str, *, source: str = "sidecar") -> "Sidecar":
+        rebuild = "rebuild the engine with `hbaf-export engine`"
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise HBAFError(f"{source} is not valid JSON ({err.msg} at line {err.lineno}); {rebuild}") from err
+        if not isinstance(data, dict):
+            raise HBAFError(f"{source} is not a JSON object; {rebuild}")
+        missing = [k for k in cls._REQUIRED if k not in data]
+        if missing:
+            raise HBAFError(f"{source} lacks {missing} (an engine from an older release?); {rebuild}")
+        known = {f.name for f in fields(cls)}
+        kwargs = {k: v for k, v in data.items() if k in known}
+        try:
+            kwargs["profiles"] = Profiles.from_dict(data["profiles"])
+            if not isinstance(data["model"], dict):
+                raise TypeError("'model' is not an object")
+            kwargs["model"] = ModelSpec.from_metadata(data["model"], source=source)
+        except (KeyError, TypeError, ValueError) as err:
+            raise HBAFError(f"{source} has a malformed field ({err}); {rebuild}") from err
+        if kwargs["precision"] not in PRECISIONS:
+            raise HBAFError(f"{source} has precision '{kwargs['precision']}', not one of {'|'.join(PRECISIONS)}; {rebuild}")
+        return cls(**kwargs)
+
+    @classmethod
+    def read(cls, path: str | os.PathLike) -> "Sidecar":
+        path = Path(path)
+        return cls.from_json(path.read_text(encoding="utf-8"), source=f"sidecar {path}")
+
+    def build_command(self, out_dir: str | os.PathLike | None = None) -> str:
+        """The exact command that rebuilds this engine on the machine it is run on."""
+        return build_command_for(self.onnx_path or "<model>.onnx", self.precision,
+                                 out_dir if out_dir is not None else "engines", self.profiles, self.workspace_mb)
+
+
+def check_engine_compat(sidecar: Sidecar, trt_version: str, gpu_name: str, compute_capability: str, *,
+                        engine_path: str | os.PathLike | None = None) -> None:
+    """Raise ``HBAFError`` (with the rebuild command) unless this machine matches the sidecar.
+
+    A serialized engine is only valid for the exact TensorRT version and GPU model it was
+    built with; deserializing elsewhere fails or, worse, runs untuned kernels.
+    """
+    mismatches = []
+    if sidecar.tensorrt_version != trt_version:
+        mismatches.append(f"TensorRT {sidecar.tensorrt_version} (this machine has {trt_version})")
+    if sanitize_gpu_name(sidecar.gpu_name) != sanitize_gpu_name(gpu_name):
+        mismatches.append(f"GPU {sidecar.gpu_name} (this machine has {gpu_name})")
+    if str(sidecar.compute_capability) != str(compute_capability):
+        mismatches.append(f"compute capability {sidecar.compute_capability} (this machine has {compute_capability})")
+    if not mismatches:
+        return
+    where = Path(engine_path) if engine_path is not None else None
+    name = where.name if where is not None else "the engine"
+    out_dir = where.parent if where is not None else None
+    raise HBAFError(
+        f"{name} was built for {', '.join(mismatches)}; engines only run on the TensorRT version and GPU "
+        f"that built them: rebuild it on this machine with `{sidecar.build_command(out_dir)}`"
+    )
+

@@ -37,8 +37,9 @@ class Event:
     threshold (``uncertain`` is then True and ``probs`` still holds every label).
     ``gate`` is the mean fusion gate of each direction: how much the text flowed into
     the audio stream and how much the audio flowed into the text stream.
-    ``latency_ms``: vad (VAD compute spent on this utterance's audio), queue (waiting for
-    the worker), asr, features, fusion, and total = end of speech detected -> event.
+    ``latency_ms`` (edge_runtime/pipeline.py ``STAGES``): endpoint (last voiced sample -> the
+    VAD's decision), queue, asr, features, fusion; speech_end = their sum (what the speaker
+    waits), total = VAD decision -> event, vad_compute = the VAD's compute on the utterance.
     ``context`` is the number of earlier utterances in the dialogue memory.
     """
 
@@ -71,11 +72,12 @@ class Event:
         return max(self.probs, key=self.probs.get) if self.probs else self.emotion
 
     def format_line(self) -> str:
-        """``[00:12.3-00:14.1] anger 0.82  "text"  (text->audio 0.31, audio->text 0.64)  123 ms``"""
+        """``[00:12.3-00:14.1] anger 0.82  "text"  (text->audio 0.31, audio->text 0.64)  433 ms``: the last
+        number is what the speaker waited, last voiced sample -> event."""
         label = f"uncertain ({self.top_label} {self.confidence:.2f})" if self.uncertain else f"{self.emotion} {self.confidence:.2f}"
         gate = f"(text->audio {self.gate.get('text_to_audio', 0.0):.2f}, audio->text {self.gate.get('audio_to_text', 0.0):.2f})"
-        total = self.latency_ms.get("total", 0.0)
-        return f"[{format_clock(self.start)}-{format_clock(self.end)}] {label}  \"{self.text}\"  {gate}  {total:.0f} ms"
+        waited = self.latency_ms.get("speech_end", self.latency_ms.get("total", 0.0))
+        return f"[{format_clock(self.start)}-{format_clock(self.end)}] {label}  \"{self.text}\"  {gate}  {waited:.0f} ms"
 
 
 def format_clock(seconds: float) -> str:

@@ -496,7 +496,6 @@ class RunOptions:
     asr: str | None = None  # None: the bundled Whisper tiny.en
     asr_device: str = "auto"
     asr_beam: int = DEFAULT_BEAM_SIZE
-    asr_window_bucket_s: float | None = None  # None: Whisper's encoder on a fixed 10 s window
     context: int | None = None  # None: all K slots the model was trained with
     reset_after: float = DEFAULT_RESET_AFTER
     min_confidence: float | None = None
@@ -529,7 +528,6 @@ def build_pipeline(source: Any, writer: EventWriter, options: RunOptions, *, bac
         backend = open_backend(model, device=options.model_device, fp16=options.fp16, threads=options.threads)
     memory = DialogueMemory(backend.context_size, backend.memory_dim, window=options.context, reset_after=options.reset_after)
     tokenizer = backend.tokenizer()
-    asr = WhisperASR(options.asr, device=options.asr_device, cpu_threads=options.threads, beam_size=options.asr_beam,
-                     window_bucket_s=options.asr_window_bucket_s)
+    asr = WhisperASR(options.asr, device=options.asr_device, cpu_threads=options.threads, beam_size=options.asr_beam)
     return Pipeline(source, segmenter, asr, backend, memory, writer, tokenizer, options.min_confidence,
                     drop_when_full=drop_when_full, summary_line=options.summary_line, speculate=options.speculate)

@@ -9,7 +9,7 @@
    were split in two or more, and how many utterances merged two turns.
 2. Live runs: the demo and the 60 s conversation paced in real time (as a microphone
    delivers audio) through the real pipeline (``build_pipeline``), one run per configuration
-   in CONFIGS; per run: last voiced sample -> event and VAD decision -> event (p50/p90),
+   in CONFIGS (speculation, beam size, hangover, trailing pad); per run: last voiced sample -> event and VAD decision -> event (p50/p90),
    speculation counts and compute, real-time factor, events per turn and the normalised WER.
 
 3. ASR encoder window (offline, the same clips): Whisper's encoder on a fixed 10 s window vs a
@@ -43,15 +43,16 @@ from hbaf.io import write_json_atomic, write_text_atomic  # noqa: E402
 
 MIN_SILENCE_MS = (100, 150, 200, 250, 300, 400)
 WINDOW_POLICIES = (("fixed 10 s", None), ("bucketed, 2 s steps (min 4 s)", 2.0), ("bucketed, 1 s steps (min 4 s)", 1.0))
-# (label, speculate, beam, min_silence_ms, window bucket s)
+# (label, speculate, beam, --min-silence-ms, --speech-pad-ms)
 CONFIGS = (
-    ("before: no speculation, beam 5, 300 ms, 10 s window", False, 5, 300, None),
-    ("speculation, beam 5, 300 ms, 10 s window", True, 5, 300, None),
-    ("speculation, beam 3, 300 ms, 10 s window", True, 3, 300, None),
-    ("speculation, beam 2, 300 ms, 10 s window", True, 2, 300, None),
-    ("speculation, greedy, 300 ms, 10 s window", True, 1, 300, None),
-    ("speculation, beam 5, 300 ms, bucketed window", True, 5, 300, 2.0),
-    ("speculation, beam 5, 250 ms, 10 s window", True, 5, 250, None),
+    ("release 1: no speculation, beam 5, silence 300 ms, pad 100 ms", False, 5, 300, 100),
+    ("speculation, beam 5, silence 300 ms, pad 100 ms", True, 5, 300, 100),
+    ("speculation, beam 3, silence 300 ms, pad 100 ms", True, 3, 300, 100),
+    ("speculation, beam 2, silence 300 ms, pad 100 ms", True, 2, 300, 100),
+    ("speculation, greedy, silence 300 ms, pad 100 ms", True, 1, 300, 100),
+    ("speculation, beam 5, silence 300 ms, pad 64 ms", True, 5, 300, 64),
+    ("speculation, beam 3, silence 300 ms, pad 64 ms", True, 3, 300, 64),
+    ("speculation, beam 5, silence 250 ms, pad 100 ms", True, 5, 250, 100),
 )
 
 
@@ -122,11 +123,11 @@ class PacedCallback:
         self.active = False
 
 
-def live_run(wav: Path, turns: list[dict], *, speculate: bool, beam: int, min_silence_ms: int, threads: int,
-             window_bucket_s: float | None = None, microphone: bool = False) -> dict:
+def live_run(wav: Path, turns: list[dict], *, speculate: bool, beam: int, min_silence_ms: int, speech_pad_ms: int,
+             threads: int, microphone: bool = False) -> dict:
     writer = EventWriter(None, stdout_format="none")
-    options = RunOptions(threads=threads, asr_beam=beam, min_silence_ms=min_silence_ms, speculate=speculate,
-                         asr_window_bucket_s=window_bucket_s, summary_line=False)
+    options = RunOptions(threads=threads, asr_beam=beam, min_silence_ms=min_silence_ms, speech_pad_ms=speech_pad_ms,
+                         speculate=speculate, summary_line=False)
     if microphone:
         from edge_runtime.mic import MicSource
 
@@ -189,6 +190,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--long-seconds", type=float, default=300.0,
                    help="length of the long MELD conversation (VAD and ASR-window tables only)")
     p.add_argument("--skip-live", action="store_true", help="only the VAD and ASR-window tables")
+    p.add_argument("--skip-windows", action="store_true", help="leave out the ASR-window table")
     p.add_argument("--only", type=int, nargs="*", default=None, metavar="N",
                    help="run only these live configurations (0-based indexes into CONFIGS)")
     p.add_argument("--microphone", action="store_true",
@@ -217,25 +219,25 @@ def main(argv: list[str] | None = None) -> int:
                 a, b = int((t["start"] - 0.1) * 16000), int((t["end"] + 0.1) * 16000)
                 clips.append(wave[max(0, a):b])
                 texts.append(t["text"])
-        report["asr_windows"] = asr_window_table(clips[:24] if args.quick else clips, texts, args.threads,
-                                                 (5,) if args.quick else (5, 3, 1))
+        report["asr_windows"] = [] if args.skip_windows else asr_window_table(
+            clips[:24] if args.quick else clips, texts, args.threads, (5,) if args.quick else (5, 3, 1))
         configs = () if args.skip_live else CONFIGS[:2] if args.quick else CONFIGS
         if args.only is not None:
             configs = tuple(CONFIGS[i] for i in args.only)
         live_sources = {"demo": sources["demo"]} if args.quick else {k: sources[k] for k in ("demo", "60 s conversation")}
-        for label, speculate, beam, ms, bucket in configs:
+        for label, speculate, beam, ms, pad in configs:
             for name, (wav, turns) in live_sources.items():
-                row = live_run(wav, turns, speculate=speculate, beam=beam, min_silence_ms=ms, threads=args.threads,
-                               window_bucket_s=bucket)
+                row = live_run(wav, turns, speculate=speculate, beam=beam, min_silence_ms=ms, speech_pad_ms=pad,
+                               threads=args.threads)
                 report["live"].append({"config": label, "source": name, "turns": len(turns), **row})
                 print(f"{label:45s} {name:18s} felt p50 {row['speech_end_ms']['p50']:.0f} ms  decision p50 "
                       f"{row['decision_ms']['p50']:.0f} ms  events {row['events']}/{len(turns)}  WER {100 * row['wer']:.1f} %",
                       flush=True)
     if args.microphone and configs:
-        label, speculate, beam, ms, bucket = configs[0]
+        label, speculate, beam, ms, pad = configs[0]
         wav, turns = sources["demo"]
-        row = live_run(wav, turns, speculate=speculate, beam=beam, min_silence_ms=ms, threads=args.threads,
-                       window_bucket_s=bucket, microphone=True)
+        row = live_run(wav, turns, speculate=speculate, beam=beam, min_silence_ms=ms, speech_pad_ms=pad,
+                       threads=args.threads, microphone=True)
         report["live"].append({"config": label, "source": "demo via the microphone callback", "turns": len(turns), **row})
     write_json_atomic(out / "latency.json", report)
     write_text_atomic(out / "latency.md", markdown(report))

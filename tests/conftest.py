@@ -33,3 +33,21 @@ def ci_student(ci_corpus, tmp_path_factory) -> Path:
                "--max-utts", "32", "--lr", "1e-3", "--text-lr", "1e-4", "--out", str(out)])
     assert rc == 0
     return out
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 64 KiB tmpfs mounted on a temporary folder: a real file system that fills up (needs root;
+    skipped with the reason where mounting is not allowed)."""
+    import subprocess
+
+    folder = tmp_path / "small-disk"
+    folder.mkdir()
+    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(folder)], capture_output=True, text=True)
+    if proc.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here ({proc.stderr.strip() or 'mount failed'}; it needs root); "
+                    "the /dev/full cases cover the writer and the command line")
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", "-l", str(folder)], capture_output=True)

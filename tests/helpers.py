@@ -28,3 +28,20 @@ def assert_one_line_error(proc: subprocess.CompletedProcess, *words: str) -> str
     for w in words:
         assert w in lines[0], lines[0]
     return lines[0]
+
+
+def espeak_conversation(out: Path, turns: list[tuple[str, str]], pause_s: float, speed: int = 150) -> Path:
+    """(voice, text) turns rendered with espeak-ng, 0.5 s of silence first and ``pause_s`` after
+    each turn, as one 16 kHz 16-bit WAV at ``out``."""
+    import numpy as np
+    import soundfile as sf
+
+    from hbaf.features import SAMPLE_RATE, load_audio
+
+    pieces = [np.zeros(SAMPLE_RATE // 2, np.float32)]
+    for i, (voice, text) in enumerate(turns):
+        path = out.with_name(f"{out.stem}-t{i}.wav")
+        subprocess.run(["espeak-ng", "-v", voice, "-s", str(speed), "-w", str(path), text], check=True, capture_output=True)
+        pieces += [load_audio(path), np.zeros(int(pause_s * SAMPLE_RATE), np.float32)]
+    sf.write(str(out), np.concatenate(pieces), SAMPLE_RATE, subtype="PCM_16")
+    return out

@@ -334,21 +334,6 @@ def test_full_disk_output_keeps_stdout_and_fails_at_the_end(conv_wav, ckpt):
     assert "JSONL lines lost: 3" in run.stderr and "summary: 2 utterance(s)" in run.stderr
 
 
-@pytest.fixture
-def small_disk(tmp_path):
-    """A 64 KiB tmpfs mounted on a temporary folder: a real file system that fills up."""
-    folder = tmp_path / "small-disk"
-    folder.mkdir()
-    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(folder)], capture_output=True, text=True)
-    if proc.returncode != 0:
-        pytest.skip(f"cannot mount a small tmpfs here ({proc.stderr.strip() or 'mount failed'}; it needs root); "
-                    "the /dev/full case covers the command line")
-    try:
-        yield folder
-    finally:
-        subprocess.run(["umount", "-l", str(folder)], capture_output=True)
-
-
 def test_disk_fills_up_mid_run(conv_wav, ckpt, small_disk):
     """The events file's disk fills up between the first and the second event: the earlier lines
     and the first event stay whole in the file, the rest goes to stdout, exit code 2."""

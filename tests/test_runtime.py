@@ -26,7 +26,7 @@ from edge_runtime.pipeline import Pipeline
 from edge_runtime.mic import MicSource
 from edge_runtime.sources import FileSource
 from edge_runtime.vad import Segmenter
-from helpers import tiny_checkpoint
+from helpers import espeak_conversation, tiny_checkpoint
 from hbaf.errors import HBAFError
 from hbaf.features import SAMPLE_RATE, load_audio, resample
 
@@ -53,17 +53,7 @@ def conversation(tmp_path_factory) -> Path:
     """Four espeak-ng utterances, two voices, 1.2 s pauses, 16 kHz WAV (about 12 s)."""
     if shutil.which("espeak-ng") is None:
         pytest.skip("espeak-ng is not installed (apt-get install espeak-ng)")
-    import soundfile as sf
-
-    root = tmp_path_factory.mktemp("speech")
-    pieces = [np.zeros(SAMPLE_RATE // 2, np.float32)]
-    for i, (voice, text) in enumerate(TURNS):
-        path = root / f"t{i}.wav"
-        subprocess.run(["espeak-ng", "-v", voice, "-s", "150", "-w", str(path), text], check=True, capture_output=True)
-        pieces += [load_audio(path), np.zeros(int(1.2 * SAMPLE_RATE), np.float32)]
-    out = root / "conversation.wav"
-    sf.write(str(out), np.concatenate(pieces), SAMPLE_RATE, subtype="PCM_16")
-    return out
+    return espeak_conversation(tmp_path_factory.mktemp("speech") / "conversation.wav", TURNS, pause_s=1.2)
 
 
 @pytest.fixture(scope="module")
@@ -141,7 +131,7 @@ def _event(n: int = 1, **kw) -> Event:
 
 def test_event_line_and_json():
     e = _event()
-    assert e.format_line() == '[00:12.3-00:14.1] anger 0.82  "I can\'t believe this"  (text->audio 0.31, audio->text 0.64)  123 ms'
+    assert e.format_line() == '[00:12.3-00:14.1] anger 0.82  "I can\'t believe this"  (text->audio 0.31, audio->text 0.64)  433 ms'
     unsure = _event(emotion="uncertain", confidence=0.41, uncertain=True, probs={"anger": 0.41, "joy": 0.3})
     assert unsure.format_line().startswith("[00:12.3-00:14.1] uncertain (anger 0.41)")
     d = json.loads(e.to_json())
@@ -179,21 +169,6 @@ def test_disk_full_mid_run_warns_once_and_counts():
     assert msg is not None and "\n" not in msg
     assert msg.startswith("3 of 3 line(s) could not be written to /dev/full (No space left on device)")
     assert msg.endswith("free disk space or pass another --output")
-
-
-@pytest.fixture
-def small_disk(tmp_path):
-    """A 64 KiB tmpfs mounted on a temporary folder: a real file system that fills up."""
-    folder = tmp_path / "small-disk"
-    folder.mkdir()
-    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(folder)], capture_output=True, text=True)
-    if proc.returncode != 0:
-        pytest.skip(f"cannot mount a small tmpfs here ({proc.stderr.strip() or 'mount failed'}; it needs root); "
-                    "the /dev/full cases cover the writer")
-    try:
-        yield folder
-    finally:
-        subprocess.run(["umount", "-l", str(folder)], capture_output=True)
 
 
 def _fill(folder: Path) -> Path:

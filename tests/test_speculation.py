@@ -4,7 +4,6 @@ last-voiced-sample -> event measurement."""
 from __future__ import annotations
 
 import shutil
-import subprocess
 import threading
 import time
 from pathlib import Path
@@ -19,7 +18,7 @@ from edge_runtime.pipeline import RunOptions, build_pipeline
 from edge_runtime.sources import FileSource
 from edge_runtime.speculate import Speculator
 from edge_runtime.vad import WINDOW, Segmenter
-from helpers import tiny_checkpoint
+from helpers import espeak_conversation, tiny_checkpoint
 from hbaf.features import SAMPLE_RATE, load_audio
 
 TURNS = ["please call me when you get home tonight", "we will meet again next week", "thank you for coming"]
@@ -30,17 +29,8 @@ def conversation(tmp_path_factory) -> Path:
     """Three espeak-ng utterances with 1 s pauses (about 8 s of 16 kHz audio)."""
     if shutil.which("espeak-ng") is None:
         pytest.skip("espeak-ng is not installed (apt-get install espeak-ng)")
-    import soundfile as sf
-
-    root = tmp_path_factory.mktemp("speech")
-    pieces = [np.zeros(SAMPLE_RATE // 2, np.float32)]
-    for i, text in enumerate(TURNS):
-        path = root / f"t{i}.wav"
-        subprocess.run(["espeak-ng", "-v", "en-us", "-s", "160", "-w", str(path), text], check=True, capture_output=True)
-        pieces += [load_audio(path), np.zeros(SAMPLE_RATE, np.float32)]
-    out = root / "conversation.wav"
-    sf.write(str(out), np.concatenate(pieces), SAMPLE_RATE, subtype="PCM_16")
-    return out
+    turns = [("en-us", text) for text in TURNS]
+    return espeak_conversation(tmp_path_factory.mktemp("speech") / "conversation.wav", turns, pause_s=1.0, speed=160)
 
 
 def test_pending_is_exactly_the_utterance_the_vad_then_emits(conversation):
@@ -62,8 +52,8 @@ def test_pending_is_exactly_the_utterance_the_vad_then_emits(conversation):
     for utt, decided in emitted:
         samples, offered = pending[utt.key]
         np.testing.assert_array_equal(samples, utt.samples)
-        assert decided - offered >= 0.15 * SAMPLE_RATE  # offered at least 150 ms before the decision
-        assert utt.start < utt.speech_end < utt.end and utt.end - utt.speech_end <= 0.1 + 1e-9
+        assert decided - offered >= 0.2 * SAMPLE_RATE  # offered at least 200 ms before the decision
+        assert utt.start < utt.speech_end < utt.end and utt.end - utt.speech_end <= seg.pad / SAMPLE_RATE + 1e-9
 
 
 def test_speculator_accounts_for_every_job():

@@ -157,7 +157,8 @@ def run_bench(args: argparse.Namespace, argv: Sequence[str]) -> int:
     import torch
 
     from bench.e2e import run_e2e
-    from bench.fusion import FusionBench, Settings
+    from bench.fusion import FusionBench
+    from bench.lineup import Settings
     from bench.report import format_report, jsonable, plot_e2e, plot_latency
     from hbaf.data.store import corpus_manifest
     from hbaf.io import write_json_atomic, write_text_atomic

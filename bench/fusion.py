@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -14,7 +13,7 @@ import numpy as np
 from bench.cases import Case, Family, build_case_feeds, build_cases, case_key, memory_vectors, select_clips
 from bench.cold_start import cold_start_processes, first_inference
 from bench.evaluation import EvalData, evaluate, load_eval_data
-from bench.lineup import BASELINE, TEACHER, Lineup, Row, open_lineup
+from bench.lineup import BASELINE, TEACHER, Lineup, Row, Settings, open_lineup
 from bench.timing import measure
 
 log = logging.getLogger(__name__)
@@ -24,28 +23,6 @@ TARGET_SPEEDUP_VS_TORCH = 4.0
 TARGET_SPEEDUP_VS_ORT = 1.5
 TARGET_MAX_WF1_DROP = 0.01
 TARGET_SIZE_RATIO = 3.5
-
-
-@dataclass
-class Settings:
-    checkpoint: Path
-    onnx: Path | None
-    int8: list[Path]
-    engines: list[Path]
-    teacher: Path | None
-    manifest: Path
-    lengths: list[float]
-    batches: list[int]
-    runs: int
-    warmup: int
-    threads: int
-    quick: bool
-    eval_limit: int | None
-    eval_split: str
-    compile: str
-    cold_start: str
-    workers: int | None
-    onnx_extra: list[Path] = field(default_factory=list)
 
 
 class FusionBench:

@@ -12,20 +12,42 @@ import importlib.util
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from bench.backends import INT8_LABELS, Spec, onnx_info, open_spec, size_mb
 from bench.machine import rss_mb
-from edge_runtime.backends import Backend, model_kind
+from edge_runtime.backends import Backend
+from edge_runtime.model_files import model_kind
 from hbaf.errors import HBAFError
-
-if TYPE_CHECKING:
-    from bench.fusion import Settings
 
 log = logging.getLogger(__name__)
 
 BASELINE = "torch-fp32"
 TEACHER = "teacher-torch-fp32"
+
+
+@dataclass
+class Settings:
+    """What one fusion benchmark run measures (from the command line)."""
+
+    checkpoint: Path
+    onnx: Path | None
+    int8: list[Path]
+    engines: list[Path]
+    teacher: Path | None
+    manifest: Path
+    lengths: list[float]
+    batches: list[int]
+    runs: int
+    warmup: int
+    threads: int
+    quick: bool
+    eval_limit: int | None
+    eval_split: str
+    compile: str
+    cold_start: str
+    workers: int | None
+    onnx_extra: list[Path] = field(default_factory=list)
 
 
 def one_line(err: BaseException, limit: int = 160) -> str:
@@ -66,7 +88,7 @@ class Row:
 class Lineup:
     """The rows of one run and the backends opened for them (by row key)."""
 
-    def __init__(self, settings: "Settings") -> None:
+    def __init__(self, settings: Settings) -> None:
         self.s = settings
         self.rows: list[Row] = []
         self.backends: dict[str, Backend] = {}
@@ -106,7 +128,7 @@ class Lineup:
             "pass the models exported from this checkpoint")
 
 
-def open_lineup(s: "Settings") -> Lineup:
+def open_lineup(s: Settings) -> Lineup:
     """Plan every row and open what this machine can run (see the package docstring)."""
     import torch
 

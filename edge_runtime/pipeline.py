@@ -514,7 +514,7 @@ def build_pipeline(source: Any, writer: EventWriter, options: RunOptions, *, bac
     the soak all use: segmenter, backend (opened from ``options.model`` unless given), dialogue
     memory, tokenizer and ASR. Cheap checks run before the models load."""
     from edge_runtime.asr import WhisperASR
-    from edge_runtime.backends import open_backend
+    from edge_runtime.model_files import open_backend
     from edge_runtime.demo import default_model_path
 
     if options.asr_beam < 1:

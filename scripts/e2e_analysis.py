@@ -38,7 +38,7 @@ from typing import Sequence
 import numpy as np
 
 from edge_runtime.asr import WhisperASR, basic_words, corpus_wer
-from edge_runtime.backends import open_backend
+from edge_runtime.model_files import open_backend
 from edge_runtime.memory import DialogueMemory
 from edge_runtime.offline import fuse_utterance, run_dialogues
 from edge_runtime.vad import Segmenter

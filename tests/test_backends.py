@@ -10,15 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from edge_runtime.backends import (
-    Backend,
-    OnnxBackend,
-    TorchBackend,
-    model_kind,
-    open_backend,
-    resolve_tokenizer,
-    sniff,
-)
+from edge_runtime.backends import Backend, OnnxBackend, TorchBackend, resolve_tokenizer
+from edge_runtime.model_files import model_kind, open_backend, sniff
 from edge_runtime.memory import DialogueMemory
 from helpers import tiny_checkpoint
 from hbaf.errors import HBAFError

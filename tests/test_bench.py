@@ -342,7 +342,7 @@ def _lineup(models: dict, teacher: bool = True):
     """The student (baseline) and teacher rows, opened, with their families."""
     from bench.backends import Spec
     from bench.cases import Family
-    from bench.fusion import Settings
+    from bench.lineup import Settings
     from bench.lineup import BASELINE, TEACHER, Lineup, Row
 
     settings = Settings(models["student"], None, [], [], models["teacher"], models["manifest"], [3.0], [1], 3, 1, 1, True,

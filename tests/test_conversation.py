@@ -44,7 +44,7 @@ def render_conversation(out_dir, intensity=None, min_seconds=MIN_SECONDS):
 def offline_predictions(turns, waves):
     """The shipped model on the clips themselves, reference text, memory emptied at each MELD
     dialogue (the training/evaluation convention), through the runtime's own fusion call."""
-    from edge_runtime.backends import open_backend
+    from edge_runtime.model_files import open_backend
     from edge_runtime.memory import DialogueMemory
     from edge_runtime.offline import fuse_utterance
 

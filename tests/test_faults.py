@@ -674,7 +674,8 @@ def test_leftover_temp_files_are_never_taken_for_models(ckpt, onnx_model, tmp_pa
     """What a kill during a write leaves: a truncated final file (refused by its hash) and
     ``.<name>.<random>.tmp<suffix>`` files, which the default-model search must skip. (A cut
     engine is refused by its sidecar: the ``engine-cut`` case above.)"""
-    from edge_runtime.backends import TorchBackend, open_backend
+    from edge_runtime.backends import TorchBackend
+    from edge_runtime.model_files import open_backend
     from edge_runtime.demo import default_model_path
 
     _skip_if_packaged_model()

@@ -18,7 +18,8 @@ import numpy as np
 import pytest
 
 from edge_runtime.asr import WhisperASR, normalize_words, word_error_rate
-from edge_runtime.backends import Backend, open_backend
+from edge_runtime.backends import Backend
+from edge_runtime.model_files import open_backend
 from edge_runtime.cli import NO_MIC, main
 from edge_runtime.events import Event, EventWriter, format_clock
 from edge_runtime.memory import DialogueMemory

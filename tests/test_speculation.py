@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from edge_runtime.asr import WhisperASR, normalize_words
-from edge_runtime.backends import open_backend
+from edge_runtime.model_files import open_backend
 from edge_runtime.events import EventWriter
 from edge_runtime.pipeline import RunOptions, build_pipeline
 from edge_runtime.sources import FileSource

@@ -339,6 +339,8 @@ class Pipeline:
                 vad_mark = vad_now
                 if not self._put(self.utt_q, item):
                     self.utterance_drops += 1
+                    if self.speculator is not None:
+                        self.speculator.release(utt.key)
                     log.debug("utterance at %.2f s dropped: the worker is behind", utt.start)
                 self.max_utt_q = max(self.max_utt_q, self.utt_q.qsize())
             if block is _END:

@@ -96,6 +96,13 @@ class Speculator:
             if self._current is not None and self._current.key == key:
                 self._claimed[key], self._current = self._current, None
 
+    def release(self, key: Key) -> None:
+        """The utterance ``key`` was dropped before the worker saw it: discard its speculation."""
+        with self._lock:
+            spec = self._claimed.pop(key, None)
+            if spec is not None:
+                self._discard(spec)
+
     def take(self, key: Key) -> Any | None:
         """The result for the utterance ``key`` (waiting for it if still running), or None when
         no speculation was claimed for it."""

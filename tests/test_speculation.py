@@ -73,9 +73,13 @@ def test_speculator_accounts_for_every_job():
     assert spec.take((0, 12)) == 12.0
     assert spec.take((0, 99)) is None  # nothing was claimed for it
     spec.offer((20, 30), np.ones(10))
+    spec.claim((20, 30))
+    spec.release((20, 30))  # the worker was behind and the utterance was dropped: discarded, not kept
+    assert spec.take((20, 30)) is None
+    spec.offer((40, 50), np.ones(10))
     spec.close()  # ends unclaimed: discarded
     st = spec.stats
-    assert (st.offered, st.used, st.discarded, st.skipped_busy) == (3, 1, 2, 1)
+    assert (st.offered, st.used, st.discarded, st.skipped_busy) == (4, 1, 3, 1)
     assert st.offered == st.used + st.discarded and st.compute_s >= st.wasted_s > 0
 
 

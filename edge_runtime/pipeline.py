@@ -1,10 +1,16 @@
 """The live pipeline: source -> VAD segmenter -> ASR + features + fusion -> events.
 
-Three threads joined by two bounded queues::
+Three threads joined by two bounded queues, and for live input a fourth that speculates::
 
-    source thread    source.blocks() -> audio queue            (blocks of 16 kHz mono)
-    segmenter thread audio queue -> Segmenter -> utterance queue
-    worker thread    utterance queue -> ASR, log-mel, tokens, memory -> backend -> Event
+    source thread     source.blocks() -> audio queue           (blocks of 16 kHz mono, arrival time)
+    segmenter thread  audio queue -> Segmenter -> utterance queue
+                      during the hangover: the utterance's samples -> speculation thread
+    speculation       ASR + features of those samples, ahead of the VAD's decision (speculate.py)
+    worker thread     utterance queue -> ASR + features (or the speculation's result), tokens,
+                      memory -> backend -> Event
+
+Each event's ``latency_ms`` breaks down what the speaker waits after their last word (``STAGES``);
+the block arrival times turn the VAD's stream position of the last voiced sample into wall time.
 
 Nothing here can block a microphone's audio callback: the callback only fills the
 source's own bounded queue. For a live source (a microphone, a file paced in real
@@ -24,19 +30,19 @@ from __future__ import annotations
 
 import logging
 import queue
-from collections import deque
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from edge_runtime.backends import Backend
-from edge_runtime.events import Event, EventWriter
 from edge_runtime import vad
 from edge_runtime.asr import DEFAULT_BEAM_SIZE
+from edge_runtime.backends import Backend
+from edge_runtime.events import Event, EventWriter
 from edge_runtime.memory import DEFAULT_RESET_AFTER, DialogueMemory
 from edge_runtime.offline import fuse_utterance
 from edge_runtime.speculate import Speculator

@@ -1,7 +1,7 @@
 """Accuracy and agreement of every backend on a corpus.
 
 Each runnable backend replays the evaluation split's dialogues through the runtime's own
-offline path (``edge_runtime.offline.run_dialogues``: batch 1, the backend's own utterance
+offline path (``export.dialogues.DialogueSet.run`` -> ``edge_runtime.offline.run_dialogues``: batch 1, the backend's own utterance
 embeddings fed back as the dialogue memory); its weighted F1 and its agreement with the
 family's PyTorch FP32 eager model on the same utterances go into its row.
 """
@@ -17,28 +17,38 @@ import numpy as np
 
 from bench.cases import Family
 from bench.lineup import BASELINE, TEACHER, Lineup
-from edge_runtime.offline import run_dialogues
+from export.dialogues import DialogueSet
 from hbaf.data.records import Record
-from hbaf.data.store import FeatureStore, feature_cache_path, group_dialogues, take_dialogues
+from hbaf.data.store import FeatureStore, take_dialogues
 
 log = logging.getLogger(__name__)
 
 
 @dataclass
 class EvalData:
-    """The evaluation utterances: records, their features (cached), dialogues and labels."""
+    """The evaluation utterances (whole dialogues with their cached features) and their labels."""
 
-    records: list[Record]
-    feats: FeatureStore
-    groups: list[list[int]]
+    dialogues: DialogueSet
     y: np.ndarray
     split: str
     split_total: int  # utterances in the split before ``--eval-limit``
     note: str | None = None
 
     @property
+    def records(self) -> list[Record]:
+        return self.dialogues.records
+
+    @property
+    def feats(self) -> FeatureStore:
+        return self.dialogues.feats
+
+    @property
+    def groups(self) -> list[list[int]]:
+        return self.dialogues.groups
+
+    @property
     def texts(self) -> list[str]:
-        return [r.text for r in self.records]
+        return self.dialogues.texts
 
 
 def load_eval_data(manifest: Path, labels: Sequence[str], split: str, limit: int | None,
@@ -59,9 +69,9 @@ def load_eval_data(manifest: Path, labels: Sequence[str], split: str, limit: int
     total = len(chosen)
     if limit:
         chosen = take_dialogues(chosen, limit)
-    feats = FeatureStore(chosen, feature_cache_path(manifest, chosen, f"bench-{split}"), workers=workers)
     index = {lab: i for i, lab in enumerate(labels)}
-    return EvalData(chosen, feats, group_dialogues(chosen), np.array([index[r.label] for r in chosen]), split, total, note)
+    return EvalData(DialogueSet.load(manifest, chosen, f"bench-{split}", workers), np.array([index[r.label] for r in chosen]),
+                    split, total, note)
 
 
 def compare_probs(ref: np.ndarray, probs: np.ndarray) -> dict[str, Any]:
@@ -93,8 +103,7 @@ def evaluate(lineup: Lineup, families: dict[str, Family], data: EvalData) -> Non
     for row in ordered:
         fam = families[row.family]
         try:
-            out = run_dialogues(lineup.backends[row.key], fam.tokenizer, data.groups, data.feats, data.texts,
-                                desc=f"evaluate {row.key}")
+            out = data.dialogues.run(lineup.backends[row.key], fam.tokenizer, desc=f"evaluate {row.key}")
         except Exception as err:
             if row.key == BASELINE:
                 raise

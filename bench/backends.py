@@ -60,7 +60,7 @@ class TorchTensorRTBackend(TorchBackend):
         from hbaf.contract import Profiles
 
         super().__init__(path, device="cuda")
-        profiles = Profiles()
+        profiles = Profiles.for_spec(self.spec)
         t0 = time.perf_counter()
         self.model = compile_student(self.model, self.spec, profiles, precision=precision)
         self.load_seconds += time.perf_counter() - t0

@@ -41,11 +41,12 @@ class Clip:
         return self.samples.size / SAMPLE_RATE
 
 
-def _duration(frames: int) -> float:
-    return max(0, frames - 1) * HOP_LENGTH / SAMPLE_RATE
+def _duration(frames: int, hop: int = HOP_LENGTH) -> float:
+    return max(0, frames - 1) * hop / SAMPLE_RATE
 
 
-def select_clips(records: Sequence[Record], frames: Sequence[int], seconds: float, count: int) -> list[Clip]:
+def select_clips(records: Sequence[Record], frames: Sequence[int], seconds: float, count: int,
+                 hop: int = HOP_LENGTH) -> list[Clip]:
     """``count`` clips of real speech lasting at least ``seconds`` (when the pool allows).
 
     Single utterances first, the shortest long-enough ones; then consecutive utterances of one
@@ -54,7 +55,7 @@ def select_clips(records: Sequence[Record], frames: Sequence[int], seconds: floa
     """
     if not records:
         raise HBAFError("no utterances to take benchmark inputs from; check the manifest's evaluation split")
-    durations = [_duration(f) for f in frames]
+    durations = [_duration(f, hop) for f in frames]
     clips: list[Clip] = []
     audio_cache: dict[int, np.ndarray] = {}
 
@@ -98,6 +99,15 @@ def select_clips(records: Sequence[Record], frames: Sequence[int], seconds: floa
     while len(clips) < count:
         clips.append(clips[len(clips) % distinct])
     return clips[:count]
+
+
+def features_of(wave: np.ndarray, spec: ModelSpec) -> np.ndarray:
+    """The model's audio input for one waveform, of the feature kind its spec names."""
+    import inspect
+
+    if "kind" in inspect.signature(utterance_features).parameters:
+        return utterance_features(wave, kind=spec.feature_kind)
+    return utterance_features(wave)
 
 
 def case_key(seconds: float, batch: int) -> str:
@@ -150,7 +160,7 @@ def build_case_feeds(clips: Sequence[Clip], seconds: float, batch: int, family: 
         clip = clips[j % len(clips)]
         target = seconds if batch == 1 else seconds * (1.0 - (1.0 - SHORTEST_BATCH_ROW) * j / (batch - 1))
         n = min(clip.samples.size, int(round(target * SAMPLE_RATE)))
-        feats.append(utterance_features(clip.samples[:n]))
+        feats.append(features_of(clip.samples[:n], family.spec))
         ids.append(token_ids(family.tokenizer, clip.text))
         sources.append(clip.source)
         lengths.append(round(n / SAMPLE_RATE, 3))

@@ -67,7 +67,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="hbaf-edge bench", allow_abbrev=False, formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Latency, cold start and accuracy of the fusion backends against PyTorch FP32 eager, on real utterances; "
                     "optionally the whole pipeline end to end.",
-        epilog="Writes bench.json, bench.md and bench_latency.png into --out. Example:\n"
+        epilog="Writes bench.json, bench.md and bench_latency.png into --out. With no model and no data arguments it "
+               "benchmarks the student packaged with this install (its checkpoint, hbaf/assets/default.onnx and an FP32 "
+               "ONNX exported into --out) on built-in rendered utterances, with --quick settings. Example:\n"
                "  hbaf-edge bench --checkpoint runs/student --onnx exports/model.onnx --int8 exports/model.int8-cpu.onnx "
                "exports/model.int8-trt.onnx --teacher runs/teacher --corpus meld-tts --e2e demo --out bench-report",
     )
@@ -152,6 +154,79 @@ def _e2e_model(args: argparse.Namespace) -> Path:
     raise HBAFError("--e2e needs a fusion model: pass --checkpoint DIR (or --e2e-model FILE)")
 
 
+BUILTIN_INT8_NUM = 64  # calibration utterances when the packaged INT8 model is not the checkpoint's
+
+
+def _no_model_no_data(args: argparse.Namespace) -> bool:
+    return not any((args.checkpoint, args.onnx, args.int8, args.engine, args.teacher, args.manifest, args.corpus, args.e2e))
+
+
+def _fresh_export(checkpoint: Path, onnx: Path) -> bool:
+    """Whether ``onnx`` is an FP32 export of ``checkpoint``'s current weights (then it is reused)."""
+    from hbaf.checkpoint import WEIGHTS, read_meta, sha256_file
+    from hbaf.contract import onnx_metadata, read_onnx
+
+    if not onnx.is_file():
+        return False
+    try:
+        meta = onnx_metadata(read_onnx(onnx, load_external_data=False))
+    except HBAFError:
+        return False
+    weights = read_meta(checkpoint).get("weights_sha256") or sha256_file(checkpoint / WEIGHTS)
+    return meta.get("source_checkpoint_sha256") == weights and meta.get("graph", "contract") == "contract"
+
+
+def builtin_models(args: argparse.Namespace, out: Path) -> str:
+    """``hbaf-edge bench`` with no model and no data: fill ``args`` with the packaged student (checkpoint,
+    the packaged INT8 CPU model, an FP32 ONNX exported into ``out``), built-in rendered utterances and
+    --quick settings; returns the line the report header shows."""
+    import hbaf
+    from calibration.builtin import builtin_manifest, describe
+    from hbaf.checkpoint import packaged_checkpoint, read_meta
+
+    checkpoint = packaged_checkpoint()
+    labels = read_meta(checkpoint)["labels"]
+    manifest = builtin_manifest(labels, workers=args.workers)
+    onnx = out / "model.onnx"
+    if _fresh_export(checkpoint, onnx):
+        print(f"FP32 ONNX: reusing {onnx} (exported from this checkpoint)", file=sys.stderr, flush=True)
+    else:
+        from export.onnx_export import export_onnx
+
+        print(f"FP32 ONNX: exporting {checkpoint} -> {onnx}", file=sys.stderr, flush=True)
+        export_onnx(checkpoint, onnx, check=False)
+    int8 = Path(hbaf.__file__).resolve().parent / "assets" / "default.onnx"
+    int8_note = f"the packaged INT8 CPU model {int8}"
+    if not _packaged_int8_fits(int8, checkpoint):
+        from calibration.report import quantize_onnx
+
+        why = "is missing" if not int8.is_file() else "is not this checkpoint's model"
+        print(f"INT8: {int8} {why}; quantizing the FP32 export on {BUILTIN_INT8_NUM} built-in utterances",
+              file=sys.stderr, flush=True)
+        results = quantize_onnx(onnx, manifest, out, flavours=["cpu"], num=BUILTIN_INT8_NUM, threads=args.threads,
+                                workers=args.workers)
+        int8 = Path(results[0].path)
+        int8_note = f"an INT8 CPU model quantized here ({int8}: the packaged one {why})"
+    args.checkpoint, args.onnx, args.int8, args.manifest = str(checkpoint), [str(onnx)], [str(int8)], str(manifest)
+    args.quick = True
+    return (f"no arguments given: the packaged student ({checkpoint}), {int8_note} and its FP32 ONNX export, on "
+            f"{describe(manifest)}; --quick settings (pass --checkpoint/--onnx/--int8/--manifest and --runs for a full run)")
+
+
+def _packaged_int8_fits(int8: Path, checkpoint: Path) -> bool:
+    from edge_runtime.backends import TorchBackend
+    from hbaf.contract import read_onnx, spec_from_onnx
+
+    if not int8.is_file():
+        return False
+    try:
+        spec = spec_from_onnx(read_onnx(int8, load_external_data=False), source=str(int8))
+        spec.check_same_model(TorchBackend(checkpoint).spec, "", "")
+    except HBAFError:
+        return False
+    return True
+
+
 def run_bench(args: argparse.Namespace, argv: Sequence[str]) -> int:
     """The command: validate, benchmark, print, write."""
     import torch
@@ -163,6 +238,9 @@ def run_bench(args: argparse.Namespace, argv: Sequence[str]) -> int:
     from hbaf.data.store import corpus_manifest
     from hbaf.io import write_json_atomic, write_text_atomic
 
+    builtin = None
+    if _no_model_no_data(args):
+        builtin = builtin_models(args, _prepare_out(args.out))
     fusion = bool(args.manifest or args.corpus)
     if not fusion and not args.e2e:
         raise HBAFError("nothing to benchmark: pass --manifest M or --corpus NAME (real utterances for the fusion backends) "
@@ -202,7 +280,7 @@ def run_bench(args: argparse.Namespace, argv: Sequence[str]) -> int:
             "lengths": args.lengths, "batches": args.batch, "runs": runs, "warmup": warmup, "threads": args.threads,
             "torch_threads": torch.get_num_threads(), "torch_interop_threads": torch.get_num_interop_threads(),
             "quick": quick, "eval_limit": eval_limit, "eval_split": args.eval_split, "compile": args.compile,
-            "cold_start": cold, "e2e": args.e2e, "e2e_realtime": bool(args.e2e_realtime),
+            "cold_start": cold, "builtin": builtin, "e2e": args.e2e, "e2e_realtime": bool(args.e2e_realtime),
             "e2e_speculate": bool(args.e2e_speculate),
         },
     }

@@ -58,7 +58,10 @@ class FusionBench:
             if key in backends:
                 self.families[name] = Family(name, key, backends[key].spec, backends[key].tokenizer())
         frames = [data.feats[i].shape[0] for i in range(len(data.records))]
-        clips = {sec: select_clips(data.records, frames, sec, max(s.batches)) for sec in s.lengths}
+        from hbaf.contract import feature_format
+
+        hop = feature_format(ref.spec.feature_kind).hop  # samples per frame of the model's audio input
+        clips = {sec: select_clips(data.records, frames, sec, max(s.batches), hop) for sec in s.lengths}
         for fam in self.families.values():
             k, d = fam.spec.context_size, fam.spec.memory_dim
             fam.first_call, _ = build_case_feeds(clips[self.primary_seconds], self.primary_seconds, 1, fam,

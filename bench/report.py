@@ -61,6 +61,7 @@ def format_header(report: dict[str, Any]) -> str:
         f"threads: {st['threads']} (torch intra-op {st['torch_threads']}, inter-op {st['torch_interop_threads']}; "
         f"ONNX Runtime intra-op {st['threads']}, inter-op 1); load average (1 min) {m.get('load_average_1min')} at start, "
         f"{m.get('load_average_1min_end')} at end",
+        *([f"defaults: {st['builtin']}"] if st.get("builtin") else []),
         *warn,
     ])
 

@@ -90,7 +90,8 @@ def build_calibration_set(fp32: OnnxBackend, manifest: str | os.PathLike, *, num
 
     if num < 1:
         raise HBAFError(f"--num must be >= 1 calibration utterances, got {num}")
-    data = DialogueSet.load(manifest, calibration_records(manifest, num, seed), "calib", workers)
+    data = DialogueSet.load(manifest, calibration_records(manifest, num, seed), "calib", workers,
+                           kind=fp32.spec.feature_kind)
     tok = model_tokenizer(fp32, tokenizer)
     seen = data.run(fp32, tok, desc="calibration: FP32 dialogue memory")
     feeds = [fp32.feeds(data.feats[i], *tok([text]), seen["memory"][i], seen["memory_mask"][i])
@@ -111,7 +112,7 @@ def build_eval_set(fp32: OnnxBackend, manifest: str | os.PathLike, *, split: str
     if limit:
         chosen = take_dialogues(chosen, limit)
     index = {lab: i for i, lab in enumerate(labels)}
-    return EvalSet(DialogueSet.load(manifest, chosen, split, workers), np.array([index[r.label] for r in chosen]), split,
+    return EvalSet(DialogueSet.load(manifest, chosen, split, workers, kind=fp32.spec.feature_kind), np.array([index[r.label] for r in chosen]), split,
                    model_tokenizer(fp32, tokenizer))
 
 

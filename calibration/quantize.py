@@ -1,7 +1,7 @@
 """Explicit INT8 (Q/DQ) ONNX: graph preparation, calibration ranges, the two flavours, checks.
 
 What gets quantized: the inputs (activation and weight) of the GEMMs with constant weights
-(MatMul, Gemm and the two subsampling Convs), their outputs stay float. Activation x
+(MatMul, Gemm and the audio subsampling Conv(s)), their outputs stay float. Activation x
 activation MatMuls (attention scores and context), the dynamic gate's Linear, the
 attention-mask adds, Softmax, LayerNorm, GELU (Erf), residual Adds, the pooling and the
 gate means stay float. ONNX Runtime's QDQ quantizer rewires *every* reader of a quantized

@@ -43,7 +43,7 @@ from calibration.quantize import (
 )
 from edge_runtime.backends import Backend, OnnxBackend
 from export.parity import onnx_cpu
-from hbaf.contract import HOP_LENGTH, SAMPLE_RATE
+from hbaf.contract import SAMPLE_RATE, feature_format
 from hbaf.errors import HBAFError
 from hbaf.io import write_json_atomic, write_text_atomic
 
@@ -85,10 +85,12 @@ def agreement(ref: np.ndarray, probs: np.ndarray) -> dict:
 # ----------------------------------------------------------------------------- latency
 
 
-def latency_feeds(backend: Backend, data: EvalSet, ref: dict, frames: int = 301) -> tuple[dict[str, np.ndarray], dict]:
-    """Batch-1 feeds of a real ~3 s utterance (cropped to ``frames``; 301 = 3.00 s) with a full memory
+def latency_feeds(backend: Backend, data: EvalSet, ref: dict, seconds: float = 3.0) -> tuple[dict[str, np.ndarray], dict]:
+    """Batch-1 feeds of a real ~3 s utterance (cropped to ``seconds``) with a full memory
     (``ref``'s utterance embeddings)."""
     utts = data.dialogues
+    fmt = feature_format(backend.spec.feature_kind)
+    frames = fmt.frames_for(int(seconds * SAMPLE_RATE))
     lengths = np.array([utts.feats[i].shape[0] for i in range(len(utts))])
     long_enough = np.flatnonzero(lengths >= frames)
     i = int(long_enough[0]) if long_enough.size else int(lengths.argmax())
@@ -98,7 +100,7 @@ def latency_feeds(backend: Backend, data: EvalSet, ref: dict, frames: int = 301)
     emb = ref["utt_emb"]
     memory = np.stack([emb[j % len(emb)] for j in range(k)]) if k else np.zeros((0, emb.shape[1]), np.float32)
     feeds = backend.feeds(feats, ids, mask, memory, np.ones((k,), np.float32))
-    return feeds, {"frames": int(feats.shape[0]), "seconds": round((feats.shape[0] - 1) * HOP_LENGTH / SAMPLE_RATE, 2),
+    return feeds, {"frames": int(feats.shape[0]), "seconds": round(feats.shape[0] / fmt.frames_per_second, 2),
                    "tokens": int(ids.shape[1]), "memory_slots": int(k), "text": utts.texts[i]}
 
 

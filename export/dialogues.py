@@ -17,10 +17,13 @@ import numpy as np
 
 from edge_runtime.backends import Backend
 from edge_runtime.offline import run_dialogues
+from hbaf.contract import FEATURE_KIND
 from hbaf.data.records import Record
 from hbaf.data.store import (
     FeatureStore,
+    SubStore,
     feature_cache_path,
+    manifest_subset,
     group_dialogues,
     take_dialogues,
 )
@@ -51,15 +54,19 @@ class DialogueSet:
     """Records (whole dialogues), their cached features and their dialogue groups."""
 
     records: list[Record]
-    feats: FeatureStore
+    feats: FeatureStore | SubStore
     groups: list[list[int]]
 
     @classmethod
     def load(cls, manifest: str | os.PathLike, records: Sequence[Record], tag: str,
-             workers: int | None = None) -> DialogueSet:
-        """Features of ``records`` (a subset of ``manifest``) through the feature cache file of ``tag``."""
+             workers: int | None = None, *, kind: str = FEATURE_KIND, condition: str = "clean") -> DialogueSet:
+        """Features of ``kind`` (the model's ``spec.feature_kind``) of ``records`` (a subset of
+        ``manifest``), under the audio ``condition``, through the feature cache file of ``tag``."""
         records = list(records)
-        feats = FeatureStore(records, feature_cache_path(manifest, records, tag), workers=workers)
+        feats = manifest_subset(manifest, records, kind, condition)
+        if feats is None:
+            cache = feature_cache_path(manifest, records, tag, kind=kind, condition=condition)
+            feats = FeatureStore(records, cache, workers=workers, kind=kind, condition=condition)
         return cls(records, feats, group_dialogues(records))
 
     @property

@@ -106,7 +106,7 @@ class EngineBuilder:
             raise HBAFError(f"--workspace-mb {workspace_mb} is too small; give at least 16 (1024 is a good start)")
         self.onnx_path = Path(onnx_path)
         self.precision = precision
-        self.profiles = profiles or Profiles()
+        self.profiles = profiles  # None: the model's own (Profiles.for_spec), once its ONNX is read
         self.workspace_mb = int(workspace_mb)
         self.timing_cache = Path(timing_cache) if timing_cache else None
         self.verbose = verbose
@@ -209,6 +209,9 @@ class EngineBuilder:
             config.set_flag(trt.BuilderFlag.FP16)
 
         profile = builder.create_optimization_profile()
+        if self.profiles is None:
+            self.profiles = Profiles.for_spec(info["spec"])
+        self.profiles.check(info["spec"])
         shapes = self.profiles.input_shapes(info["spec"])
         network_inputs = {network.get_input(i).name for i in range(network.num_inputs)}
         for name, (lo, mid, hi) in shapes.items():

@@ -72,7 +72,8 @@ def parity(checkpoint_dir: str | os.PathLike, onnx_path: str | os.PathLike, mani
     onnx_backend = onnx_cpu(onnx_path, threads)
     onnx_backend.spec.check_same_model(torch_backend.spec, f"{onnx_path} and checkpoint {checkpoint_dir}",
                                        "export the ONNX again from this checkpoint")
-    data = DialogueSet.load(manifest, take_dialogues(load_records(manifest), n), "parity", workers)
+    data = DialogueSet.load(manifest, take_dialogues(load_records(manifest), n), "parity", workers,
+                           kind=torch_backend.spec.feature_kind)
     feats = data.feats
     ref = data.run(torch_backend, torch_backend.tokenizer(), desc="parity: PyTorch")
     got = data.run(onnx_backend, onnx_backend.tokenizer(), desc="parity: ONNX Runtime")

@@ -168,7 +168,8 @@ def calibration_batches(backend: Backend, manifest: str | os.PathLike, *, num: i
 
     if num < 1 or batch < 1:
         raise HBAFError(f"--num ({num}) and the calibration batch size ({batch}) must be >= 1")
-    data = DialogueSet.load(manifest, calibration_records(manifest, num, seed), "calib", workers)
+    data = DialogueSet.load(manifest, calibration_records(manifest, num, seed), "calib", workers,
+                           kind=backend.spec.feature_kind)
     tokenizer = backend.tokenizer()
     seen = data.run(backend, tokenizer, desc="calibration: FP32 dialogue memory")
     batches = []
@@ -229,7 +230,8 @@ def compile_student(
     torch_tensorrt = import_torch_tensorrt()
     if not torch.cuda.is_available():
         raise HBAFError("Torch-TensorRT needs a CUDA GPU and a CUDA build of torch; run this on the Jetson")
-    profiles = profiles or Profiles()
+    profiles = profiles or Profiles.for_spec(spec)
+    profiles.check(spec)
     cuda = f"cuda:{device}"
     model = model.eval().to(cuda)
 

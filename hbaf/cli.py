@@ -39,10 +39,13 @@ def _add_data_args(p: argparse.ArgumentParser, seed: int) -> None:
 
 def _add_train_args(p: argparse.ArgumentParser, d: TrainConfig) -> None:
     """Flags of the training commands; ``d`` is the default ``TrainConfig``."""
+    from hbaf.contract import FEATURE_FORMATS, FEATURE_KIND
     from hbaf.model import PRESETS
 
     p.add_argument("--preset", default="teacher", choices=tuple(PRESETS), help="model size (default %(default)s)")
-    p.add_argument("--epochs", type=int, default=d.epochs)
+    p.add_argument("--epochs", type=int, default=d.epochs,
+                   help="passes over the training set (default: 8, or more on a small corpus, enough for "
+                        f"{d.min_steps} optimizer steps, at most {d.max_auto_epochs})")
     p.add_argument("--max-steps", type=int, default=d.max_steps, help="stop after this many optimizer steps")
     p.add_argument("--max-utts", type=int, default=d.max_utts, help="utterances per batch (whole dialogues)")
     p.add_argument("--lr", type=float, default=d.lr)
@@ -58,6 +61,13 @@ def _add_train_args(p: argparse.ArgumentParser, d: TrainConfig) -> None:
                         "else the reference rewritten by rule (no '!')")
     p.add_argument("--asr-transcripts", default=None, metavar="JSONL",
                    help="recogniser transcripts of the training clips (scripts/transcribe_corpus.py)")
+    p.add_argument("--features", default=FEATURE_KIND, choices=tuple(FEATURE_FORMATS),
+                   help="audio input: the recogniser's Whisper encoder states, or release 1's log-mel (default %(default)s)")
+    p.add_argument("--augment", type=int, default=1, metavar="N",
+                   help="degraded copies of every training clip (gain, noise, reverberation, telephone band, speed; "
+                        "hbaf.data.augment), drawn at random with the clean one at every step (default %(default)s; 0: none)")
+    p.add_argument("--hold-out-family", default=None, metavar="FAMILY",
+                   help="leave this voice family (e.g. flite) out of train and dev; the test report gives it separately")
 
 
 def load_records(args: argparse.Namespace, labels: list[str] | None = None):
@@ -92,10 +102,29 @@ def _filter_labels(records, labels):
     return records
 
 
-def _feature_store(records, manifest: Path, workers):
-    from hbaf.data.store import FeatureStore, feature_cache_path
+def _feature_store(records, manifest: Path, workers, kind: str, condition: str = "clean", tag: str | None = None):
+    """Features of ``records`` (all of ``manifest``'s, or a subset named ``tag``), cached per kind and condition."""
+    from hbaf.data.store import FeatureStore, feature_cache_path, manifest_subset
 
-    return FeatureStore(records, feature_cache_path(manifest), workers=workers)
+    if tag and manifest.is_file():  # a subset: out of the whole manifest's cache when it has one
+        subset = manifest_subset(manifest, records, kind, condition)
+        if subset is not None:
+            return subset
+    cache = feature_cache_path(manifest, records if tag else None, tag, kind=kind, condition=condition)
+    return FeatureStore(records, cache, workers=workers, kind=kind, condition=condition)
+
+
+def _hold_out(records, family: str | None):
+    """Drop the train and dev utterances of ``family`` (its test utterances stay: the unseen-voice test)."""
+    if not family:
+        return records
+    families = sorted({r.family for r in records if r.family})
+    if family not in families:
+        raise HBAFError(f"no utterances of voice family {family!r} in the data (it has: {', '.join(families) or 'none'}); "
+                        "render the corpus with it or pick another --hold-out-family")
+    kept = [r for r in records if r.split == "test" or r.family != family]
+    log.info("holding out family %s: %d of %d utterances kept", family, len(kept), len(records))
+    return kept
 
 
 def _new_model(cfg, labels):
@@ -109,15 +138,22 @@ def _new_model(cfg, labels):
     return model, enc_path
 
 
-def _train_one(args, cfg, records, store, out_dir: Path, teacher_out=None, tc_overrides: dict | None = None,
+def _train_one(args, cfg, records, store, manifest: Path, out_dir: Path, teacher_out=None, tc_overrides: dict | None = None,
                loss_overrides: dict | None = None) -> dict:
     from hbaf.data.manifest import label_set
-    from hbaf.data.store import SubStore, subset_train
+    from hbaf.data.store import SubStore, augment_condition, subset_train
     from hbaf.losses import LossConfig
     from hbaf.text import Tokenizer
     from hbaf.train import TrainConfig, load_transcripts, train
 
     labels = label_set(records)
+    family = getattr(args, "hold_out_family", None)
+    if family:
+        kept = set(map(id, _hold_out(records, family)))
+        keep = [i for i, r in enumerate(records) if id(r) in kept]
+        records, store = [records[i] for i in keep], SubStore(store, keep)
+        if teacher_out is not None:
+            teacher_out = {k: v[keep] for k, v in teacher_out.items()}
     if args.train_fraction < 1.0:
         keep = subset_train(records, args.train_fraction, args.seed)
         records, store = [records[i] for i in keep], SubStore(store, keep)
@@ -129,8 +165,12 @@ def _train_one(args, cfg, records, store, out_dir: Path, teacher_out=None, tc_ov
                      seed=args.seed, max_steps=args.max_steps, threads=args.threads, asr_text=args.asr_text,
                      asr_transcripts=load_transcripts(args.asr_transcripts) if args.asr_transcripts else None,
                      loss=LossConfig(**(loss_overrides or {})), **(tc_overrides or {}))
-    summary = train(model, records, store, tok, out_dir, tc, teacher_out=teacher_out)
-    summary["train_fraction"] = args.train_fraction
+    train_recs = [r for r in records if r.split == "train"]
+    augmented = [_feature_store(train_recs, manifest, args.workers, cfg.feature_kind, augment_condition(k), tag="train")
+                 for k in range(args.augment)]
+    summary = train(model, records, store, tok, out_dir, tc, teacher_out=teacher_out, augmented=augmented)
+    summary.update(train_fraction=args.train_fraction, augment=args.augment, hold_out_family=family,
+                   feature_kind=cfg.feature_kind)
     return _report_test(out_dir, records, store, summary)
 
 
@@ -147,16 +187,38 @@ def _report_test(out_dir: Path, records, store, summary: dict) -> dict:
     idx = [i for i, r in enumerate(records) if r.split == "test"]
     metrics = {"checkpoint": str(out_dir), "preset_config": meta["config"], "parameters": count_parameters(model), **summary}
     if idx:
-        report, _ = evaluate(model, [records[i] for i in idx], SubStore(store, idx), tok, desc="test")
+        test = [records[i] for i in idx]
+        report, pred = evaluate(model, test, SubStore(store, idx), tok, desc="test")
         metrics["test"] = report
         write_eval_outputs(out_dir, "test_metrics", report, f"test, weighted F1 {100 * report['weighted_f1']:.1f}")
+        if model.use_audio and model.use_text:  # what the audio alone says: the same model, blank transcripts
+            _, audio_pred = evaluate(model, test, SubStore(store, idx), tok, desc="test (audio only)", blank_text=True)
+            metrics["test_audio_only"] = _brief(model, test, audio_pred)
+        families = sorted({r.family for r in test if r.family})
+        if len(families) > 1:  # each voice family on its own (the held-out one is an unseen voice)
+            metrics["test_by_family"] = {
+                fam: {"fused": _brief(model, test, pred, fam),
+                      **({"audio_only": _brief(model, test, audio_pred, fam)} if "test_audio_only" in metrics else {})}
+                for fam in families}
     write_json_atomic(out_dir / "metrics.json", metrics)
     return metrics
+
+
+def _brief(model, records, pred: dict, family: str | None = None) -> dict:
+    """Weighted F1, accuracy and unweighted recall of ``pred`` (on ``records``, or those of ``family``)."""
+    from hbaf.metrics import classification_report
+
+    idx = [i for i, r in enumerate(records) if family is None or r.family == family]
+    li = {lab: i for i, lab in enumerate(model.labels)}
+    rep = classification_report([li[records[i].label] for i in idx], pred["probs"][idx].argmax(1), model.labels)
+    return {"n": len(idx), **{k: rep[k] for k in ("weighted_f1", "accuracy", "unweighted_accuracy", "macro_f1")}}
 
 
 def _cfg_from_args(args, **overrides):
     from hbaf.model import preset
 
+    if getattr(args, "features", None):
+        overrides.setdefault("feature_kind", args.features)
     cfg = preset(args.preset, **overrides)
     if getattr(args, "text_encoder", None):
         cfg = replace(cfg, text_encoder=args.text_encoder)
@@ -167,7 +229,8 @@ def cmd_make_corpus(args) -> int:
     from hbaf.data.meld_tts import build_corpus, default_corpus_dir
 
     out = Path(args.out) if args.out else default_corpus_dir()
-    manifest = build_corpus(out, limit=args.limit, strength=args.strength, seed=args.seed, workers=args.workers)
+    manifest = build_corpus(out, limit=args.limit, strength=args.strength, seed=args.seed, workers=args.workers,
+                            families=args.families)
     print(f"corpus manifest: {manifest}")
     return 0
 
@@ -180,8 +243,9 @@ def cmd_train(args) -> int:
         overrides["use_gate"] = False
     cfg = _cfg_from_args(args, **overrides)
     records, manifest = load_records(args)
-    store = _feature_store(records, manifest, args.workers)
-    metrics = _train_one(args, cfg, records, store, Path(args.out), loss_overrides=NO_CONTRASTIVE if args.no_contrastive else None)
+    store = _feature_store(records, manifest, args.workers, cfg.feature_kind)
+    metrics = _train_one(args, cfg, records, store, manifest, Path(args.out),
+                         loss_overrides=NO_CONTRASTIVE if args.no_contrastive else None)
     _print_summary(args.out, metrics)
     return 0
 
@@ -199,7 +263,6 @@ def _print_summary(out, metrics: dict) -> None:
 def cmd_evaluate(args) -> int:
     from hbaf.checkpoint import load_checkpoint, tokenizer_path
     from hbaf.text import Tokenizer
-    from hbaf.data.store import SubStore
     from hbaf.train import evaluate, write_eval_outputs
 
     model, _ = load_checkpoint(args.checkpoint)
@@ -207,11 +270,22 @@ def cmd_evaluate(args) -> int:
     idx = [i for i, r in enumerate(records) if r.split == args.split]
     if not idx:
         raise HBAFError(f"no utterances in split '{args.split}'; choose --split train|dev|test")
-    store = _feature_store(records, manifest, args.workers)
+    if args.family:
+        idx = [i for i in idx if records[i].family == args.family]
+        if not idx:
+            raise HBAFError(f"no {args.split} utterances of voice family {args.family!r}; check --family")
+    if args.limit:
+        from hbaf.data.store import take_dialogues
+
+        kept = set(map(id, take_dialogues([records[i] for i in idx], args.limit, seed=0)))
+        idx = [i for i in idx if id(records[i]) in kept]
+    store = _feature_store([records[i] for i in idx], manifest, args.workers, model.cfg.feature_kind, args.condition,
+                           tag=f"eval-{args.split}")
     tok = Tokenizer(tokenizer_path(args.checkpoint), model.cfg.max_tokens)
     out = Path(args.out or args.checkpoint)
     name = (f"eval_{args.split}" + ("_blank_text" if args.blank_text else "") + ("_asr_text" if args.asr_text else "")
-            + ("_asr_transcripts" if args.asr_transcripts else ""))
+            + ("_asr_transcripts" if args.asr_transcripts else "") + (f"_{args.family}" if args.family else "")
+            + (f"_{args.condition}" if args.condition != "clean" else ""))
     chosen = [records[i] for i in idx]
     if args.asr_text or args.asr_transcripts:
         from hbaf.text import asr_style
@@ -223,7 +297,7 @@ def cmd_evaluate(args) -> int:
             raise HBAFError(f"{args.asr_transcripts} has no transcript for {len(missing)} {args.split} clip(s) (e.g. {missing[0]}); "
                             f"run scripts/transcribe_corpus.py --split {args.split}")
         chosen = [replace(r, text=heard[r.audio] if heard else asr_style(r.text)) for r in chosen]
-    report, _ = evaluate(model, chosen, SubStore(store, idx), tok, blank_text=args.blank_text)
+    report, _ = evaluate(model, chosen, store, tok, blank_text=args.blank_text)
     write_eval_outputs(out, name, report, f"{args.split}, weighted F1 {100 * report['weighted_f1']:.1f}")
     print(f"{args.split}: weighted F1 {100 * report['weighted_f1']:.1f}  accuracy {100 * report['accuracy']:.1f}  "
           f"UA {100 * report['unweighted_accuracy']:.1f}  macro F1 {100 * report['macro_f1']:.1f}  "
@@ -238,7 +312,7 @@ def cmd_ablate(args) -> int:
     from hbaf.io import write_json_atomic, write_text_atomic
 
     records, manifest = load_records(args)
-    store = _feature_store(records, manifest, args.workers)
+    store = _feature_store(records, manifest, args.workers, _cfg_from_args(args).feature_kind)
     out = Path(args.out)
     rows = {}
     for name in args.variants.split(","):
@@ -250,7 +324,7 @@ def cmd_ablate(args) -> int:
         else:
             log.info("training ablation %s", name)
             model_overrides, loss_overrides = ABLATIONS[name]
-            metrics = _train_one(args, _cfg_from_args(args, **model_overrides), records, store, vdir,
+            metrics = _train_one(args, _cfg_from_args(args, **model_overrides), records, store, manifest, vdir,
                                  loss_overrides=loss_overrides)
         rows[name] = metrics
     table = ["| variant | test weighted F1 | accuracy | macro F1 | dev weighted F1 | epochs |", "|---|---|---|---|---|---|"]
@@ -273,13 +347,15 @@ def cmd_distill(args) -> int:
 
     teacher, _ = load_checkpoint(args.teacher)
     records, manifest = load_records(args, labels=teacher.labels)
-    store = _feature_store(records, manifest, args.workers)
+    store = _feature_store(records, manifest, args.workers, teacher.cfg.feature_kind)
     tok = Tokenizer(tokenizer_path(args.teacher), teacher.cfg.max_tokens)
     log.info("computing teacher soft targets")
     pred = predict(teacher, records, store, tok, desc="teacher")
     teacher_out = {"logits": pred["logits"], "utt_emb": pred["utt_emb"]}
     cfg = _cfg_from_args(args)
-    metrics = _train_one(args, cfg, records, store, Path(args.out), teacher_out=teacher_out,
+    if cfg.feature_kind != teacher.cfg.feature_kind:
+        store = _feature_store(records, manifest, args.workers, cfg.feature_kind)
+    metrics = _train_one(args, cfg, records, store, manifest, Path(args.out), teacher_out=teacher_out,
                          tc_overrides={"distill_temperature": args.temperature, "distill_alpha": args.alpha,
                                        "hint_weight": args.hint_weight})
     _print_summary(args.out, metrics)
@@ -295,13 +371,16 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("-v", "--verbose", action="store_true")
     sub = ap.add_subparsers(dest="cmd", required=True)
 
-    p = sub.add_parser("make-corpus", help="render the MELD-TTS corpus (synthetic speech) with espeak-ng")
+    p = sub.add_parser("make-corpus", help="render the MELD-TTS corpus (synthetic speech) with espeak-ng, flite and festival")
     p.add_argument("--out", default=None)
     p.add_argument("--limit", type=int, default=None, help="max utterances per split (whole dialogues)")
     p.add_argument("--strength", type=float, default=DEFAULT_STRENGTH,
                    help="how strongly prosody follows the label (0..1, default %(default)s)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--workers", type=int, default=None)
+    p.add_argument("--families", default=None, metavar="LIST",
+                   help="synthesizer families, comma separated: espeak-ng,flite,festival (default: all installed); "
+                        "each dialogue gets one")
     p.set_defaults(fn=cmd_make_corpus)
 
     p = sub.add_parser("train", help="train a teacher or student; early stopping on dev weighted F1")
@@ -322,6 +401,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--asr-text", action="store_true", help="evaluate with the reference transcripts rewritten as the ASR writes them (no '!')")
     p.add_argument("--asr-transcripts", default=None, metavar="JSONL",
                    help="evaluate with these recogniser transcripts of the clips (scripts/transcribe_corpus.py)")
+    p.add_argument("--family", default=None, help="only the utterances of this voice family (e.g. flite)")
+    p.add_argument("--limit", type=int, default=None, help="at most N utterances of the split (whole dialogues, a seeded draw)")
+    p.add_argument("--condition", default="clean",
+                   help="degrade the audio first: clean, noise-10db, reverb, telephone, gain+12, gain-12 (hbaf.data.augment)")
     p.set_defaults(fn=cmd_evaluate)
 
     p = sub.add_parser("ablate", help="train and compare text-only, audio-only, no-gate, no-contrastive and full")

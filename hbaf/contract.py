@@ -12,8 +12,9 @@ width; C the number of labels. The graph is stateless: the caller owns the dialo
 
 What lives here, each defined once:
 
-- the limits and the audio format (sample rate, feature width and frame hop, 10 s, 128 tokens,
-  the default text encoder);
+- the limits and the audio formats (sample rate; ``FEATURE_FORMATS``: what ``audio_feats`` holds
+  for each kind of model input, its width and frame hop; 10 s, 128 tokens, the default text
+  encoder);
 - ``TensorSpec`` for every input and output (name, dtype, axes);
 - ``ModelSpec``: the few facts a consumer needs about one model (labels, K, D, feature width,
   limits, sample rate, text encoder, graph kind), read from a checkpoint, a model or ONNX
@@ -26,7 +27,7 @@ What lives here, each defined once:
 
 This module imports only numpy and the standard library at load time (``onnx`` lazily), so
 the runtime, export, calibration and the benchmark can all depend on it. It is one file of
-a little over 600 lines on purpose: every fact a producer and a consumer must agree on is in
+about 700 lines on purpose: every fact a producer and a consumer must agree on is in
 one place, which is the point of having a contract.
 """
 
@@ -50,11 +51,55 @@ log = logging.getLogger(__name__)
 # ----------------------------------------------------------------------------- limits and audio format
 
 SAMPLE_RATE = 16000  # Hz, mono: every source is resampled to this
-FEATURE_KIND = "log-mel"  # what ``audio_feats`` holds (hbaf.features computes it)
-FEATURE_DIM = 80  # F: mel bins
-HOP_LENGTH = 160  # samples per feature frame (10 ms)
 MAX_SECONDS = 10.0  # the longest utterance a model takes (the segmenter cuts longer speech)
-MAX_FRAMES = int(MAX_SECONDS * SAMPLE_RATE) // HOP_LENGTH  # T <= 1000
+
+
+@dataclass(frozen=True)
+class FeatureFormat:
+    """What ``audio_feats`` holds for one kind of model input (hbaf.features computes each)."""
+
+    kind: str
+    dim: int  # F
+    hop: int  # samples per frame
+    subsample: int  # the audio encoder's conv stride (every format reaches 25 frames/s inside the model)
+
+    @property
+    def max_frames(self) -> int:
+        """Frames of a ``MAX_SECONDS`` utterance: the T limit of a model of this format."""
+        return int(MAX_SECONDS * SAMPLE_RATE) // self.hop
+
+    @property
+    def frames_per_second(self) -> float:
+        return SAMPLE_RATE / self.hop
+
+    def frames_for(self, num_samples: int) -> int:
+        """Frames ``hbaf.features.utterance_features`` returns for ``num_samples`` samples."""
+        if self.kind == LOG_MEL:
+            return min(self.max_frames, 1 + num_samples // self.hop)
+        return min(self.max_frames, max(1, -(-num_samples // self.hop)))
+
+
+LOG_MEL = "log-mel"  # 80 mel bins every 10 ms (release 1's input)
+WHISPER_TINY_EN = "whisper-tiny.en"  # the ASR's own encoder output: 384-d every 20 ms (hbaf.encoder)
+FEATURE_FORMATS = {
+    LOG_MEL: FeatureFormat(LOG_MEL, 80, 160, 4),
+    WHISPER_TINY_EN: FeatureFormat(WHISPER_TINY_EN, 384, 320, 2),
+}
+FEATURE_KIND = WHISPER_TINY_EN  # what new models take
+LEGACY_FEATURE_KIND = LOG_MEL  # what a checkpoint or export that names no kind was trained on
+FEATURE_DIM = FEATURE_FORMATS[FEATURE_KIND].dim  # F of new models
+HOP_LENGTH = FEATURE_FORMATS[LOG_MEL].hop  # the log-mel hop (10 ms)
+MAX_FRAMES = max(f.max_frames for f in FEATURE_FORMATS.values())  # T <= 1000 for any format
+
+
+def feature_format(kind: str) -> FeatureFormat:
+    """The format of ``kind``; a one-line error for a kind this release does not know."""
+    try:
+        return FEATURE_FORMATS[kind]
+    except KeyError:
+        raise HBAFError(f"unknown audio feature kind {kind!r} (this release knows {', '.join(FEATURE_FORMATS)}); "
+                        "upgrade hbaf-edge or export the model again") from None
+
 MAX_TOKENS = 128  # L
 DEFAULT_TEXT_ENCODER = "sentence-transformers/all-MiniLM-L6-v2"
 TOKENIZER_FILE = "tokenizer.json"  # shipped next to every exported model
@@ -119,15 +164,20 @@ class ModelSpec:
     labels: tuple[str, ...]
     context_size: int  # K
     memory_dim: int  # D
-    feature_dim: int = FEATURE_DIM  # F
+    feature_dim: int | None = None  # F (None: the width of ``feature_kind``)
     feature_kind: str = FEATURE_KIND
-    max_frames: int = MAX_FRAMES
+    max_frames: int | None = None  # None: the format's 10 s
     max_tokens: int = MAX_TOKENS
     sample_rate: int = SAMPLE_RATE
     text_encoder: str = DEFAULT_TEXT_ENCODER
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "labels", tuple(str(x) for x in self.labels))
+        fmt = feature_format(self.feature_kind)
+        if self.feature_dim is None:
+            object.__setattr__(self, "feature_dim", fmt.dim)
+        if self.max_frames is None:
+            object.__setattr__(self, "max_frames", fmt.max_frames)
         if not self.labels:
             raise HBAFError("the model has no labels; export it again from a checkpoint")
         if self.context_size < 0 or self.memory_dim <= 0 or self.feature_dim <= 0:
@@ -148,7 +198,7 @@ class ModelSpec:
             labels=tuple(labels),
             context_size=int(config["context_size"]),
             memory_dim=int(memory_dim if memory_dim is not None else config["d_model"]),
-            feature_dim=int(config.get("n_mels", FEATURE_DIM)),
+            feature_kind=str(config.get("feature_kind") or LEGACY_FEATURE_KIND),
             max_tokens=min(MAX_TOKENS, int(config.get("max_tokens", MAX_TOKENS))),
             text_encoder=str(config.get("text_encoder") or DEFAULT_TEXT_ENCODER),
         )
@@ -181,16 +231,17 @@ class ModelSpec:
                 if f.name in kwargs or f.name not in meta and f.name not in config:
                     continue
                 value = meta.get(f.name, config.get(f.name))
-                kwargs[f.name] = type(f.default)(value) if f.default is not None else value
-            if "feature_dim" not in meta and "n_mels" in config:
+                kwargs[f.name] = int(value) if f.name in ("feature_dim", "max_frames") else type(f.default)(value)
+            kwargs.setdefault("feature_kind", LEGACY_FEATURE_KIND)
+            if "feature_dim" not in kwargs and "n_mels" in config:
                 kwargs["feature_dim"] = int(config["n_mels"])
         except (KeyError, TypeError, ValueError) as err:
             raise HBAFError(f"{source} has malformed HBAF metadata ({err}); export the model again") from err
         return cls(**kwargs)
 
     def check_same_model(self, other: "ModelSpec", what: str, fix: str) -> None:
-        """Raise when two forms of a model disagree on labels, K, D or F (``what`` names them)."""
-        diffs = [name for name in ("labels", "context_size", "memory_dim", "feature_dim")
+        """Raise when two forms of a model disagree on labels, K, D, F or the feature kind (``what`` names them)."""
+        diffs = [name for name in ("labels", "context_size", "memory_dim", "feature_dim", "feature_kind")
                  if getattr(self, name) != getattr(other, name)]
         if diffs:
             raise HBAFError(f"{what} are not the same model ({', '.join(diffs)} differ); {fix}")
@@ -237,7 +288,7 @@ def make_feeds(
         feats = feats[None]
     if feats.ndim != 3 or feats.shape[0] != 1 or feats.shape[2] != spec.feature_dim:
         raise HBAFError(f"audio features of shape {feats.shape} do not fit the model's [1, T, {spec.feature_dim}]; "
-                        "compute them with hbaf.features.utterance_features")
+                        f"compute them with hbaf.features.utterance_features(wave, {spec.feature_kind!r})")
     feats = feats[:, : min(spec.max_frames, max_frames or spec.max_frames)]
     feeds = {
         "audio_feats": feats,
@@ -279,6 +330,10 @@ def batch_feeds(
     if b == 0 or len(ids) != b:
         raise HBAFError("a batch needs as many token sequences as feature sequences, and at least one")
     cut = [np.asarray(f, dtype=np.float32)[: spec.max_frames] for f in feats]
+    bad = next((f.shape for f in cut if f.ndim != 2 or f.shape[1] != spec.feature_dim), None)
+    if bad is not None:
+        raise HBAFError(f"audio features of shape {bad} do not fit the model's [T, {spec.feature_dim}]; "
+                        f"compute them with hbaf.features.utterance_features(wave, {spec.feature_kind!r})")
     t = max(f.shape[0] for f in cut)
     length = max(1, max(int(np.asarray(i).size) for i in ids))
     x = np.zeros((b, t, spec.feature_dim), np.float32)
@@ -444,6 +499,9 @@ def parse_dims(text: str, what: str = "profile") -> Dims:
     return Dims(*(int(p) for p in parts))
 
 
+max_ = max  # Profiles' fields shadow the builtin inside the class body
+
+
 def format_dims(d: Sequence[int]) -> str:
     return ",".join(str(v) for v in d)
 
@@ -474,9 +532,30 @@ class Profiles:
             raise HBAFError(f"--max tokens {self.max.tokens} exceeds {MAX_TOKENS} (the export contract); lower it")
 
     @classmethod
-    def parse(cls, min: str | None = None, opt: str | None = None, max: str | None = None) -> "Profiles":
-        """Build from CLI strings; an omitted corner keeps its default."""
-        default = cls()
+    def for_spec(cls, spec: ModelSpec, min: str | None = None, opt: str | None = None, max: str | None = None) -> "Profiles":
+        """The profile of one model: its input format's frames for 0.16 s / 3 s / 10 s (16/300/1000
+        log-mel frames, 8/150/500 Whisper-state frames) unless a corner is given; checked against
+        the model's frame limit."""
+        ratio = FEATURE_FORMATS[LOG_MEL].hop / feature_format(spec.feature_kind).hop
+        base = cls()
+        scaled = cls(min=base.min._replace(frames=max_(1, round(base.min.frames * ratio))),
+                     opt=base.opt._replace(frames=round(base.opt.frames * ratio)),
+                     max=base.max._replace(frames=spec.max_frames))
+        profiles = cls.parse(min, opt, max, default=scaled)
+        profiles.check(spec)
+        return profiles
+
+    def check(self, spec: ModelSpec) -> None:
+        """A one-line error when the profile allows more frames than the model takes."""
+        if self.max.frames > spec.max_frames:
+            raise HBAFError(f"--max frames {self.max.frames} exceeds the model's {spec.max_frames} ({MAX_SECONDS:g} s of "
+                            f"{spec.feature_kind} frames); lower it")
+
+    @classmethod
+    def parse(cls, min: str | None = None, opt: str | None = None, max: str | None = None,
+              default: "Profiles | None" = None) -> "Profiles":
+        """Build from CLI strings; an omitted corner keeps its default (``default``, else ``Profiles()``)."""
+        default = default or cls()
         return cls(
             min=parse_dims(min, "--min") if min else default.min,
             opt=parse_dims(opt, "--opt") if opt else default.opt,

@@ -1,6 +1,10 @@
-"""The single waveform -> log-mel implementation (training, calibration and runtime all call this).
+"""Audio in: decoding files, and the one waveform -> model-input call (``utterance_features``).
 
-The sample rate, the bin count, the hop and the frame cap are contract facts (hbaf/contract.py).
+A model's input format is a contract fact (``hbaf.contract.FEATURE_FORMATS``): Whisper encoder
+states for new models (hbaf.encoder), or the log-mel below (release 1's models, and the
+ablation row). The sample rate, the bin count, the hop and the frame cap are contract facts.
+
+The log-mel:
 
 80 mel bins, 16 kHz, 25 ms Hann window (400 samples), 10 ms hop (160 samples),
 512-point FFT, Slaney-style mel filters, log10 with a floor, then a fixed affine
@@ -16,10 +20,10 @@ from pathlib import Path
 
 import numpy as np
 
-from hbaf.contract import FEATURE_DIM as N_MELS
-from hbaf.contract import HOP_LENGTH, MAX_FRAMES, SAMPLE_RATE
+from hbaf.contract import FEATURE_FORMATS, FEATURE_KIND, HOP_LENGTH, LOG_MEL, SAMPLE_RATE, feature_format
 from hbaf.errors import HBAFError
 
+N_MELS = FEATURE_FORMATS[LOG_MEL].dim
 WIN_LENGTH = 400
 N_FFT = 512
 LOG_FLOOR = 1e-10
@@ -203,12 +207,38 @@ def _ffmpeg_decode(path: Path, rate: int, soundfile_reason: str | None = None) -
     return np.frombuffer(proc.stdout, dtype=np.float32).copy()
 
 
-def utterance_features(wave: np.ndarray) -> np.ndarray:
-    """One utterance's model input: 16 kHz mono waveform -> log-mel [T, 80], cut to the export
-    contract's ``MAX_FRAMES``. Training, calibration, the benchmark and the runtime all call this."""
-    return log_mel(wave)[:MAX_FRAMES]
+def utterance_features(wave: np.ndarray, kind: str = FEATURE_KIND) -> np.ndarray:
+    """One utterance's model input of the format ``kind`` (a model's ``ModelSpec.feature_kind``):
+    16 kHz mono waveform -> [T, F], cut to the format's 10 s. Training, calibration, the benchmark
+    and the runtime all call this (the runtime takes the Whisper states from its recogniser's
+    own encoder pass, which computes the same thing: hbaf.encoder).
+
+    - ``log-mel``: ``log_mel``, [T, 80], T = 1 + samples // 160;
+    - ``whisper-tiny.en``: ``hbaf.encoder.encoder_states``, [T, 384], T = ceil(samples / 320).
+    """
+    fmt = feature_format(kind)
+    if fmt.kind == LOG_MEL:
+        return log_mel(wave)[: fmt.max_frames]
+    from hbaf.encoder import encoder_states
+
+    return encoder_states(wave, fmt.kind)
 
 
-def features_for(path: str | Path) -> np.ndarray:
+def features_for(path: str | Path, kind: str = FEATURE_KIND) -> np.ndarray:
     """Audio file -> ``utterance_features``."""
-    return utterance_features(load_audio(path))
+    return utterance_features(load_audio(path), kind)
+
+
+@functools.lru_cache(maxsize=1024)
+def _silence(kind: str, frames: int) -> np.ndarray:
+    fmt = feature_format(kind)
+    samples = max(0, frames - 1) * fmt.hop if fmt.kind == LOG_MEL else frames * fmt.hop
+    out = utterance_features(np.zeros(samples, dtype=np.float32), kind)
+    out.setflags(write=False)
+    return out
+
+
+def silence_features(kind: str, frames: int) -> np.ndarray:
+    """The model input of ``frames`` frames of digital silence (what blank audio looks like to a
+    model of format ``kind``); cached, read-only."""
+    return _silence(kind, int(frames))

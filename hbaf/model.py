@@ -7,7 +7,7 @@ One file, top to bottom:
     MultiHeadAttention    plain attention with an additive mask (exports cleanly to ONNX/TensorRT)
     BertLayer/TextEncoder all-MiniLM-L6-v2 re-implemented so its weights load 1:1 and the
                           graph stays free of framework-specific mask tricks
-    AudioEncoder          log-mel -> conv subsampling (x4) -> pre-LN transformer
+    AudioEncoder          Whisper encoder states (or log-mel) -> strided conv -> pre-LN transformer
     ContextAttention      a pooled utterance vector attends over the dialogue memory
     GatedCross            dynamic gate: h = h_self + sigmoid(W[h_self; h_cross]) * h_cross
     HBAF                  encode() (heavy, memory-free) + fuse() (light, uses the memory)
@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from hbaf.contract import DEFAULT_TEXT_ENCODER, FEATURE_DIM, MAX_FRAMES, MAX_TOKENS
+from hbaf.contract import DEFAULT_TEXT_ENCODER, FEATURE_KIND, LEGACY_FEATURE_KIND, MAX_TOKENS, feature_format
 
 NEG_INF = -1.0e4  # additive mask value; finite so FP16/INT8 ranges stay sane
 
@@ -45,8 +45,8 @@ class HBAFConfig:
     """What shapes the network: sizes, the ablation switches and dropout. How it is trained (loss
     weights, modality dropout, optimiser) is ``hbaf.train.TrainConfig``."""
 
-    # audio branch
-    n_mels: int = FEATURE_DIM
+    # audio branch: its input format (hbaf.contract.FEATURE_FORMATS) fixes the width F
+    feature_kind: str = FEATURE_KIND
     d_model: int = 256
     audio_layers: int = 4
     audio_heads: int = 4
@@ -67,15 +67,25 @@ class HBAFConfig:
     modalities: str = "both"  # "both" | "audio" | "text" (single-modality ablations)
     dropout: float = 0.1  # of every module's nn.Dropout (inactive in eval mode and in exported graphs)
 
+    def __post_init__(self) -> None:
+        feature_format(self.feature_kind)  # a one-line error for an unknown kind
+
+    @property
+    def feature_dim(self) -> int:
+        return feature_format(self.feature_kind).dim
+
     def to_dict(self) -> dict:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, data: dict) -> "HBAFConfig":
         """The config saved with a checkpoint. Unknown keys are ignored, so checkpoints written
-        when the loss weights still lived here (w_audio, w_abs, label_smoothing, ...) load."""
+        when the loss weights still lived here (w_audio, w_abs, label_smoothing, ...) load; one
+        that names no feature kind took release 1's log-mel."""
         known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in known})
+        values = {k: v for k, v in data.items() if k in known}
+        values.setdefault("feature_kind", LEGACY_FEATURE_KIND)
+        return cls(**values)
 
 
 PRESETS: dict[str, HBAFConfig] = {
@@ -223,22 +233,31 @@ def sinusoids(length: int, dim: int) -> torch.Tensor:
 
 
 class AudioEncoder(nn.Module):
+    """Input frames -> strided convs down to 25 frames/s -> pre-LN transformer.
+
+    log-mel (100 frames/s): two stride-2 convs. Whisper encoder states (50 frames/s, already a
+    deep real-speech representation): one stride-2 conv.
+    """
+
     def __init__(self, cfg: HBAFConfig):
         super().__init__()
         d = cfg.d_model
-        self.conv1 = nn.Conv1d(cfg.n_mels, d, kernel_size=3, stride=2, padding=1)
-        self.conv2 = nn.Conv1d(d, d, kernel_size=3, stride=2, padding=1)
-        self.register_buffer("pos", sinusoids(MAX_FRAMES // 4 + 8, d), persistent=False)
+        fmt = feature_format(cfg.feature_kind)
+        self.conv1 = nn.Conv1d(fmt.dim, d, kernel_size=3, stride=2, padding=1)
+        self.conv2 = nn.Conv1d(d, d, kernel_size=3, stride=2, padding=1) if fmt.subsample == 4 else None
+        self.register_buffer("pos", sinusoids(fmt.max_frames // fmt.subsample + 8, d), persistent=False)
         self.blocks = nn.ModuleList(Block(d, cfg.audio_heads, cfg.audio_ff, cfg.dropout) for _ in range(cfg.audio_layers))
         self.ln = nn.LayerNorm(d)
 
     def forward(self, feats: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """feats [B, T, n_mels], mask [B, T] -> frames [B, ceil(T/4), d], mask [B, ceil(T/4)]."""
+        """feats [B, T, F], mask [B, T] -> frames [B, ceil(T/s), d], mask [B, ceil(T/s)] (s = 4 or 2)."""
         m = mask.to(feats.dtype)
         x = F.gelu(self.conv1((feats * m[..., None]).transpose(1, 2)))
         m = m[:, ::2]
-        x = F.gelu(self.conv2(x * m[:, None, :])).transpose(1, 2)
-        m = m[:, ::2]
+        if self.conv2 is not None:
+            x = F.gelu(self.conv2(x * m[:, None, :]))
+            m = m[:, ::2]
+        x = x.transpose(1, 2)
         x = x + self.pos[: x.shape[1]][None]
         mask_add = additive_mask(m)
         for block in self.blocks:

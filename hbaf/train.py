@@ -16,17 +16,18 @@ import random
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any, Sequence
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
 from hbaf.checkpoint import save_checkpoint
-from hbaf.contract import FEATURE_DIM, HOP_LENGTH, ModelSpec
+from hbaf.contract import ModelSpec
 from hbaf.data.records import Record
 from hbaf.data.store import FeatureStore, SubStore, group_dialogues
 from hbaf.errors import HBAFError
-from hbaf.features import log_mel
+from hbaf.features import silence_features
 from hbaf.io import write_json_atomic
 from hbaf.losses import LossConfig, distillation_loss, hbaf_loss
 from hbaf.metrics import classification_report, majority_baseline, plot_confusion
@@ -34,8 +35,6 @@ from hbaf.model import HBAF, Encoded
 from hbaf.text import Tokenizer, asr_style
 
 log = logging.getLogger(__name__)
-
-SILENCE_LEVEL = float(log_mel(np.zeros(HOP_LENGTH, dtype=np.float32))[0, 0])  # log-mel value of digital silence
 
 
 # ----------------------------------------------------------------------------- batching
@@ -68,7 +67,7 @@ class Inputs:
 
 def make_inputs(feats: list[np.ndarray], texts: list[str], tokenizer: Tokenizer) -> Inputs:
     t = max(1, max(f.shape[0] for f in feats))
-    x = np.full((len(feats), t, feats[0].shape[1] if feats[0].ndim == 2 else FEATURE_DIM), SILENCE_LEVEL, dtype=np.float32)
+    x = np.zeros((len(feats), t, feats[0].shape[1]), dtype=np.float32)  # padding is masked out
     m = np.zeros((len(feats), t), dtype=np.float32)
     for i, f in enumerate(feats):
         x[i, : f.shape[0]] = f
@@ -146,7 +145,7 @@ def predict(model: HBAF, records: list[Record], store: FeatureStore, tokenizer: 
     pred["logits"] = np.zeros_like(pred["probs"])
     for batch in tqdm(pack_batches(groups, max_utts, None), desc=desc, leave=False, unit="batch"):
         flat = [i for g in batch for i in g]
-        feats = [_silence_like(store[i]) if blank_audio else store[i] for i in flat]
+        feats = [_silence_like(store[i], model.cfg.feature_kind) if blank_audio else store[i] for i in flat]
         texts = ["" if blank_text else records[i].text for i in flat]
         out = forward_dialogues(model, _relabel(batch), feats, texts, tokenizer)
         for name, values in pred.items():
@@ -163,8 +162,8 @@ def _relabel(batch: list[list[int]]) -> list[list[int]]:
     return out
 
 
-def _silence_like(f: np.ndarray) -> np.ndarray:
-    return np.full_like(f, SILENCE_LEVEL)
+def _silence_like(f: np.ndarray, kind: str) -> np.ndarray:
+    return silence_features(kind, f.shape[0])
 
 
 def evaluate(model: HBAF, records: list[Record], store: FeatureStore, tokenizer: Tokenizer, **kw) -> tuple[dict, dict]:
@@ -182,12 +181,17 @@ def evaluate(model: HBAF, records: list[Record], store: FeatureStore, tokenizer:
 # ----------------------------------------------------------------------------- training
 
 
+DEFAULT_EPOCHS = 8
+
+
 @dataclass
 class TrainConfig:
     """Every training knob (the model's sizes are ``HBAFConfig``'s); the `hbaf` command line takes
     its defaults from here."""
 
-    epochs: int = 8
+    epochs: int | None = None  # None: 8, or more on a small corpus (min_steps)
+    min_steps: int = 300  # with epochs=None, a small corpus trains for more epochs until it gets this many steps
+    max_auto_epochs: int = 80  # ... but never more epochs than this
     max_utts: int = 64  # utterances per batch (whole dialogues)
     lr: float = 5e-4
     text_lr: float = 5e-5  # pretrained text encoder
@@ -239,11 +243,26 @@ def load_transcripts(path: str | Path) -> dict[str, str]:
     return out
 
 
+def plan_epochs(tc: TrainConfig, steps_per_epoch: int) -> tuple[int, int]:
+    """(epochs, patience) for a corpus of ``steps_per_epoch`` batches: ``tc.epochs`` when set; else
+    ``DEFAULT_EPOCHS``, or more on a small corpus so that training gets ``tc.min_steps`` optimizer
+    steps (a 370-clip corpus: 6 batches an epoch, 50 epochs), the patience growing with them."""
+    if tc.epochs is not None:
+        return tc.epochs, tc.patience
+    epochs = DEFAULT_EPOCHS
+    if tc.max_steps is None and epochs * steps_per_epoch < tc.min_steps:
+        epochs = min(tc.max_auto_epochs, math.ceil(tc.min_steps / max(1, steps_per_epoch)))
+    return epochs, max(tc.patience, round(tc.patience * epochs / DEFAULT_EPOCHS))
+
+
 def train(model: HBAF, records: list[Record], store: FeatureStore, tokenizer: Tokenizer, out_dir: str | Path,
-          tc: TrainConfig, teacher_out: dict | None = None) -> dict:
+          tc: TrainConfig, teacher_out: dict | None = None, augmented: Sequence[Any] = ()) -> dict:
     """Train on split 'train', select on 'dev' weighted F1 (early stopping), report 'test'.
 
     ``teacher_out`` (distillation): {"logits": [N, C], "utt_emb": [N, D_t]} aligned with ``records``.
+    ``augmented``: further feature stores of the training utterances (in train-split order), each
+    of degraded copies of the audio; every step takes each utterance from the clean store or one
+    of these at random.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -261,7 +280,13 @@ def train(model: HBAF, records: list[Record], store: FeatureStore, tokenizer: To
     groups = group_dialogues(train_recs)
     targets = torch.tensor([label_index[r.label] for r in train_recs])
     steps_per_epoch = len(pack_batches(groups, tc.max_utts, None))
-    total_steps = tc.epochs * steps_per_epoch if tc.max_steps is None else min(tc.max_steps, tc.epochs * steps_per_epoch)
+    epochs, patience = plan_epochs(tc, steps_per_epoch)
+    if tc.epochs is None and epochs != DEFAULT_EPOCHS:
+        log.info("small corpus (%d batches an epoch): %d epochs, patience %d", steps_per_epoch, epochs, patience)
+    total_steps = epochs * steps_per_epoch if tc.max_steps is None else min(tc.max_steps, epochs * steps_per_epoch)
+    for view in augmented:
+        if len(view) != len(train_recs):
+            raise HBAFError(f"an augmented feature store holds {len(view)} utterances, the train split {len(train_recs)}; rebuild it")
     param_groups = _param_groups(model, tc)
     hint = None
     if teacher_out is not None and tc.hint_weight > 0:
@@ -277,19 +302,21 @@ def train(model: HBAF, records: list[Record], store: FeatureStore, tokenizer: To
     dev_recs = [records[i] for i in split_idx["dev"]]
     dev_store = SubStore(store, split_idx["dev"])
     tr_store = SubStore(store, split_idx["train"])
+    views = [tr_store, *augmented]
     history, best, bad, step = [], -1.0, 0, 0
     t0 = time.time()
     bimodal = model.use_audio and model.use_text
-    for epoch in range(tc.epochs):
+    for epoch in range(epochs):
         model.train()
         batches = pack_batches(groups, tc.max_utts, rng)
-        bar = tqdm(batches, desc=f"epoch {epoch + 1}/{tc.epochs}", unit="batch", leave=False)
+        bar = tqdm(batches, desc=f"epoch {epoch + 1}/{epochs}", unit="batch", leave=False)
         run_loss = 0.0
         for bi, batch in enumerate(bar):
             flat = [i for g in batch for i in g]
             feats, texts = [], []
             for i in flat:
-                f, txt = tr_store[i], train_recs[i].text
+                f = views[rng.randrange(len(views))][i] if len(views) > 1 else tr_store[i]
+                txt = train_recs[i].text
                 if tc.asr_text > 0 and rng.random() < tc.asr_text:
                     heard = (tc.asr_transcripts or {}).get(train_recs[i].audio)
                     txt = heard if heard is not None else asr_style(txt)
@@ -297,7 +324,7 @@ def train(model: HBAF, records: list[Record], store: FeatureStore, tokenizer: To
                 if bimodal and u < tc.modality_dropout:
                     txt = ""  # as if ASR returned nothing: the model must lean on audio
                 elif bimodal and u < 1.5 * tc.modality_dropout:
-                    f = _silence_like(f)
+                    f = _silence_like(f, model.cfg.feature_kind)
                 feats.append(f)
                 texts.append(txt)
             out = forward_dialogues(model, _relabel(batch), feats, texts, tokenizer)
@@ -331,7 +358,7 @@ def train(model: HBAF, records: list[Record], store: FeatureStore, tokenizer: To
         else:
             bad += 1
         write_json_atomic(out_dir / "history.json", history)
-        if bad >= tc.patience or (tc.max_steps is not None and step >= tc.max_steps):
+        if bad >= patience or (tc.max_steps is not None and step >= tc.max_steps):
             break
     return {"history": history, "best_dev_weighted_f1": best, "train_seconds": round(time.time() - t0, 1), "loss": asdict(tc.loss),
             "majority_baseline_test": _majority(records, split_idx, model.labels)}

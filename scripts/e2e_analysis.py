@@ -77,7 +77,7 @@ def choose_dialogues(records, n: int, seed: int) -> list[list[int]]:
 def offline(backend, tok, dialogues, waves: dict[int, np.ndarray], texts: Sequence[str], *, use_memory=True) -> np.ndarray:
     """Each clip whole, reference text, memory emptied at every dialogue start (the runtime's
     offline path); probabilities [N, C] indexed like ``texts`` (rows of other records stay 0)."""
-    out = run_dialogues(backend, tok, dialogues, lambda i: utterance_features(waves[i]), texts, window=None if use_memory else 0)
+    out = run_dialogues(backend, tok, dialogues, lambda i: utterance_features(waves[i], backend.spec.feature_kind), texts, window=None if use_memory else 0)
     return out["probs"]
 
 
@@ -125,7 +125,7 @@ def runtime(backend, tok, stream, segs, owner, turns, seg_texts, *, reset_per_di
         if reset_per_dialogue and d != last_dialogue:
             mem.reset()
         last_dialogue = d
-        feats = utterance_features(stream[s:e])
+        feats = utterance_features(stream[s:e], backend.spec.feature_kind)
         out, _ = fuse_utterance(backend, tok, mem, feats, seg_texts[j], s / SAMPLE_RATE, e / SAMPLE_RATE)
         probs.append(out["probs"][0])
     return probs

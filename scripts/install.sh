@@ -51,6 +51,13 @@ if [ "$(uname -m)" = aarch64 ] && [ -f /etc/nv_tegra_release ]; then jetson=1; f
 # ---------------------------------------------------------------- system packages (one apt step)
 need=()
 for bin in espeak-ng sox ffmpeg; do command -v "$bin" >/dev/null 2>&1 || need+=("$bin"); done
+# Extra speech synthesizer families of MELD-TTS (flite; festival with its English voices).
+command -v flite >/dev/null 2>&1 || need+=(flite)
+command -v text2wave >/dev/null 2>&1 || need+=(festival)
+# pocketsphinx-testdata: ten short recordings of real people (scripts/real_voices.py, tests)
+for pkg in festvox-kallpc16k festvox-kdlpc16k festvox-us-slt-hts pocketsphinx-testdata; do
+  dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
+done
 # read the cache once: `ldconfig -p | grep -q` under pipefail fails whenever grep quits early
 # (ldconfig then dies of SIGPIPE), which made every run reinstall these two
 LDCONFIG=$(command -v ldconfig 2>/dev/null || echo /sbin/ldconfig)

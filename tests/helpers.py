@@ -13,6 +13,18 @@ from hbaf.model import HBAF, preset
 from hbaf.text import resolve_text_encoder
 
 
+def fake_states(seconds: float, seed: int = 0):
+    """Unit-scale stand-ins of Whisper encoder states for ``seconds`` of audio ([T, 384], 50 frames/s):
+    the shape the model takes, without running the encoder."""
+    import numpy as np
+
+    from hbaf.contract import FEATURE_FORMATS, FEATURE_KIND, SAMPLE_RATE
+
+    fmt = FEATURE_FORMATS[FEATURE_KIND]
+    frames = fmt.frames_for(int(seconds * SAMPLE_RATE))
+    return np.random.default_rng(seed).standard_normal((frames, fmt.dim)).astype(np.float32)
+
+
 def tiny_checkpoint(folder: Path, labels: list[str], seed: int = 0) -> Path:
     """An untrained tiny HBAF saved as a real checkpoint folder (runs in well under a second)."""
     torch.manual_seed(seed)

@@ -13,9 +13,8 @@ import torch
 from edge_runtime.backends import Backend, OnnxBackend, TorchBackend, resolve_tokenizer
 from edge_runtime.model_files import model_kind, open_backend, sniff
 from edge_runtime.memory import DialogueMemory
-from helpers import tiny_checkpoint
+from helpers import fake_states, tiny_checkpoint
 from hbaf.errors import HBAFError
-from hbaf.features import log_mel
 from hbaf.text import resolve_text_encoder
 
 LABELS = ["neutral", "joy", "sadness", "anger"]
@@ -37,7 +36,7 @@ def onnx_model(ckpt, tmp_path_factory) -> Path:
 
 def _utterances(n: int = 3) -> list[np.ndarray]:
     rng = np.random.default_rng(1)
-    return [log_mel((0.1 * rng.standard_normal(16000 * (1 + i))).astype(np.float32)) for i in range(n)]
+    return [fake_states(1 + i, seed=int(rng.integers(1 << 30))) for i in range(n)]
 
 
 def _dialogue(backend: Backend) -> list[dict[str, np.ndarray]]:
@@ -74,7 +73,7 @@ def test_runtime_memory_matches_training(ckpt):
 
     tb = open_backend(ckpt)
     texts = TEXTS + ["one more", "and another", "and the last one of six"]
-    feats = [log_mel((0.05 * np.random.default_rng(i).standard_normal(8000 * (i + 2))).astype(np.float32)) for i in range(6)]
+    feats = [fake_states(0.5 * (i + 2), seed=i) for i in range(6)]
     with torch.no_grad():
         ref = forward_dialogues(tb.model, [list(range(6))], feats, texts, tb.tokenizer())["probs"].numpy()
     memory = DialogueMemory(tb.context_size, tb.memory_dim)  # K = 4 < 6: the window slides

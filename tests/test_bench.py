@@ -210,11 +210,14 @@ def test_onnx_fp32_agrees_with_pytorch_and_speedups_are_ratios(quick):
 
 
 def test_inputs_are_real_cropped_and_padded(quick):
+    from hbaf.contract import SAMPLE_RATE, ModelSpec, feature_format
+
+    fmt = feature_format(ModelSpec(labels=("a",), context_size=1, memory_dim=1).feature_kind)  # the tiny model's input
     cases = {c["key"]: c for c in quick["report"]["fusion"]["cases"]}
     for sec in (1, 3, 8):
         one, eight = cases[f"{sec}s-b1"], cases[f"{sec}s-b8"]
-        assert one["frames"] == [sec * 100 + 1]
-        assert eight["frames"][0] == sec * 100 + 1 and len(eight["frames"]) == 8
+        assert one["frames"] == [fmt.frames_for(sec * SAMPLE_RATE)]
+        assert eight["frames"][0] == fmt.frames_for(sec * SAMPLE_RATE) and len(eight["frames"]) == 8
         assert eight["frames"] == sorted(eight["frames"], reverse=True) and eight["frames"][-1] < eight["frames"][0]
         assert min(eight["tokens"]) >= 3
     # no single test utterance lasts 8 s: consecutive ones of a dialogue are joined

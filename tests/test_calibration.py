@@ -236,8 +236,8 @@ def test_tokenizer_override_and_latency_keys(fp32, tmp_path):
     data = build_eval_set(backend, manifest, workers=1, tokenizer=root / "ckpt" / "tokenizer.json")
     assert data.tokenizer.file == root / "ckpt" / "tokenizer.json"
     ref = {"memory": np.zeros((len(data), 4, 64), np.float32), "utt_emb": np.ones((len(data), 64), np.float32)}
-    feeds, utt = latency_feeds(backend, data, ref, frames=120)
-    assert feeds["audio_feats"].shape == (1, utt["frames"], 80) and utt["memory_slots"] == 4
+    feeds, utt = latency_feeds(backend, data, ref, seconds=1.2)
+    assert feeds["audio_feats"].shape == (1, utt["frames"], 384) and utt["memory_slots"] == 4 and utt["frames"] <= 60
     assert feeds["memory_mask"].sum() == 4
     lat = measure_latency({"fp32": backend}, feeds, warmup=1, runs=3)
     assert set(lat["fp32"]) == {"p50_ms", "p90_ms", "min_ms", "mean_ms", "runs"} and lat["fp32"]["runs"] == 3

@@ -13,11 +13,17 @@ from hbaf.contract import MAX_FRAMES, MAX_TOKENS, ModelSpec, batch_feeds, make_f
 from hbaf.errors import HBAFError
 
 ASSETS = Path(__file__).resolve().parents[1] / "hbaf" / "assets"
-SPEC = ModelSpec(labels=("a", "b", "c"), context_size=4, memory_dim=8)
+SPEC = ModelSpec(labels=("a", "b", "c"), context_size=4, memory_dim=8, feature_kind="log-mel")
 
 
 def test_limits_follow_from_one_definition():
     assert MAX_FRAMES == int(contract.MAX_SECONDS * contract.SAMPLE_RATE) // contract.HOP_LENGTH == 1000
+    whisper = contract.FEATURE_FORMATS["whisper-tiny.en"]
+    assert (whisper.dim, whisper.max_frames, whisper.frames_for(16000), whisper.frames_for(16001)) == (384, 500, 50, 51)
+    log_mel = contract.FEATURE_FORMATS["log-mel"]
+    assert (log_mel.dim, log_mel.max_frames, log_mel.frames_for(16000)) == (80, 1000, 101)
+    with pytest.raises(HBAFError, match="unknown audio feature kind 'mfcc'"):
+        ModelSpec(labels=("a",), context_size=1, memory_dim=4, feature_kind="mfcc")
     assert contract.Profiles().max == contract.Dims(8, MAX_FRAMES, MAX_TOKENS)
     assert [s.name for s in contract.INPUTS] == list(contract.INPUT_NAMES)
     assert set(contract.INPUT_DTYPES.values()) == {np.dtype("float32"), np.dtype("int32")}
@@ -31,7 +37,8 @@ def test_spec_round_trips_through_metadata_and_model():
     torch.manual_seed(0)
     model = HBAF(preset("tiny", text_layers=1), ["x", "y"])
     spec = ModelSpec.from_model(model)
-    assert (spec.labels, spec.context_size, spec.memory_dim, spec.feature_dim) == (("x", "y"), 4, 64, 80)
+    assert (spec.labels, spec.context_size, spec.memory_dim, spec.feature_dim) == (("x", "y"), 4, 64, 384)
+    assert (spec.feature_kind, spec.max_frames) == ("whisper-tiny.en", 500)
     assert ModelSpec.from_metadata(json.loads(json.dumps(spec.to_metadata()))) == spec
 
 
@@ -55,10 +62,12 @@ def test_spec_refuses_bad_metadata(meta, match):
 
 
 def test_check_same_model_names_the_difference():
-    other = ModelSpec(labels=("a", "b", "c"), context_size=8, memory_dim=8)
+    other = ModelSpec(labels=("a", "b", "c"), context_size=8, memory_dim=8, feature_kind="log-mel")
     with pytest.raises(HBAFError, match="context_size differ"):
         SPEC.check_same_model(other, "the checkpoint and the ONNX", "export again")
-    SPEC.check_same_model(ModelSpec(labels=("a", "b", "c"), context_size=4, memory_dim=8), "x", "y")
+    SPEC.check_same_model(ModelSpec(labels=("a", "b", "c"), context_size=4, memory_dim=8, feature_kind="log-mel"), "x", "y")
+    with pytest.raises(HBAFError, match="feature_dim, feature_kind differ"):
+        SPEC.check_same_model(ModelSpec(labels=("a", "b", "c"), context_size=4, memory_dim=8), "x", "y")
 
 
 def test_make_feeds_cuts_pads_and_types():

@@ -37,7 +37,7 @@ from hbaf.errors import HBAFError
 REPO = Path(__file__).resolve().parents[1]
 K, D, C = 8, 16, 4
 LABELS = ["neutral", "joy", "sadness", "anger"]
-SPEC = ModelSpec(labels=tuple(LABELS), context_size=K, memory_dim=D)
+SPEC = ModelSpec(labels=tuple(LABELS), context_size=K, memory_dim=D, feature_kind="log-mel")  # the toy graphs take 80-d frames
 
 HAS_TRT = importlib.util.find_spec("tensorrt") is not None
 
@@ -210,6 +210,16 @@ def test_profiles_parse_keeps_defaults_for_omitted_corners():
 def test_profiles_validation(lo, mid, hi, match):
     with pytest.raises(HBAFError, match=match):
         Profiles.parse(lo, mid, hi)
+
+
+def test_profiles_follow_the_model_input_format():
+    whisper = ModelSpec(labels=tuple(LABELS), context_size=K, memory_dim=D)  # Whisper states: 50 frames/s
+    prof = Profiles.for_spec(whisper)
+    assert (prof.min.frames, prof.opt.frames, prof.max.frames) == (8, 150, 500)
+    assert Profiles.for_spec(SPEC) == Profiles()  # log-mel: 16 / 300 / 1000
+    assert Profiles.for_spec(whisper, opt="1,100,16").opt == (1, 100, 16)
+    with pytest.raises(HBAFError, match="exceeds the model's 500"):
+        Profiles.for_spec(whisper, max="8,600,128")
 
 
 def test_profile_input_shapes_cover_all_six_inputs():
@@ -653,7 +663,7 @@ def test_torch_export_of_the_real_hbaf_model():
     rng = np.random.default_rng(3)
     for b, t, ln in [(1, 16, 4), (3, 399, 40), (2, 123, 9)]:
         feeds = (
-            torch.from_numpy(rng.standard_normal((b, t, 80)).astype(np.float32)),
+            torch.from_numpy(rng.standard_normal((b, t, spec.feature_dim)).astype(np.float32)),
             torch.ones(b, t),
             torch.from_numpy(rng.integers(1000, 3000, (b, ln)).astype(np.int32)),
             torch.ones(b, ln, dtype=torch.int32),

@@ -3,7 +3,7 @@ import pytest
 import soundfile as sf
 
 from hbaf.errors import HBAFError
-from hbaf.contract import FEATURE_DIM, HOP_LENGTH, MAX_FRAMES, SAMPLE_RATE
+from hbaf.contract import FEATURE_FORMATS, HOP_LENGTH, SAMPLE_RATE
 from hbaf.features import load_audio, log_mel, mel_filterbank, num_frames, resample, to_mono, utterance_features
 
 
@@ -15,15 +15,32 @@ def tone(freq, seconds=1.0, rate=SAMPLE_RATE):
 def test_shape_and_frame_count():
     x = tone(440, 3.0)
     f = log_mel(x)
-    assert f.shape == (num_frames(x.size), FEATURE_DIM) == (1 + 3 * SAMPLE_RATE // HOP_LENGTH, 80)
+    assert f.shape == (num_frames(x.size), 80) == (1 + 3 * SAMPLE_RATE // HOP_LENGTH, 80)
     assert f.dtype == np.float32
 
 
 def test_utterance_features_are_cut_to_the_contract():
     long = tone(440, 12.0)
-    f = utterance_features(long)
-    assert f.shape == (MAX_FRAMES, FEATURE_DIM) and f.dtype == np.float32
-    np.testing.assert_array_equal(f, log_mel(long)[:MAX_FRAMES])
+    mel = FEATURE_FORMATS["log-mel"]
+    f = utterance_features(long, "log-mel")
+    assert f.shape == (mel.max_frames, 80) and f.dtype == np.float32
+    np.testing.assert_array_equal(f, log_mel(long)[: mel.max_frames])
+
+
+def test_whisper_states_are_the_utterance_frames_of_the_recogniser_encoder():
+    from edge_runtime.asr import WhisperASR
+
+    fmt = FEATURE_FORMATS["whisper-tiny.en"]
+    long = tone(440, 12.0)
+    f = utterance_features(long, fmt.kind)
+    assert f.shape == (fmt.max_frames, 384) and f.dtype == np.float32 and np.isfinite(f).all()
+    x = tone(300, 2.3)
+    f = utterance_features(x, fmt.kind)
+    assert f.shape == (fmt.frames_for(x.size), 384) == (115, 384)
+    # the runtime's one encoder pass gives exactly the training features
+    heard = WhisperASR(beam_size=1).transcribe(x, states=fmt.kind)
+    np.testing.assert_array_equal(heard.states, f)
+    assert utterance_features(np.zeros(3, np.float32), fmt.kind).shape == (1, 384)
 
 
 def test_tone_energy_lands_in_the_right_mel_bin():

@@ -21,7 +21,7 @@ needs_tools = pytest.mark.skipif(
     reason="espeak-ng and sox are needed to render MELD-TTS (apt-get install espeak-ng sox)",
 )
 
-MANIFEST_FIELDS = {"audio", "text", "label", "speaker", "dialogue", "index", "split"}
+MANIFEST_FIELDS = {"audio", "text", "label", "speaker", "dialogue", "index", "split", "family", "voice"}
 
 
 # ---------------------------------------------------------------------------------------- CSV
@@ -164,6 +164,14 @@ def test_manifest_and_card_are_valid(small_corpus):
         assert r["dialogue"].startswith("dev-") and r["text"]
         assert mt.wav_duration(small_corpus / r["audio"]) > 0.3
         by_dia[r["dialogue"]].append(r["index"])
+        assert r["family"] in mt.FAMILIES and r["voice"]
+    fams, voices = defaultdict(set), defaultdict(dict)
+    for r in recs:
+        fams[r["dialogue"]].add(r["family"])
+        voices[r["dialogue"]][r["speaker"]] = r["voice"]
+    assert all(len(f) == 1 for f in fams.values()), "a dialogue mixes synthesizer families"
+    for dia, spk in voices.items():
+        assert len(set(spk.values())) == len(spk), f"speakers of {dia} share a voice"
     sizes = Counter(u["dialogue_id"] for u in mt.read_meld_csv("dev"))
     for dia, idx in by_dia.items():
         assert len(idx) == sizes[int(dia.split("-")[1])] and idx == sorted(idx)
@@ -240,3 +248,78 @@ def test_default_corpus_dir(monkeypatch, tmp_path):
     assert mt.default_corpus_dir() == tmp_path / "corpora" / "meld-tts"
     monkeypatch.delenv("HBAF_HOME")
     assert mt.default_corpus_dir("x") == Path.home() / ".cache" / "hbaf" / "corpora" / "x"
+
+
+# ---------------------------------------------------------------------------------------- families
+
+from hbaf.data import voices as vc  # noqa: E402
+
+
+def test_family_assignment_per_dialogue_and_deterministic():
+    fams = ("espeak-ng", "flite", "festival")
+    dias = sorted({u["dialogue_id"] for u in mt.read_meld_csv("train")})
+    got = [vc.dialogue_family(0, "train", d, fams) for d in dias]
+    assert got == [vc.dialogue_family(0, "train", d, list(fams)) for d in dias]
+    shares = Counter(got)
+    assert set(shares) == set(fams) and min(shares.values()) > 0.25 * len(dias)
+    assert got != [vc.dialogue_family(1, "train", d, fams) for d in dias]
+    # Dropping a family only moves that family's dialogues.
+    two = [vc.dialogue_family(0, "train", d, ("espeak-ng", "flite")) for d in dias]
+    assert all(b == a for a, b in zip(got, two) if a != "festival")
+
+
+def test_missing_or_unknown_family_is_a_one_line_error(monkeypatch):
+    monkeypatch.setattr(vc, "family_installed", lambda f: f == "espeak-ng")
+    with pytest.raises(HBAFError) as err:
+        vc.check_families("espeak-ng,festival")
+    assert "\n" not in str(err.value) and "apt-get install festival" in str(err.value)
+    with pytest.raises(HBAFError, match="apt-get install flite"):
+        vc.check_families(["flite"])
+    with pytest.raises(HBAFError, match="unknown synthesizer family 'mbrolaX'"):
+        vc.check_families("mbrolaX")
+    assert vc.check_families("espeak-ng") == ("espeak-ng",)
+    assert vc.check_families(None) == ("espeak-ng",)
+
+
+def test_dialogue_voices_are_distinct():
+    for fam in vc.installed_families():
+        spk = ["Ross", "Rachel", "Monica", "Joey", "Chandler", "Phoebe", "Gunther", "Janice"]
+        got = vc.dialogue_voices(spk, 0, fam)
+        assert len({v.label for v in got.values()}) == len(spk)
+        assert all(v.family == fam for v in got.values())
+
+
+def _pitch_hz(x: np.ndarray) -> float:
+    """Median autocorrelation F0 of the loud 40 ms frames (crude, but cheap)."""
+    frame, out = 640, []
+    thr = 0.3 * np.sqrt(np.mean(x**2)) * 3
+    for i in range(0, x.size - frame, frame // 2):
+        f = x[i : i + frame] - x[i : i + frame].mean()
+        if np.sqrt(np.mean(f**2)) < thr / 3:
+            continue
+        ac = np.correlate(f, f, "full")[frame - 1 :]
+        lo, hi = SAMPLE_RATE // 500, SAMPLE_RATE // 70
+        lag = lo + int(np.argmax(ac[lo:hi]))
+        if ac[lag] > 0.4 * ac[0]:
+            out.append(SAMPLE_RATE / lag)
+    return float(np.median(out)) if out else 0.0
+
+
+@pytest.mark.parametrize("family", mt.FAMILIES)
+def test_each_family_renders_and_anger_is_higher_and_louder_than_sadness(family):
+    if not vc.family_installed(family):
+        pytest.skip(f"{family} not installed (apt-get install {mt.FAMILY_PACKAGES[family]})")
+    base = {"split": "dev", "dialogue_id": 3, "utterance_id": 1, "speaker": "Rachel",
+            "text": "Why would you ever say that to me?"}
+    got = {}
+    for label in ("anger", "sadness"):
+        u = {**base, "label": label}
+        p = mt.render_params(u, intensity=1.0, family=family, noise_snr_db=(40.0, 40.0))
+        assert p.family == family
+        x = mt.synthesize(u["text"], p, noise_seed=1).astype(np.float64)
+        assert x.dtype == np.float64 and x.size > 0.5 * SAMPLE_RATE and np.abs(x).max() <= 1.0
+        got[label] = (20 * np.log10(mt._active_rms(x)), _pitch_hz(x), x.size)
+    (a_db, a_f0, a_n), (s_db, s_f0, s_n) = got["anger"], got["sadness"]
+    assert a_db > s_db + 6.0
+    assert a_f0 > 1.1 * s_f0 > 0
+    assert s_n > a_n

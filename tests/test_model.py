@@ -25,10 +25,10 @@ def make(encoder, name="tiny", **kw):
     return m.eval()
 
 
-def inputs(tok, b=2, t=200, texts=None, k=4, d=64):
+def inputs(tok, b=2, t=100, texts=None, k=4, d=64):
     torch.manual_seed(1)
     ids, mask = tok(texts or ["I am so happy today!", "leave me alone"][:b])
-    return (torch.randn(b, t, 80), torch.ones(b, t), torch.from_numpy(ids), torch.from_numpy(mask),
+    return (torch.randn(b, t, 384), torch.ones(b, t), torch.from_numpy(ids), torch.from_numpy(mask),
             torch.zeros(b, k, d), torch.zeros(b, k))
 
 
@@ -60,7 +60,7 @@ def test_padding_does_not_change_the_result(encoder):
     feats, fmask, ids, imask, mem, mm = inputs(encoder[1], b=1, texts=["what a day"])
     with torch.no_grad():
         ref = m(feats, fmask, ids, imask, mem, mm)[0]
-        pf = torch.cat([feats, torch.randn(1, 37, 80)], 1)
+        pf = torch.cat([feats, torch.randn(1, 37, 384)], 1)
         pm = torch.cat([fmask, torch.zeros(1, 37)], 1)
         pids = torch.cat([ids, torch.full((1, 5), 7, dtype=ids.dtype)], 1)
         pim = torch.cat([imask, torch.zeros(1, 5, dtype=imask.dtype)], 1)
@@ -97,7 +97,8 @@ def test_student_is_a_third_of_teacher_compute(encoder):
         m = HBAF(preset(name), LABELS).eval()
         c = m.cfg
         with FlopCounterMode(display=False) as fc, torch.no_grad():
-            m(torch.randn(1, 300, 80), torch.ones(1, 300), torch.ones(1, 24, dtype=torch.int32),
+            m(torch.randn(1, 150, 384), torch.ones(1, 150),  # 3 s of encoder states
+              torch.ones(1, 24, dtype=torch.int32),
               torch.ones(1, 24, dtype=torch.int32), torch.zeros(1, c.context_size, c.d_model), torch.zeros(1, c.context_size))
         return fc.get_total_flops()
 

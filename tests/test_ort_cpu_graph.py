@@ -77,7 +77,7 @@ def test_fused_copy_swaps_modules_on_a_copy_only(graphs):
     assert not any(isinstance(m, FusedAttention) for m in model.modules())
     assert list(dict(fused.named_parameters())) == list(dict(model.named_parameters()))  # same names: same initializers
     g = torch.Generator().manual_seed(0)
-    feeds = (torch.randn(2, 97, 80, generator=g), torch.ones(2, 97), torch.randint(1000, 2000, (2, 9), generator=g).int(),
+    feeds = (torch.randn(2, 97, 384, generator=g), torch.ones(2, 97), torch.randint(1000, 2000, (2, 9), generator=g).int(),
              torch.ones(2, 9, dtype=torch.int32), torch.randn(2, 4, 64, generator=g), torch.ones(2, 4))
     feeds[1][1, 60:] = 0
     feeds[3][1, 5:] = 0

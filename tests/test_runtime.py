@@ -242,6 +242,9 @@ def test_pipeline_one_event_per_utterance(conversation, asr, backend, tmp_path):
         pipe = _pipeline(FileSource(conversation), asr, backend, writer)
         summary = pipe.run()
     events = _lines(path)
+    # the model takes Whisper encoder states: the recogniser's one encoder pass gives them
+    assert pipe._shared_encoder and pipe.feature_kind == "whisper-tiny.en"
+    assert all(e["latency_ms"]["features"] < 1.0 for e in events[:-1])
     assert [e["utterance"] for e in events[:-1]] == [1, 2, 3, 4]
     assert summary.utterances == 4 and summary.dropped_utterances == 0 and summary.dropped_blocks == 0
     wers = [word_error_rate(ref, e["text"]) for e, (_, ref) in zip(events, TURNS)]
@@ -256,6 +259,26 @@ def test_pipeline_one_event_per_utterance(conversation, asr, backend, tmp_path):
     assert final["cold_start"]["model_load_s"] > 0 and final["cold_start"]["first_inference_s"] > 0
     assert final["cold_start"]["asr_first_s"] > 0 and final["peak_rss_mb"] > 0 and 0 < final["real_time_factor"] < 5
     assert out.getvalue().count(" ms\n") == 4 and "summary:" in summary.format()
+
+
+def test_log_mel_model_gets_its_own_features(conversation, asr, tmp_path):
+    """A release-1 model (log-mel input) still runs: the pipeline computes its features itself."""
+    import torch
+
+    from hbaf.checkpoint import save_checkpoint
+    from hbaf.contract import TOKENIZER_FILE
+    from hbaf.model import HBAF, preset
+    from hbaf.text import resolve_text_encoder
+
+    torch.manual_seed(0)
+    ck = save_checkpoint(HBAF(preset("tiny", feature_kind="log-mel"), LABELS).eval(), tmp_path / "mel",
+                         resolve_text_encoder() / TOKENIZER_FILE)
+    mel = open_backend(ck, threads=2)
+    assert (mel.spec.feature_kind, mel.spec.feature_dim) == ("log-mel", 80)
+    with EventWriter(tmp_path / "e.jsonl", stdout=io.StringIO()) as writer:
+        pipe = _pipeline(FileSource(conversation), asr, mel, writer)
+        summary = pipe.run()
+    assert not pipe._shared_encoder and summary.utterances == 4
 
 
 def test_mic_path_gives_the_same_events(conversation, asr, backend, tmp_path):

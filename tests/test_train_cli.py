@@ -32,6 +32,27 @@ def test_evaluate_cli_and_blank_text(ci_student, ci_corpus, tmp_path):
     proc = run_cli("evaluate", "--checkpoint", ci_student, "--corpus", ci_corpus, "--asr-text", "--out", tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert json.loads((tmp_path / "eval_test_asr_text.json").read_text())["n"] == full["n"]
+    # one voice family, degraded audio, a seeded subset of whole dialogues
+    proc = run_cli("evaluate", "--checkpoint", ci_student, "--corpus", ci_corpus, "--family", "flite",
+                   "--condition", "telephone", "--limit", "30", "--out", tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    tel = json.loads((tmp_path / "eval_test_flite_telephone.json").read_text())
+    assert 0 < tel["n"] <= 30 + 20 and 0 <= tel["weighted_f1"] <= 1
+    proc = run_cli("evaluate", "--checkpoint", ci_student, "--corpus", ci_corpus, "--condition", "underwater", "--out", tmp_path)
+    assert_one_line_error(proc, "unknown audio condition 'underwater'")
+
+
+def test_hold_out_one_voice_family(ci_corpus, tmp_path):
+    proc = run_cli("train", "--corpus", ci_corpus, "--preset", "tiny", "--epochs", "1", "--max-steps", "2", "--augment", "0",
+                   "--hold-out-family", "flite", "--out", tmp_path / "m")
+    assert proc.returncode == 0, proc.stderr
+    metrics = json.loads((tmp_path / "m" / "metrics.json").read_text())
+    assert metrics["hold_out_family"] == "flite" and set(metrics["test_by_family"]) == {"espeak-ng", "flite"}
+    flite = metrics["test_by_family"]["flite"]
+    assert flite["fused"]["n"] > 0 and 0 <= flite["audio_only"]["unweighted_accuracy"] <= 1
+    assert metrics["test_audio_only"]["n"] == metrics["test"]["n"]
+    proc = run_cli("train", "--corpus", ci_corpus, "--preset", "tiny", "--hold-out-family", "mbrola", "--out", tmp_path / "x")
+    assert_one_line_error(proc, "no utterances of voice family 'mbrola'")
 
 
 def test_bad_flags_and_commands_are_one_line_errors(tmp_path):
@@ -63,9 +84,19 @@ def test_training_defaults_come_from_the_config():
             d.epochs, d.max_utts, d.lr, d.text_lr, d.patience, d.seed, d.max_steps, d.asr_text)
     assert (distill.temperature, distill.alpha, distill.hint_weight) == (d.distill_temperature, d.distill_alpha, d.hint_weight)
     assert distill.preset == "student" and train.preset == "teacher"
+    assert train.features == "whisper-tiny.en" and train.augment == 1 and train.hold_out_family is None
     for model_overrides, loss_overrides in ABLATIONS.values():  # each override names a real field
         preset("tiny", **model_overrides)
         LossConfig(**loss_overrides)
+
+
+def test_a_small_corpus_gets_enough_steps():
+    from hbaf.train import TrainConfig, plan_epochs
+
+    assert plan_epochs(TrainConfig(), 200) == (8, 3)  # a full corpus: the usual 8 epochs
+    assert plan_epochs(TrainConfig(), 6) == (50, 19)  # ~370 clips: 6 batches an epoch -> 300 steps
+    assert plan_epochs(TrainConfig(), 1) == (80, 30)  # capped
+    assert plan_epochs(TrainConfig(epochs=3), 6) == (3, 3)  # an explicit --epochs is kept
 
 
 def test_asr_style_transcripts():

@@ -178,7 +178,9 @@ def load_manifest(
         index = _parse_index(obj.get("index"), where)
         split = _parse_split(obj.get("split"), where)
 
-        rows.append({"audio": audio_abs, "text": text, "label": label, "speaker": speaker, "dialogue": dialogue, "index": index})
+        family = obj.get("family")
+        rows.append({"audio": audio_abs, "text": text, "label": label, "speaker": speaker, "dialogue": dialogue, "index": index,
+                     "family": str(family).strip() if isinstance(family, str) else ""})
         splits.append(split)
         lines_no.append(lineno)
 

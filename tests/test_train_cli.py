@@ -43,11 +43,12 @@ def test_evaluate_cli_and_blank_text(ci_student, ci_corpus, tmp_path):
 
 
 def test_hold_out_one_voice_family(ci_corpus, tmp_path):
-    proc = run_cli("train", "--corpus", ci_corpus, "--preset", "tiny", "--epochs", "1", "--max-steps", "2", "--augment", "0",
+    proc = run_cli("train", "--corpus", ci_corpus, "--preset", "tiny", "--epochs", "1", "--max-steps", "2", "--augment", "1",
                    "--hold-out-family", "flite", "--out", tmp_path / "m")
     assert proc.returncode == 0, proc.stderr
     metrics = json.loads((tmp_path / "m" / "metrics.json").read_text())
     assert metrics["hold_out_family"] == "flite" and set(metrics["test_by_family"]) == {"espeak-ng", "flite"}
+    assert metrics["augment"] == 1 and list((ci_corpus / ".hbaf_cache").glob("*.augment.train-*.features.npz"))
     flite = metrics["test_by_family"]["flite"]
     assert flite["fused"]["n"] > 0 and 0 <= flite["audio_only"]["unweighted_accuracy"] <= 1
     assert metrics["test_audio_only"]["n"] == metrics["test"]["n"]
@@ -84,7 +85,7 @@ def test_training_defaults_come_from_the_config():
             d.epochs, d.max_utts, d.lr, d.text_lr, d.patience, d.seed, d.max_steps, d.asr_text)
     assert (distill.temperature, distill.alpha, distill.hint_weight) == (d.distill_temperature, d.distill_alpha, d.hint_weight)
     assert distill.preset == "student" and train.preset == "teacher"
-    assert train.features == "whisper-tiny.en" and train.augment == 1 and train.hold_out_family is None
+    assert train.features == "whisper-tiny.en" and train.augment == 0 and train.hold_out_family is None
     for model_overrides, loss_overrides in ABLATIONS.values():  # each override names a real field
         preset("tiny", **model_overrides)
         LossConfig(**loss_overrides)

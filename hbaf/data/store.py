@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import multiprocessing
 import os
 import random
 from concurrent.futures import ProcessPoolExecutor
@@ -113,7 +114,10 @@ class FeatureStore:
         with tqdm(total=len(self.paths), desc=f"features ({self.kind}, {self.condition})", unit="utt", leave=False) as bar:
             if workers > 1 and len(self.paths) > 64:
                 threads = max(1, (os.cpu_count() or 1) // workers)  # Whisper encoder threads per process
-                with ProcessPoolExecutor(workers, initializer=_init_worker, initargs=(threads,)) as pool:
+                # spawn, not fork: a process that already runs ONNX Runtime, torch or CTranslate2 thread
+                # pools forks children whose first lock acquisition can wait forever
+                spawn = multiprocessing.get_context("spawn")
+                with ProcessPoolExecutor(workers, mp_context=spawn, initializer=_init_worker, initargs=(threads,)) as pool:
                     for f in pool.map(_feature_job, jobs, chunksize=16):
                         self.feats.append(f)
                         bar.update()

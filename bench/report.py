@@ -219,7 +219,7 @@ def plot_latency(path: Path, report: dict[str, Any]) -> Path | None:
         return None
     names = [f"{r['backend']} {r['precision']}" for r in rows]
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(14, 2.5 + 0.45 * len(rows)), gridspec_kw={"width_ratios": [3, 2]})
-    ax1.boxplot([raw[r["key"]] for r in rows], vert=False, whis=(5, 95), widths=0.6)
+    ax1.boxplot([raw[r["key"]] for r in rows], orientation="horizontal", whis=(5, 95), widths=0.6)
     ax1.set_yticks(range(1, len(rows) + 1))
     ax1.set_yticklabels(names)
     values = [v for r in rows for v in raw[r["key"]]]

@@ -135,6 +135,7 @@ class WhisperASR:
             raise self._load_error(local, err) from err
         self.load_seconds = time.perf_counter() - t0
         self._tokenizers: dict[str | None, object] = {}
+        self._states_of: dict[str, bool] = {}
         log.info("ASR %s on %s (%s) loaded in %.2f s", self.model_path, self.device, self.compute_type, self.load_seconds)
 
     def _load_error(self, local: bool, err: Exception) -> HBAFError:
@@ -150,8 +151,10 @@ class WhisperASR:
         """Whether this recogniser's encoder computes the fusion input ``kind`` as the model was
         trained on it (same Whisper model, fixed 10 s window, no padding): then one encoder pass
         serves both."""
-        return (computes_kind(self.model_path, kind) and self.encoder_window_s == WINDOW_S
-                and self.window_bucket_s is None and self.pad_s == 0)
+        if kind not in self._states_of:  # asked per utterance: resolve the model name once
+            self._states_of[kind] = (computes_kind(self.model_path, kind) and self.encoder_window_s == WINDOW_S
+                                     and self.window_bucket_s is None and self.pad_s == 0)
+        return self._states_of[kind]
 
     def transcribe(self, samples: np.ndarray, states: str | None = None) -> ASRResult:
         """Transcript of ``samples``; with ``states`` (a feature kind this recogniser computes,

@@ -115,15 +115,14 @@ def _feature_store(records, manifest: Path, workers, kind: str, condition: str =
     return FeatureStore(records, cache, workers=workers, kind=kind, condition=condition)
 
 
-def _hold_out(records, family: str | None):
-    """Drop the train and dev utterances of ``family`` (its test utterances stay: the unseen-voice test)."""
-    if not family:
-        return records
+def _hold_out(records, family: str) -> list[int]:
+    """Indices of ``records`` without the train and dev utterances of ``family`` (its test utterances
+    stay: the unseen-voice test)."""
     families = sorted({r.family for r in records if r.family})
     if family not in families:
         raise HBAFError(f"no utterances of voice family {family!r} in the data (it has: {', '.join(families) or 'none'}); "
                         "render the corpus with it or pick another --hold-out-family")
-    kept = [r for r in records if r.split == "test" or r.family != family]
+    kept = [i for i, r in enumerate(records) if r.split == "test" or r.family != family]
     log.info("holding out family %s: %d of %d utterances kept", family, len(kept), len(records))
     return kept
 
@@ -149,14 +148,11 @@ def _train_one(args, cfg, records, store, manifest: Path, out_dir: Path, teacher
 
     labels = label_set(records)
     family = getattr(args, "hold_out_family", None)
-    if family:
-        kept = set(map(id, _hold_out(records, family)))
-        keep = [i for i, r in enumerate(records) if id(r) in kept]
-        records, store = [records[i] for i in keep], SubStore(store, keep)
-        if teacher_out is not None:
-            teacher_out = {k: v[keep] for k, v in teacher_out.items()}
+    subsets = [lambda recs: _hold_out(recs, family)] if family else []
     if args.train_fraction < 1.0:
-        keep = subset_train(records, args.train_fraction, args.seed)
+        subsets.append(lambda recs: subset_train(recs, args.train_fraction, args.seed))
+    for subset in subsets:  # records, features and teacher outputs cut alike
+        keep = subset(records)
         records, store = [records[i] for i in keep], SubStore(store, keep)
         if teacher_out is not None:
             teacher_out = {k: v[keep] for k, v in teacher_out.items()}

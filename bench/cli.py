@@ -180,9 +180,9 @@ def builtin_models(args: argparse.Namespace, out: Path) -> str:
     """``hbaf-edge bench`` with no model and no data: fill ``args`` with the packaged student (checkpoint,
     the packaged INT8 CPU model, an FP32 ONNX exported into ``out``), built-in rendered utterances and
     --quick settings; returns the line the report header shows."""
-    import hbaf
     from calibration.builtin import builtin_manifest, describe
     from hbaf.checkpoint import packaged_checkpoint, read_meta
+    from hbaf.io import ASSETS_DIR, PACKAGED_MODEL
 
     checkpoint = packaged_checkpoint()
     labels = read_meta(checkpoint)["labels"]
@@ -195,7 +195,7 @@ def builtin_models(args: argparse.Namespace, out: Path) -> str:
 
         print(f"FP32 ONNX: exporting {checkpoint} -> {onnx}", file=sys.stderr, flush=True)
         export_onnx(checkpoint, onnx, check=False)
-    int8 = Path(hbaf.__file__).resolve().parent / "assets" / "default.onnx"
+    int8 = ASSETS_DIR / PACKAGED_MODEL
     int8_note = f"the packaged INT8 CPU model {int8}"
     if not _packaged_int8_fits(int8, checkpoint):
         from calibration.report import quantize_onnx
@@ -214,14 +214,15 @@ def builtin_models(args: argparse.Namespace, out: Path) -> str:
 
 
 def _packaged_int8_fits(int8: Path, checkpoint: Path) -> bool:
-    from edge_runtime.backends import TorchBackend
-    from hbaf.contract import read_onnx, spec_from_onnx
+    from hbaf.checkpoint import read_meta
+    from hbaf.contract import ModelSpec, read_onnx, spec_from_onnx
 
     if not int8.is_file():
         return False
     try:
         spec = spec_from_onnx(read_onnx(int8, load_external_data=False), source=str(int8))
-        spec.check_same_model(TorchBackend(checkpoint).spec, "", "")
+        meta = read_meta(checkpoint)
+        spec.check_same_model(ModelSpec.from_config(meta["config"], meta["labels"]), "", "")
     except HBAFError:
         return False
     return True

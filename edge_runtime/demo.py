@@ -192,9 +192,9 @@ def _model_in(folder: Path) -> Path | None:
 def default_model_path() -> Path:
     """The model used when ``--model`` is omitted: one packaged in ``hbaf/assets/``, else
     ``$HBAF_HOME/models/default`` (``~/.cache/hbaf/models/default``)."""
-    import hbaf
+    from hbaf import io
 
-    assets = Path(hbaf.__file__).resolve().parent / "assets"
+    assets = io.ASSETS_DIR
     home = hbaf_home() / "models" / "default"
     for folder in (assets, home):
         found = _model_in(folder)

@@ -23,14 +23,14 @@ from pathlib import Path
 from hbaf import __version__
 from hbaf.contract import TOKENIZER_FILE
 from hbaf.errors import HBAFError
-from hbaf.io import atomic_path, write_json_atomic
+from hbaf.io import ASSETS_DIR, PACKAGED_CHECKPOINT, atomic_path, write_json_atomic
 from hbaf.model import HBAF, HBAFConfig
 
 WEIGHTS = "model.safetensors"
 CONFIG = "config.json"
 DEFAULT_NAME = "default"  # the --checkpoint value that means the packaged student
 DEFAULT_ENV = "HBAF_DEFAULT_CHECKPOINT"  # a folder used instead of the packaged one
-PACKAGED_DIR = Path(__file__).resolve().parent / "assets" / "student"
+PACKAGED_DIR = ASSETS_DIR / PACKAGED_CHECKPOINT
 WEIGHT_DTYPES = ("float32", "float16")
 
 

@@ -63,10 +63,11 @@ def _add_train_args(p: argparse.ArgumentParser, d: TrainConfig) -> None:
                    help="recogniser transcripts of the training clips (scripts/transcribe_corpus.py)")
     p.add_argument("--features", default=FEATURE_KIND, choices=tuple(FEATURE_FORMATS),
                    help="audio input: the recogniser's Whisper encoder states, or release 1's log-mel (default %(default)s)")
-    p.add_argument("--augment", type=int, default=0, metavar="N",
+    p.add_argument("--augment", type=int, default=1, metavar="N",
                    help="degraded copies of every training clip (gain, noise, reverberation, telephone band, speed; "
-                        "hbaf.data.augment), drawn at random with the clean one at every step (default %(default)s: with "
-                        "Whisper-state audio one copy cost 2.3 weighted-F1 points clean and bought no robustness, docs/VOICES.md)")
+                        "hbaf.data.augment), drawn at random with the clean one at every step (default %(default)s: "
+                        "without it, 6 epochs lost up to 13 weighted-F1 points on telephone-band audio, docs/VOICES.md; "
+                        "0 saves encoding the copies)")
     p.add_argument("--hold-out-family", default=None, metavar="FAMILY",
                    help="leave this voice family (e.g. flite) out of train and dev; the test report gives it separately")
 
@@ -272,10 +273,10 @@ def cmd_evaluate(args) -> int:
         if not idx:
             raise HBAFError(f"no {args.split} utterances of voice family {args.family!r}; check --family")
     if args.limit:
-        from hbaf.data.store import take_dialogues
+        from hbaf.data.store import take_dialogue_indices
 
-        kept = set(map(id, take_dialogues([records[i] for i in idx], args.limit, seed=0)))
-        idx = [i for i in idx if id(records[i]) in kept]
+        kept = set(take_dialogue_indices([records[i] for i in idx], args.limit, seed=0))
+        idx = [i for k, i in enumerate(idx) if k in kept]
     store = _feature_store([records[i] for i in idx], manifest, args.workers, model.cfg.feature_kind, args.condition,
                            tag=f"eval-{args.split}")
     tok = Tokenizer(tokenizer_path(args.checkpoint), model.cfg.max_tokens)

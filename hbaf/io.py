@@ -40,6 +40,11 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
             tmp_path.unlink()
 
 
+ASSETS_DIR = Path(__file__).resolve().parent / "assets"  # what ships inside the package
+PACKAGED_CHECKPOINT = "student"  # the packaged student checkpoint, a folder in ASSETS_DIR
+PACKAGED_MODEL = "default.onnx"  # the packaged INT8 CPU model of that student, in ASSETS_DIR
+
+
 def hbaf_home() -> Path:
     """Where corpora, caches and default models live: ``$HBAF_HOME``, else ``~/.cache/hbaf``."""
     return Path(os.environ.get("HBAF_HOME") or Path.home() / ".cache" / "hbaf").expanduser()

@@ -134,7 +134,8 @@ class MultiHeadAttention(nn.Module):
         q = self.query(x).view(b, n, self.n_heads, self.head_dim).transpose(1, 2)
         k = self.key(kv).view(b, s, self.n_heads, self.head_dim).transpose(1, 2)
         v = self.value(kv).view(b, s, self.n_heads, self.head_dim).transpose(1, 2)
-        scores = torch.matmul(q, k.transpose(-1, -2)) * (1.0 / math.sqrt(self.head_dim)) + mask_add
+        # the masks are float32 (contract inputs); a float16 model must add them in its own precision
+        scores = torch.matmul(q, k.transpose(-1, -2)) * (1.0 / math.sqrt(self.head_dim)) + mask_add.to(q.dtype)
         attn = self.dropout(torch.softmax(scores, dim=-1))
         y = torch.matmul(attn, v).transpose(1, 2).reshape(b, n, self.n_heads * self.head_dim)
         return self.out(y)

@@ -67,6 +67,19 @@ def test_torch_and_onnx_agree_over_a_dialogue(ckpt, onnx_model):
     assert np.abs(empty["probs"] - _dialogue(tb)[2]["probs"]).max() > 1e-6
 
 
+def test_float16_model_runs_the_contract(ckpt):
+    """The model in float16 (what `--fp16` runs on a CUDA GPU): the contract's float32 masks and
+    memory must not lift any layer back to float32. Run here on the CPU, in the backend's own
+    path, against float32."""
+    fp32 = open_backend(ckpt)
+    fp16 = open_backend(ckpt)
+    fp16.model, fp16.dtype = fp16.model.half(), torch.float16
+    for a, b in zip(_dialogue(fp32), _dialogue(fp16)):
+        assert b["probs"].dtype == np.float32 and np.all(np.isfinite(b["probs"]))
+        np.testing.assert_allclose(a["probs"], b["probs"], atol=2e-2)
+        assert a["probs"].argmax() == b["probs"].argmax()
+
+
 def test_runtime_memory_matches_training(ckpt):
     """The runtime's left-padded, newest-last memory gives what training's forward_dialogues gives."""
     from hbaf.train import forward_dialogues

@@ -116,10 +116,9 @@ def test_sixty_second_conversation(tmp_path):
     # 0.221 normalised (0.237 raw; greedy decoding gave 0.254 / 0.297); 0.25 leaves room for
     # CPU/library numerics, not for a regression to the old decoding.
     assert wer <= 0.25, pairs
-    # The runtime chain must not lose more than three of these 12 utterances to the offline model on
-    # the same clips. Release 1 lost one here: its student trained on the recogniser's own
-    # transcripts. Release 2's student saw only the rule-based ASR style (`--asr-text` without
-    # `--asr-transcripts`), and it loses three net (four joy/anger lines where Whisper drops the "!"
-    # or mishears words, one neutral line won back; docs/VOICES.md); a segmentation, memory or
-    # decoding fault loses far more.
-    assert sum(p == y for p, y in zip(runtime, labels)) >= sum(p == y for p, y in zip(offline, labels)) - 3
+    # The runtime chain must not lose more than two of these 12 utterances to the offline model on
+    # the same clips. The shipped student trained on the recogniser's own transcripts for half of
+    # its clips (`--asr-transcripts`) and loses one net here (runtime 6, offline 7: Whisper writes
+    # "There is no more left, left!" as "...left. Left.", heard as neutral); release 2.0's student, trained on rule-based ASR-style
+    # text only, lost three (docs/VOICES.md). A segmentation, memory or decoding fault loses far more.
+    assert sum(p == y for p, y in zip(runtime, labels)) >= sum(p == y for p, y in zip(offline, labels)) - 2

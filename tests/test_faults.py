@@ -633,12 +633,12 @@ def _same_weights(a: dict, b: dict) -> bool:
     return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
-def _skip_if_packaged_model() -> None:
-    import hbaf
-    from edge_runtime.demo import _model_in
+def _without_packaged_model(monkeypatch, tmp_path) -> None:
+    """Point the packaged-assets folder at an empty one, so the default-model search reaches
+    $HBAF_HOME/models/default (the packaged model would win it otherwise)."""
+    from hbaf import io
 
-    if _model_in(Path(hbaf.__file__).parent / "assets") is not None:
-        pytest.skip("a packaged default model is installed and wins the default-model search")
+    monkeypatch.setattr(io, "ASSETS_DIR", tmp_path / "no-assets")
 
 
 def test_killed_checkpoint_write_is_loaded_whole_or_refused(ckpt, tmp_path, monkeypatch):
@@ -648,7 +648,7 @@ def test_killed_checkpoint_write_is_loaded_whole_or_refused(ckpt, tmp_path, monk
     for a model."""
     from edge_runtime.demo import default_model_path
 
-    _skip_if_packaged_model()
+    _without_packaged_model(monkeypatch, tmp_path)
     home = tmp_path / "home"
     folder = home / "models" / "default"
     monkeypatch.setenv("HBAF_HOME", str(home))
@@ -678,7 +678,7 @@ def test_leftover_temp_files_are_never_taken_for_models(ckpt, onnx_model, tmp_pa
     from edge_runtime.model_files import open_backend
     from edge_runtime.demo import default_model_path
 
-    _skip_if_packaged_model()
+    _without_packaged_model(monkeypatch, tmp_path)
     home = tmp_path / "home"
     folder = home / "models" / "default"
     shutil.copytree(ckpt, folder)

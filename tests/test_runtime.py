@@ -492,14 +492,14 @@ def test_demo_conversation_cached(tmp_path):
 
 
 def test_default_model_path(tmp_path, monkeypatch, ckpt):
-    import hbaf
     from edge_runtime.demo import _model_in, default_model_path
+    from hbaf import io
 
-    packaged = _model_in(Path(hbaf.__file__).parent / "assets")
-    assert packaged is not None and packaged.name == "default.onnx", "the package ships its default model"
+    packaged = _model_in(io.ASSETS_DIR)
+    assert packaged is not None and packaged.name == io.PACKAGED_MODEL, "the package ships its default model"
     assert default_model_path() == packaged
     # Without a packaged model the search falls back to $HBAF_HOME/models/default.
-    monkeypatch.setattr(hbaf, "__file__", str(tmp_path / "pkg" / "__init__.py"))
+    monkeypatch.setattr(io, "ASSETS_DIR", tmp_path / "pkg" / "assets")
     monkeypatch.setenv("HBAF_HOME", str(tmp_path))
     with pytest.raises(HBAFError, match="reinstall hbaf-edge"):
         default_model_path()

@@ -85,7 +85,7 @@ def test_training_defaults_come_from_the_config():
             d.epochs, d.max_utts, d.lr, d.text_lr, d.patience, d.seed, d.max_steps, d.asr_text)
     assert (distill.temperature, distill.alpha, distill.hint_weight) == (d.distill_temperature, d.distill_alpha, d.hint_weight)
     assert distill.preset == "student" and train.preset == "teacher"
-    assert train.features == "whisper-tiny.en" and train.augment == 0 and train.hold_out_family is None
+    assert train.features == "whisper-tiny.en" and train.augment == 1 and train.hold_out_family is None
     for model_overrides, loss_overrides in ABLATIONS.values():  # each override names a real field
         preset("tiny", **model_overrides)
         LossConfig(**loss_overrides)
@@ -114,7 +114,7 @@ def test_asr_style_transcripts():
 @pytest.mark.slow
 def test_ablate_runs_variants_and_writes_a_table(ci_corpus, tmp_path):
     proc = run_cli("ablate", "--corpus", ci_corpus, "--preset", "tiny", "--variants", "text-only,audio-only,fused-no-gate",
-                   "--epochs", "1", "--max-steps", "2", "--out", tmp_path)
+                   "--epochs", "1", "--max-steps", "2", "--augment", "0", "--out", tmp_path)
     assert proc.returncode == 0, proc.stderr
     table = (tmp_path / "ablations.md").read_text()
     for v in ("text-only", "audio-only", "fused-no-gate"):
@@ -126,7 +126,7 @@ def test_ablate_runs_variants_and_writes_a_table(ci_corpus, tmp_path):
 @pytest.mark.slow
 def test_distill_from_teacher(ci_student, ci_corpus, tmp_path):
     proc = run_cli("distill", "--teacher", ci_student, "--corpus", ci_corpus, "--preset", "tiny", "--epochs", "1",
-                   "--max-steps", "3", "--hint-weight", "0.1", "--out", tmp_path)
+                   "--max-steps", "3", "--hint-weight", "0.1", "--augment", "0", "--out", tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert json.loads((tmp_path / "metrics.json").read_text())["test"]["n"] > 0
 
@@ -174,7 +174,7 @@ def test_training_on_asr_transcripts(ci_corpus, tmp_path):
     heard = tmp_path / "asr.jsonl"
     heard.write_text("".join(json.dumps({"audio": str((base / r["audio"]).resolve()), "asr": "okay"}) + "\n" for r in train))
     proc = run_cli("train", "--corpus", ci_corpus, "--preset", "tiny", "--epochs", "1", "--max-steps", "2",
-                   "--asr-text", "1.0", "--asr-transcripts", heard, "--out", tmp_path / "m")
+                   "--asr-text", "1.0", "--asr-transcripts", heard, "--augment", "0", "--out", tmp_path / "m")
     assert proc.returncode == 0, proc.stderr
     assert (tmp_path / "m" / "model.safetensors").exists()
     proc = run_cli("evaluate", "--checkpoint", tmp_path / "m", "--corpus", ci_corpus, "--asr-transcripts", heard)
@@ -182,7 +182,7 @@ def test_training_on_asr_transcripts(ci_corpus, tmp_path):
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"audio": "x.wav"}\n')
     proc = run_cli("train", "--corpus", ci_corpus, "--preset", "tiny", "--epochs", "1", "--max-steps", "1",
-                   "--asr-text", "1.0", "--asr-transcripts", bad, "--out", tmp_path / "m2")
+                   "--asr-text", "1.0", "--asr-transcripts", bad, "--augment", "0", "--out", tmp_path / "m2")
     assert_one_line_error(proc, "bad.jsonl line 1")
     proc = run_cli("train", "--corpus", ci_corpus, "--preset", "tiny", "--asr-transcripts", tmp_path / "none.jsonl",
                    "--out", tmp_path / "m3")

@@ -218,30 +218,37 @@ def group_dialogues(records: Sequence[Record]) -> list[list[int]]:
     return [sorted(g, key=lambda i: records[i].index) for g in groups.values()]
 
 
-def take_dialogues(records: Sequence[Record], n: int, *, splits: Sequence[str] | None = None,
-                   seed: int | None = None) -> list[Record]:
-    """Whole dialogues (in order) from ``records`` until ``n`` utterances; the last one is cut to fit.
+def take_dialogue_indices(records: Sequence[Record], n: int, *, splits: Sequence[str] | None = None,
+                          seed: int | None = None) -> list[int]:
+    """Positions in ``records`` of whole dialogues (in order) until ``n`` utterances; the last
+    one is cut to fit.
 
     ``splits``: preference order of splits to draw from (the first non-empty one is used;
     None = all records). ``seed``: shuffle the dialogues (seeded) instead of file order.
-    Returns the chosen records, dialogues contiguous and in position order.
+    Returns the chosen positions, dialogues contiguous and in position order.
     """
-    pool = list(records)
+    pool = list(range(len(records)))
     if splits:
         for s in splits:
-            chosen = [r for r in records if r.split == s]
+            chosen = [i for i, r in enumerate(records) if r.split == s]
             if chosen:
                 pool = chosen
                 break
-    groups = group_dialogues(pool)
+    groups = group_dialogues([records[i] for i in pool])
     if seed is not None:
         random.Random(seed).shuffle(groups)
-    out: list[Record] = []
+    out: list[int] = []
     for g in groups:
         if len(out) >= n:
             break
         out.extend(pool[i] for i in g[: n - len(out)])
     return out
+
+
+def take_dialogues(records: Sequence[Record], n: int, *, splits: Sequence[str] | None = None,
+                   seed: int | None = None) -> list[Record]:
+    """The records ``take_dialogue_indices`` chooses."""
+    return [records[i] for i in take_dialogue_indices(records, n, splits=splits, seed=seed)]
 
 
 def subset_train(records: Sequence[Record], fraction: float, seed: int) -> list[int]:

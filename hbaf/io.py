@@ -1,5 +1,5 @@
 """Atomic file writes (a killed process never leaves a half file that a later run trusts), the
-project's home folder, and silencing chatty libraries."""
+project's home folder, where the packaged model lives, and silencing chatty libraries."""
 
 from __future__ import annotations
 

@@ -101,15 +101,6 @@ def select_clips(records: Sequence[Record], frames: Sequence[int], seconds: floa
     return clips[:count]
 
 
-def features_of(wave: np.ndarray, spec: ModelSpec) -> np.ndarray:
-    """The model's audio input for one waveform, of the feature kind its spec names."""
-    import inspect
-
-    if "kind" in inspect.signature(utterance_features).parameters:
-        return utterance_features(wave, kind=spec.feature_kind)
-    return utterance_features(wave)
-
-
 def case_key(seconds: float, batch: int) -> str:
     return f"{seconds:g}s-b{batch}"
 
@@ -160,7 +151,7 @@ def build_case_feeds(clips: Sequence[Clip], seconds: float, batch: int, family: 
         clip = clips[j % len(clips)]
         target = seconds if batch == 1 else seconds * (1.0 - (1.0 - SHORTEST_BATCH_ROW) * j / (batch - 1))
         n = min(clip.samples.size, int(round(target * SAMPLE_RATE)))
-        feats.append(features_of(clip.samples[:n], family.spec))
+        feats.append(utterance_features(clip.samples[:n], family.spec.feature_kind))
         ids.append(token_ids(family.tokenizer, clip.text))
         sources.append(clip.source)
         lengths.append(round(n / SAMPLE_RATE, 3))

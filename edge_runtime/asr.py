@@ -26,14 +26,13 @@ import re
 import time
 import zlib
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Protocol
 
 import numpy as np
 
-from hbaf.encoder import BUNDLED_MODEL, WINDOW_S, computes_kind, encode_window, resolve_model, utterance_states
+from hbaf.encoder import BUNDLED_MODEL, WINDOW_S, computes_kind, encode_window, resolve_model, utterance_states, window_states
 from hbaf.errors import HBAFError
-from hbaf.features import SAMPLE_RATE, utterance_features
+from hbaf.features import SAMPLE_RATE
 
 log = logging.getLogger(__name__)
 
@@ -164,7 +163,7 @@ class WhisperASR:
         if states is not None and not self.states_of(states):
             raise HBAFError(f"the recogniser {self.model_name} cannot give {states} states; compute them with utterance_features")
         if samples.size < SAMPLE_RATE // 100:  # under 10 ms: nothing to hear
-            feats = utterance_features(samples, states) if states else None
+            feats = window_states(self.model, samples, states) if states else None
             return ASRResult("", self.language, time.perf_counter() - t0, feats)
         n, feats = samples.size, None
         if self.pad_s > 0:
@@ -190,7 +189,7 @@ class WhisperASR:
         )
         text = " ".join(s.text.strip() for s in segments)
         if states and feats is None:  # longer than the window: the states of its first 10 s
-            feats = utterance_states(encode_window(self.model, samples[:int(WINDOW_S * SAMPLE_RATE)]), n, states)
+            feats = window_states(self.model, samples, states)
         return ASRResult(_clean(text), info.language, time.perf_counter() - t0, feats)
 
     def _tokenizer(self, language: str | None):

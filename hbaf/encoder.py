@@ -133,13 +133,23 @@ def _feature_encoder(kind: str, threads: int) -> Any:
     return load_whisper(ENCODER_MODELS[kind], cpu_threads=threads)
 
 
+def window_input(wave: np.ndarray, kind: str = WHISPER_TINY_EN) -> tuple[np.ndarray, int]:
+    """The samples the encoder is given for one utterance, and how many of them are the
+    utterance's own: at most ``MAX_SECONDS`` of it; one shorter than two frames is padded with
+    silence (too short for the log-mel front end)."""
+    wave = np.asarray(wave, dtype=np.float32).reshape(-1)[: int(MAX_SECONDS * SAMPLE_RATE)]
+    n, shortest = wave.size, 2 * FEATURE_FORMATS[kind].hop
+    return (np.pad(wave, (0, shortest - n)) if n < shortest else wave), n
+
+
+def window_states(whisper_model: Any, wave: np.ndarray, kind: str = WHISPER_TINY_EN) -> np.ndarray:
+    """16 kHz mono waveform -> the utterance's encoder states [T, width] from ``whisper_model``."""
+    wave, n = window_input(wave, kind)
+    return utterance_states(encode_window(whisper_model, wave), n, kind)
+
+
 def encoder_states(wave: np.ndarray, kind: str = WHISPER_TINY_EN, threads: int | None = None) -> np.ndarray:
     """16 kHz mono waveform -> the utterance's encoder states [T, width] (CPU, int8: what the
     runtime computes on a CPU). The model is loaded once per process."""
-    wave = np.asarray(wave, dtype=np.float32).reshape(-1)[: int(MAX_SECONDS * SAMPLE_RATE)]
-    n = wave.size
-    if n < 2 * FEATURE_FORMATS[kind].hop:  # too short for the log-mel front end: pad with silence
-        wave = np.pad(wave, (0, 2 * FEATURE_FORMATS[kind].hop - n))
     threads = threads or int(os.environ.get("HBAF_ENCODER_THREADS", 0)) or min(4, os.cpu_count() or 1)
-    model = _feature_encoder(kind, threads)
-    return utterance_states(encode_window(model, wave), n, kind)
+    return window_states(_feature_encoder(kind, threads), wave, kind)

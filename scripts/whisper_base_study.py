@@ -56,11 +56,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from edge_runtime.asr import WhisperASR, corpus_wer  # noqa: E402
 from edge_runtime.demo import demo_conversation, demo_script, meld_conversation  # noqa: E402
-from hbaf.contract import FEATURE_FORMATS, MAX_SECONDS, SAMPLE_RATE, WHISPER_TINY_EN  # noqa: E402
+from hbaf.contract import FEATURE_FORMATS, SAMPLE_RATE, WHISPER_TINY_EN  # noqa: E402
 from hbaf.data.manifest import load_manifest  # noqa: E402
 from hbaf.data.meld_tts import default_corpus_dir  # noqa: E402
 from hbaf.data.real_voices import fetch_real_recordings  # noqa: E402
-from hbaf.encoder import encode_window, load_whisper, resolve_model, utterance_states  # noqa: E402
+from hbaf.encoder import encode_window, load_whisper, resolve_model, utterance_states, window_input  # noqa: E402
 from hbaf.errors import ArgumentParser, HBAFError, cli_entry  # noqa: E402
 from hbaf.features import load_audio  # noqa: E402
 from hbaf.io import write_json_atomic, write_text_atomic  # noqa: E402
@@ -201,11 +201,8 @@ def stratified(records, split: str, n: int, seed: int) -> list[int]:
 def pooled_states(model, wave: np.ndarray, tiny: bool) -> tuple[np.ndarray, float]:
     """Mean + std over the utterance's own encoder frames, as hbaf.encoder.encoder_states cuts them;
     and the wall time of ``encode_window`` alone."""
-    wave = np.asarray(wave, dtype=np.float32).reshape(-1)[: int(MAX_SECONDS * SAMPLE_RATE)]
     fmt = FEATURE_FORMATS[WHISPER_TINY_EN]  # 20 ms frames: the hop is the same for base
-    n = wave.size
-    if n < 2 * fmt.hop:
-        wave = np.pad(wave, (0, 2 * fmt.hop - n))
+    wave, n = window_input(wave)
     t0 = time.perf_counter()
     encoded = encode_window(model, wave)
     seconds = time.perf_counter() - t0
@@ -307,7 +304,7 @@ def markdown(r: dict) -> str:
                      f"{t['mean']:.0f} / {t['p50']:.0f} / {t['p90']:.0f} | {row['fallbacks_30s']} |")
     if r.get("probe"):
         p = r["probe"]
-        L += ["", f"## Linear probe of pooled encoder states (mean+std, standardised, logistic regression, balanced)",
+        L += ["", "## Linear probe of pooled encoder states (mean+std, standardised, logistic regression, balanced)",
               "", f"Subset: {p['subset']}", "",
               "| model | feature dim | test wF1 | test UAR | " + " | ".join(f"{f} wF1 / UAR" for f in FAMILIES)
               + f" | held out {HELD_OUT} wF1 / UAR |", "|---|---|---|---|" + "---|" * (len(FAMILIES) + 1)]

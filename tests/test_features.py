@@ -38,9 +38,13 @@ def test_whisper_states_are_the_utterance_frames_of_the_recogniser_encoder():
     f = utterance_features(x, fmt.kind)
     assert f.shape == (fmt.frames_for(x.size), 384) == (115, 384)
     # the runtime's one encoder pass gives exactly the training features
-    heard = WhisperASR(beam_size=1).transcribe(x, states=fmt.kind)
-    np.testing.assert_array_equal(heard.states, f)
-    assert utterance_features(np.zeros(3, np.float32), fmt.kind).shape == (1, 384)
+    asr = WhisperASR(beam_size=1)
+    np.testing.assert_array_equal(asr.transcribe(x, states=fmt.kind).states, f)
+    # so do its other two paths: past the window (the first 10 s) and under 10 ms (nothing to decode)
+    np.testing.assert_array_equal(asr.transcribe(long, states=fmt.kind).states, utterance_features(long, fmt.kind))
+    blip = np.zeros(3, np.float32)
+    assert utterance_features(blip, fmt.kind).shape == (1, 384)
+    np.testing.assert_array_equal(asr.transcribe(blip, states=fmt.kind).states, utterance_features(blip, fmt.kind))
 
 
 def test_tone_energy_lands_in_the_right_mel_bin():

@@ -38,7 +38,6 @@ from __future__ import annotations
 import concurrent.futures as cf
 import csv
 import functools
-import hashlib
 import io
 import json
 import logging

@@ -123,7 +123,7 @@ class TensorSpec:
     def onnx_type(self) -> int:
         from onnx import TensorProto
 
-        return {"float32": TensorProto.FLOAT, "int32": TensorProto.INT32}[self.dtype]
+        return {"float32": TensorProto.FLOAT, "int32": TensorProto.INT32, "int64": TensorProto.INT64}[self.dtype]
 
 
 INPUTS = (
@@ -480,7 +480,9 @@ def save_onnx(proto, out: str | os.PathLike, verify: Callable[[Path], None] | No
 
 PRECISIONS = ("fp32", "fp16", "int8")
 ENGINE_SUFFIX = ".engine"
-SIDECAR_FORMAT = 2
+SIDECAR_FORMAT = 3  # 3: graph, shapes, L4T release and board (a format-2 sidecar reads as a fusion engine of unknown board)
+GRAPH_FUSION = "fusion"  # the sidecar ``graph`` of an HBAF fusion engine (the six-input contract above)
+PROFILE_METADATA_KEY = "hbaf_profile"  # ONNX metadata: a graph's own optimization profile (``ShapeProfile.to_dict``)
 
 
 class Dims(NamedTuple):
@@ -577,6 +579,98 @@ class Profiles:
     def cli_args(self) -> list[str]:
         return ["--min", format_dims(self.min), "--opt", format_dims(self.opt), "--max", format_dims(self.max)]
 
+    def shape_profile(self, spec: ModelSpec) -> "ShapeProfile":
+        """The same profile as min/opt/max shapes by tensor name (what any engine runner reads)."""
+        return ShapeProfile(self.input_shapes(spec))
+
+
+Shape = tuple[int, ...]
+
+
+def _shape_text(shape: Sequence[int]) -> str:
+    return "x".join(str(v) for v in shape)
+
+
+@dataclass(frozen=True)
+class ShapeProfile:
+    """One optimization profile of any graph: the (min, opt, max) shape of each input, by tensor
+    name. The fusion model's ``Profiles`` is one of these over (batch, frames, tokens); the
+    recogniser's graphs describe theirs directly (``from_axes``) or in their ONNX metadata
+    (``PROFILE_METADATA_KEY``). Nothing here assumes a tensor name, a rank or where the batch is."""
+
+    shapes: Mapping[str, tuple[Shape, Shape, Shape]]
+
+    def __post_init__(self) -> None:
+        clean: dict[str, tuple[Shape, Shape, Shape]] = {}
+        for name, corners in dict(self.shapes).items():
+            try:
+                lo, mid, hi = (tuple(int(v) for v in c) for c in corners)
+            except (TypeError, ValueError):
+                raise HBAFError(f"profile of '{name}' is not three shapes (min, opt, max); write it like {name}:1x80x1000:1x80x1000:4x80x1000") from None
+            if not len(lo) == len(mid) == len(hi):
+                raise HBAFError(f"profile of '{name}': min/opt/max have different ranks ({_shape_text(lo)} / {_shape_text(mid)} / {_shape_text(hi)})")
+            if any(v < 0 for v in lo) or any(not a <= b <= c for a, b, c in zip(lo, mid, hi)):
+                raise HBAFError(f"profile of '{name}': need 0 <= min <= opt <= max on every axis, got "
+                                f"{_shape_text(lo)} / {_shape_text(mid)} / {_shape_text(hi)}")
+            clean[str(name)] = (lo, mid, hi)
+        object.__setattr__(self, "shapes", clean)
+
+    @classmethod
+    def from_axes(cls, inputs: Sequence[TensorSpec], sizes: Mapping[str, int | Sequence[int]]) -> "ShapeProfile":
+        """From tensor specs whose axes are letters: ``sizes`` gives each letter a fixed size or its
+        (min, opt, max); a number in ``axes`` is a fixed size. A letter without a size is an error."""
+        corners: dict[str, tuple[Shape, Shape, Shape]] = {}
+        for spec in inputs:
+            per_axis = []
+            for axis in spec.axes:
+                if isinstance(axis, int):
+                    per_axis.append((axis, axis, axis))
+                    continue
+                if axis not in sizes:
+                    raise HBAFError(f"no size for axis {axis} of input '{spec.name}'; give it a fixed size or a (min, opt, max) range")
+                size = sizes[axis]
+                per_axis.append((int(size),) * 3 if isinstance(size, int) else tuple(int(v) for v in size))
+            corners[spec.name] = tuple(tuple(a[i] for a in per_axis) for i in range(3))  # type: ignore[assignment]
+        return cls(corners)
+
+    @classmethod
+    def parse(cls, texts: Sequence[str]) -> "ShapeProfile":
+        """From ``NAME:MIN:OPT:MAX`` strings with shapes written ``1x80x1000`` (``--shape`` flags)."""
+        corners = {}
+        for text in texts:
+            parts = str(text).split(":")
+            if len(parts) != 4 or not parts[0] or not all(re.fullmatch(r"\d+(x\d+)*", p) for p in parts[1:]):
+                raise HBAFError(f"--shape '{text}' is not NAME:MIN:OPT:MAX with shapes like 1x80x1000; "
+                                "write it like mel:1x80x1000:1x80x1000:4x80x1000")
+            corners[parts[0]] = tuple(tuple(int(v) for v in p.split("x")) for p in parts[1:])
+        return cls(corners)
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return tuple(self.shapes)
+
+    def covers(self, name: str, shape: Sequence[int]) -> bool:
+        """Whether ``shape`` lies inside the profile of input ``name``."""
+        lo, _, hi = self.shapes[name]
+        return len(shape) == len(lo) and all(a <= v <= c for a, v, c in zip(lo, shape, hi))
+
+    def describe(self, name: str) -> str:
+        lo, _, hi = self.shapes[name]
+        return f"{_shape_text(lo)}..{_shape_text(hi)}"
+
+    def to_dict(self) -> dict[str, dict[str, list[int]]]:
+        return {n: {"min": list(c[0]), "opt": list(c[1]), "max": list(c[2])} for n, c in self.shapes.items()}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "ShapeProfile":
+        return cls({n: (c["min"], c["opt"], c["max"]) for n, c in data.items()})
+
+    def cli_args(self) -> list[str]:
+        args: list[str] = []
+        for name, (lo, mid, hi) in self.shapes.items():
+            args += ["--shape", f"{name}:{_shape_text(lo)}:{_shape_text(mid)}:{_shape_text(hi)}"]
+        return args
+
 
 def sanitize_gpu_name(gpu_name: str) -> str:
     """``"NVIDIA H100 80GB HBM3"`` -> ``"nvidia-h100-80gb-hbm3"``, ``"Orin"`` -> ``"orin"`` (no dots, no spaces)."""
@@ -609,26 +703,39 @@ def sidecar_path(engine_path: str | os.PathLike) -> Path:
     return engine_path.with_name(engine_path.name + ".json")
 
 
-def build_command_for(onnx_path: str, precision: str, out_dir: str | os.PathLike, profiles: Profiles, workspace_mb: int) -> str:
-    """The shell-quoted ``hbaf-export engine`` command line that builds an engine with these settings."""
+def build_command_for(onnx_path: str, precision: str, out_dir: str | os.PathLike,
+                      profiles: "Profiles | ShapeProfile | None", workspace_mb: int) -> str:
+    """The shell-quoted ``hbaf-export engine`` command line that builds an engine with these settings
+    (``profiles`` None: no profile flags, so the build takes the model's own profile)."""
     args = ["hbaf-export", "engine", "--onnx", onnx_path, "--precision", precision, "--out", str(out_dir),
-            *profiles.cli_args(), "--workspace-mb", str(workspace_mb)]
+            *(profiles.cli_args() if profiles is not None else []), "--workspace-mb", str(workspace_mb)]
     return " ".join(shlex.quote(a) for a in args)
 
 
 @dataclass
 class Sidecar:
-    """What an engine was built from and where it can run; stored as ``<engine>.json``."""
+    """What an engine was built from and where it can run; stored as ``<engine>.json``.
 
-    model: ModelSpec
+    Any graph has one: ``graph`` says which (``GRAPH_FUSION``, or a recogniser graph's role);
+    ``shapes`` is its optimization profile by tensor name. A fusion engine also carries its
+    ``ModelSpec`` and ``Profiles`` (batch, frames, tokens), from which its shapes follow. On a
+    Jetson, ``l4t_release`` (``/etc/nv_tegra_release``, e.g. "36.4.3") and ``board``
+    (``/proc/device-tree/model``) say where it was built: every Orin reports the same GPU name
+    and compute capability 8.7, so only the board tells an AGX Orin from an Orin Nano."""
+
     onnx_sha256: str
     tensorrt_version: str
     gpu_name: str
     compute_capability: str
     precision: str
-    profiles: Profiles
     package_version: str
     built_at: str
+    model: ModelSpec | None = None
+    profiles: Profiles | None = None
+    graph: str = GRAPH_FUSION
+    shapes: ShapeProfile | None = None
+    l4t_release: str = ""
+    board: str = ""
     onnx_path: str = ""
     engine_sha256: str = ""
     engine_bytes: int = 0
@@ -637,13 +744,31 @@ class Sidecar:
     model_version: str = ""
     format: int = SIDECAR_FORMAT
 
-    _REQUIRED = ("model", "onnx_sha256", "tensorrt_version", "gpu_name", "compute_capability", "precision",
-                 "profiles", "package_version", "built_at")
+    _REQUIRED = ("onnx_sha256", "tensorrt_version", "gpu_name", "compute_capability", "precision",
+                 "package_version", "built_at")
+    _REQUIRED_FUSION = ("model", "profiles")
+
+    def __post_init__(self) -> None:
+        if self.graph == GRAPH_FUSION and (self.model is None or self.profiles is None):
+            raise HBAFError("a fusion engine's sidecar needs the model spec and its profiles; rebuild the engine with `hbaf-export engine`")
+        if self.graph != GRAPH_FUSION and self.shapes is None:
+            raise HBAFError(f"the sidecar of a '{self.graph}' engine needs its input shapes; rebuild the engine with `hbaf-export engine`")
+
+    @property
+    def is_fusion(self) -> bool:
+        return self.graph == GRAPH_FUSION
+
+    def input_shapes(self) -> ShapeProfile:
+        """The engine's optimization profile by tensor name."""
+        if self.shapes is not None:
+            return self.shapes
+        return self.profiles.shape_profile(self.model)  # type: ignore[union-attr]  # a fusion sidecar has both
 
     def to_json(self) -> str:
         data = {f.name: getattr(self, f.name) for f in fields(self)}
-        data["model"] = self.model.to_metadata()
-        data["profiles"] = self.profiles.to_dict()
+        data["model"] = self.model.to_metadata() if self.model is not None else None
+        data["profiles"] = self.profiles.to_dict() if self.profiles is not None else None
+        data["shapes"] = self.shapes.to_dict() if self.shapes is not None else None
         return json.dumps(data, indent=2) + "\n"
 
     @classmethod
@@ -655,17 +780,27 @@ class Sidecar:
             raise HBAFError(f"{source} is not valid JSON ({err.msg} at line {err.lineno}); {rebuild}") from err
         if not isinstance(data, dict):
             raise HBAFError(f"{source} is not a JSON object; {rebuild}")
-        missing = [k for k in cls._REQUIRED if k not in data]
+        graph = str(data.get("graph") or GRAPH_FUSION)
+        required = cls._REQUIRED_FUSION + cls._REQUIRED if graph == GRAPH_FUSION else cls._REQUIRED + ("shapes",)
+        missing = [k for k in required if data.get(k) is None]
         if missing:
             raise HBAFError(f"{source} lacks {missing} (an engine from an older release?); {rebuild}")
         known = {f.name for f in fields(cls)}
         kwargs = {k: v for k, v in data.items() if k in known}
+        kwargs["graph"] = graph
         try:
-            kwargs["profiles"] = Profiles.from_dict(data["profiles"])
-            if not isinstance(data["model"], dict):
-                raise TypeError("'model' is not an object")
-            kwargs["model"] = ModelSpec.from_metadata(data["model"], source=source)
-        except (KeyError, TypeError, ValueError) as err:
+            if graph == GRAPH_FUSION:
+                kwargs["profiles"] = Profiles.from_dict(data["profiles"])
+                if not isinstance(data["model"], dict):
+                    raise TypeError("'model' is not an object")
+                kwargs["model"] = ModelSpec.from_metadata(data["model"], source=source)
+            else:
+                kwargs["model"] = kwargs["profiles"] = None
+            if data.get("shapes") is not None:
+                if not isinstance(data["shapes"], dict):
+                    raise TypeError("'shapes' is not an object")
+                kwargs["shapes"] = ShapeProfile.from_dict(data["shapes"])
+        except (KeyError, TypeError, ValueError, HBAFError) as err:
             raise HBAFError(f"{source} has a malformed field ({err}); {rebuild}") from err
         if kwargs["precision"] not in PRECISIONS:
             raise HBAFError(f"{source} has precision '{kwargs['precision']}', not one of {'|'.join(PRECISIONS)}; {rebuild}")
@@ -678,17 +813,16 @@ class Sidecar:
 
     def build_command(self, out_dir: str | os.PathLike | None = None) -> str:
         """The exact command that rebuilds this engine on the machine it is run on."""
-        return build_command_for(self.onnx_path or "<model>.onnx", self.precision,
-                                 out_dir if out_dir is not None else "engines", self.profiles, self.workspace_mb)
+        return build_command_for(self.onnx_path or "<model>.onnx", self.precision, out_dir if out_dir is not None else "engines",
+                                 self.profiles if self.is_fusion else self.shapes, self.workspace_mb)
 
 
-def check_engine_compat(sidecar: Sidecar, trt_version: str, gpu_name: str, compute_capability: str, *,
-                        engine_path: str | os.PathLike | None = None) -> None:
-    """Raise ``HBAFError`` (with the rebuild command) unless this machine matches the sidecar.
+def engine_mismatches(sidecar: Sidecar, trt_version: str, gpu_name: str, compute_capability: str, *,
+                      l4t_release: str = "", board: str = "") -> list[str]:
+    """What differs between the machine that built an engine and this one ([] = none).
 
-    A serialized engine is only valid for the exact TensorRT version and GPU model it was
-    built with; deserializing elsewhere fails or, worse, runs untuned kernels.
-    """
+    ``l4t_release`` and ``board`` are this machine's ("" off a Jetson); they count only when the
+    sidecar recorded them (sidecars before format 3 did not)."""
     mismatches = []
     if sidecar.tensorrt_version != trt_version:
         mismatches.append(f"TensorRT {sidecar.tensorrt_version} (this machine has {trt_version})")
@@ -696,6 +830,22 @@ def check_engine_compat(sidecar: Sidecar, trt_version: str, gpu_name: str, compu
         mismatches.append(f"GPU {sidecar.gpu_name} (this machine has {gpu_name})")
     if str(sidecar.compute_capability) != str(compute_capability):
         mismatches.append(f"compute capability {sidecar.compute_capability} (this machine has {compute_capability})")
+    if sidecar.board and sidecar.board != board:
+        mismatches.append(f"board {sidecar.board} (this machine is {board or 'not a Jetson'})")
+    if sidecar.l4t_release and sidecar.l4t_release != l4t_release:
+        mismatches.append(f"Jetson Linux R{sidecar.l4t_release} (this machine has {('R' + l4t_release) if l4t_release else 'none'})")
+    return mismatches
+
+
+def check_engine_compat(sidecar: Sidecar, trt_version: str, gpu_name: str, compute_capability: str, *,
+                        engine_path: str | os.PathLike | None = None, l4t_release: str = "", board: str = "") -> None:
+    """Raise ``HBAFError`` (with the rebuild command) unless this machine matches the sidecar.
+
+    A serialized engine is only valid for the exact TensorRT version and GPU model it was
+    built with; deserializing elsewhere fails or, worse, runs untuned kernels. On a Jetson the
+    board and the Jetson Linux release must match too (see ``Sidecar``).
+    """
+    mismatches = engine_mismatches(sidecar, trt_version, gpu_name, compute_capability, l4t_release=l4t_release, board=board)
     if not mismatches:
         return
     where = Path(engine_path) if engine_path is not None else None
@@ -705,4 +855,96 @@ def check_engine_compat(sidecar: Sidecar, trt_version: str, gpu_name: str, compu
         f"{name} was built for {', '.join(mismatches)}; engines only run on the TensorRT version and GPU "
         f"that built them: rebuild it on this machine with `{sidecar.build_command(out_dir)}`"
     )
+
+
+# ----------------------------------------------------------------------------- the recogniser's graphs
+#
+# The recogniser (Whisper, hbaf/whisper.py) as three graphs (export/asr_export.py): the encoder,
+# run once per utterance on a fixed window, and the decoder's first step (the prompt) and its
+# later steps (new tokens after a self-attention cache). The encoder also returns every decoder
+# block's cross-attention keys and values, so no decoder step recomputes them. Axes: B batch,
+# M mel bins, F mel frames, T encoder frames (F / 2), W width, N decoder blocks, L new tokens,
+# P cached tokens, S = P + L, V vocabulary.
+
+ASR_METADATA_KEY = "hbaf_asr"  # ONNX metadata_props key of a recogniser graph (JSON: AsrGraphInfo)
+ASR_ENCODER = "encoder"
+ASR_DECODER_FIRST = "decoder-first"
+ASR_DECODER_STEP = "decoder-step"
+
+
+@dataclass(frozen=True)
+class GraphSpec:
+    """The inputs and outputs of one graph, the one place they are named."""
+
+    role: str
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+    dynamic: Mapping[str, str]  # axis letter -> symbolic dim name
+
+    @property
+    def input_names(self) -> tuple[str, ...]:
+        return tuple(s.name for s in self.inputs)
+
+    @property
+    def output_names(self) -> tuple[str, ...]:
+        return tuple(s.name for s in self.outputs)
+
+
+_CROSS = TensorSpec("cross_kv", "float32", ("N", 2, "B", "T", "W"))
+ASR_GRAPHS = {
+    ASR_ENCODER: GraphSpec(
+        ASR_ENCODER,
+        (TensorSpec("mel", "float32", ("B", "M", "F")),),
+        (TensorSpec("states", "float32", ("B", "T", "W")), _CROSS),
+        {"B": "batch"},
+    ),
+    ASR_DECODER_FIRST: GraphSpec(
+        ASR_DECODER_FIRST,
+        (TensorSpec("tokens", "int64", ("B", "L")), _CROSS),
+        (TensorSpec("logits", "float32", ("B", "L", "V")), TensorSpec("cache", "float32", ("N", 2, "B", "L", "W"))),
+        {"B": "batch", "L": "tokens"},
+    ),
+    ASR_DECODER_STEP: GraphSpec(
+        ASR_DECODER_STEP,
+        (TensorSpec("tokens", "int64", ("B", "L")), _CROSS, TensorSpec("past", "float32", ("N", 2, "B", "P", "W"))),
+        (TensorSpec("logits", "float32", ("B", "L", "V")), TensorSpec("cache", "float32", ("N", 2, "B", "S", "W"))),
+        {"B": "batch", "L": "tokens", "P": "past", "S": "total"},
+    ),
+}
+
+
+@dataclass(frozen=True)
+class AsrGraphInfo:
+    """What a recogniser graph file says of itself (ONNX metadata ``hbaf_asr``)."""
+
+    role: str  # a key of ASR_GRAPHS
+    model: str  # the Whisper model ("tiny.en")
+    precision: str  # fp32 | fp16 | int8
+    window_s: float  # the encoder window the graph was exported for
+    width: int
+    layers: int  # decoder blocks (N)
+    vocab: int
+    source_sha256: str  # of the CTranslate2 model.bin the weights came from
+
+    def to_metadata(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+    @classmethod
+    def from_proto(cls, proto, source: str) -> "AsrGraphInfo":
+        meta = onnx_metadata(proto, ASR_METADATA_KEY)
+        if not meta:
+            role = "an HBAF fusion model" if onnx_metadata(proto) else "not one of ours"
+            raise HBAFError(f"{source} is not a recogniser graph ({role}); export the Whisper graphs with `hbaf-export asr --out DIR`")
+        try:
+            info = cls(**{k: meta[k] for k in cls.__dataclass_fields__})
+        except (KeyError, TypeError) as err:
+            raise HBAFError(f"{source}: recogniser metadata is incomplete ({err}); export it again with `hbaf-export asr`") from err
+        if info.role not in ASR_GRAPHS:
+            raise HBAFError(f"{source}: unknown recogniser graph role {info.role!r}; export it again with `hbaf-export asr`")
+        return info
+
+
+def asr_graph_name(model: str, role: str, precision: str) -> str:
+    """File name of a recogniser graph: ``whisper-<model>.<role>.<precision>.onnx``."""
+    return f"whisper-{model}.{role}.{precision}.onnx"
 

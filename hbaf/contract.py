@@ -860,11 +860,12 @@ def check_engine_compat(sidecar: Sidecar, trt_version: str, gpu_name: str, compu
 # ----------------------------------------------------------------------------- the recogniser's graphs
 #
 # The recogniser (Whisper, hbaf/whisper.py) as three graphs (export/asr_export.py): the encoder,
-# run once per utterance on a fixed window, and the decoder's first step (the prompt) and its
-# later steps (new tokens after a self-attention cache). The encoder also returns every decoder
-# block's cross-attention keys and values, so no decoder step recomputes them. Axes: B batch,
-# M mel bins, F mel frames, T encoder frames (F / 2), W width, N decoder blocks, L new tokens,
-# P cached tokens, S = P + L, V vocabulary.
+# run once per utterance on a fixed window; the decoder's first step, which reads the encoder
+# states once, computes every block's cross-attention keys and values and decodes the prompt;
+# and its later steps (new tokens after the self-attention cache). The two halves meet only at
+# the states, so any encoder form may feed any decoder form. Axes: B batch, M mel bins, F mel
+# frames, T encoder frames (F / 2), W width, N decoder blocks, L new tokens, P cached tokens,
+# S = P + L, V vocabulary.
 
 ASR_METADATA_KEY = "hbaf_asr"  # ONNX metadata_props key of a recogniser graph (JSON: AsrGraphInfo)
 ASR_ENCODER = "encoder"
@@ -890,24 +891,22 @@ class GraphSpec:
         return tuple(s.name for s in self.outputs)
 
 
+_STATES = TensorSpec("states", "float32", ("B", "T", "W"))
+_TOKENS = TensorSpec("tokens", "int64", ("B", "L"))
+_LOGITS = TensorSpec("logits", "float32", ("B", "L", "V"))
 _CROSS = TensorSpec("cross_kv", "float32", ("N", 2, "B", "T", "W"))
 ASR_GRAPHS = {
-    ASR_ENCODER: GraphSpec(
-        ASR_ENCODER,
-        (TensorSpec("mel", "float32", ("B", "M", "F")),),
-        (TensorSpec("states", "float32", ("B", "T", "W")), _CROSS),
-        {"B": "batch"},
-    ),
+    ASR_ENCODER: GraphSpec(ASR_ENCODER, (TensorSpec("mel", "float32", ("B", "M", "F")),), (_STATES,), {"B": "batch"}),
     ASR_DECODER_FIRST: GraphSpec(
         ASR_DECODER_FIRST,
-        (TensorSpec("tokens", "int64", ("B", "L")), _CROSS),
-        (TensorSpec("logits", "float32", ("B", "L", "V")), TensorSpec("cache", "float32", ("N", 2, "B", "L", "W"))),
+        (_TOKENS, _STATES),
+        (_LOGITS, TensorSpec("cache", "float32", ("N", 2, "B", "L", "W")), _CROSS),
         {"B": "batch", "L": "tokens"},
     ),
     ASR_DECODER_STEP: GraphSpec(
         ASR_DECODER_STEP,
-        (TensorSpec("tokens", "int64", ("B", "L")), _CROSS, TensorSpec("past", "float32", ("N", 2, "B", "P", "W"))),
-        (TensorSpec("logits", "float32", ("B", "L", "V")), TensorSpec("cache", "float32", ("N", 2, "B", "S", "W"))),
+        (_TOKENS, _CROSS, TensorSpec("past", "float32", ("N", 2, "B", "P", "W"))),
+        (_LOGITS, TensorSpec("cache", "float32", ("N", 2, "B", "S", "W"))),
         {"B": "batch", "L": "tokens", "P": "past", "S": "total"},
     ),
 }

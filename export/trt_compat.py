@@ -7,8 +7,10 @@ hbaf/contract.py (``INPUTS``/``OUTPUTS``: names, dtypes, dynamic B/T/L, fixed K/
 agree across tensors; F is the model's feature width) and Q/DQ nodes that TensorRT cannot use
 (it needs symmetric INT8: zero point 0 of type int8).
 
-``check_onnx_for_tensorrt`` returns a list of one-line problems (empty = OK) and raises
-``HBAFError`` only when the file is not an ONNX model at all.
+``check_onnx_for_tensorrt`` (the fusion model: the graph checks plus its I/O contract) and
+``check_graph_for_tensorrt`` (any graph, e.g. the recogniser's encoder and decoder: no tensor
+names assumed) return a list of one-line problems (empty = OK) and raise ``HBAFError`` only
+when the file is not an ONNX model at all.
 """
 
 from __future__ import annotations
@@ -224,8 +226,21 @@ def _check_qdq(node: onnx.NodeProto, types: dict[str, int], constants: dict[str,
 
 
 def check_onnx_for_tensorrt(path_or_model: ModelLike) -> list[str]:
-    """Return every reason TensorRT 10 would reject this model or break the I/O contract ([] = OK)."""
+    """Return every reason TensorRT 10 would reject this HBAF fusion model or break its I/O contract ([] = OK)."""
     model = path_or_model if isinstance(path_or_model, onnx.ModelProto) else read_onnx(path_or_model, check_io=False)
+    problems = check_graph_for_tensorrt(model, path_or_model)
+    fixed_sizes: dict[str, tuple[int, str]] = {}
+    problems.extend(_check_io(list(model.graph.input), INPUTS, "input", fixed_sizes))
+    problems.extend(_check_io(list(model.graph.output), OUTPUTS, "output", fixed_sizes))
+    return problems
+
+
+def check_graph_for_tensorrt(path_or_model: ModelLike, source: ModelLike | None = None) -> list[str]:
+    """Return every reason TensorRT 10 would reject any graph ([] = OK): onnx.checker, opset, operators,
+    integer inputs to float-only layers, Q/DQ form. Names no tensor: the I/O of a particular graph is
+    its caller's to check (``check_onnx_for_tensorrt`` for the fusion model)."""
+    model = path_or_model if isinstance(path_or_model, onnx.ModelProto) else read_onnx(path_or_model, check_io=False)
+    path_or_model = source if source is not None else path_or_model
     problems: list[str] = []
 
     try:
@@ -266,9 +281,5 @@ def check_onnx_for_tensorrt(path_or_model: ModelLike) -> list[str]:
             problems.extend(_check_qdq(node, types, constants))
     for op, count in sorted(unsupported.items()):
         problems.append(f"operator {op} ({count} node{'s' if count > 1 else ''}) is not supported by the TensorRT 10 ONNX parser; rewrite it with supported ops")
-
-    fixed_sizes: dict[str, tuple[int, str]] = {}
-    problems.extend(_check_io(list(model.graph.input), INPUTS, "input", fixed_sizes))
-    problems.extend(_check_io(list(model.graph.output), OUTPUTS, "output", fixed_sizes))
     return problems
 

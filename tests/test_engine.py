@@ -15,11 +15,12 @@ from onnx import TensorProto, helper, numpy_helper
 
 from export.cli import main as export_main
 from export.engine import EngineBuilder
-from export.trt_compat import check_onnx_for_tensorrt
+from export.trt_compat import check_graph_for_tensorrt, check_onnx_for_tensorrt
 from hbaf.contract import (
     Dims,
     ModelSpec,
     Profiles,
+    ShapeProfile,
     Sidecar,
     check_engine_compat,
     engine_name,
@@ -493,7 +494,7 @@ def test_corrupt_onnx_is_one_line_error(tmp_path, content):
 def test_builder_inspect_reads_contract(tmp_path):
     path = save(make_contract_onnx(), tmp_path / "student.onnx")
     _, info = EngineBuilder(path, "fp16").inspect()
-    assert info == {"spec": SPEC, "quantized": False, "model_version": "0.1.0"}
+    assert info == {"graph": "fusion", "spec": SPEC, "shapes": None, "quantized": False, "model_version": "0.1.0"}
 
 
 def test_builder_needs_the_model_spec_in_the_metadata(tmp_path):
@@ -724,6 +725,242 @@ def test_compile_student_without_torch_tensorrt_is_clear():
         compile_student(TinyStudent.make(), SPEC, precision="int8")
     with pytest.raises(HBAFError, match="missing or empty"):
         load_compiled("/nonexistent/student.ep")
+
+
+# --------------------------------------------------------------------------- any graph: profiles, sidecars, the runner's checks
+
+
+ENCODER_PROFILE = "mel:1x80x1000:1x80x1000:4x80x1000"
+
+
+def make_encoder_onnx(*, batch: str | int = "B", profile: ShapeProfile | None = None) -> onnx.ModelProto:
+    """A graph shaped like the recogniser's encoder (``mel [B,80,1000]`` -> ``states [B,500,W]``):
+    strided Conv, GELU, LayerNorm and one self-attention, with none of the fusion model's names."""
+    from export.engine import set_graph_profile
+
+    rng = np.random.default_rng(2)
+    w = 32
+
+    def init(name, *shape, scale=0.1):
+        return numpy_helper.from_array((rng.standard_normal(shape) * scale).astype(np.float32), name)
+
+    inits = [
+        init("conv_w", w, 80, 3), init("conv_b", w), init("ln_g", w, scale=1.0), init("ln_b", w),
+        init("wq", w, w), init("wk", w, w), init("wv", w, w),
+        numpy_helper.from_array(np.array(w ** -0.5, dtype=np.float32), "scale"),
+    ]
+    nodes = [
+        helper.make_node("Conv", ["mel", "conv_w", "conv_b"], ["c"], strides=[2], pads=[1, 1], kernel_shape=[3]),
+        helper.make_node("Sigmoid", ["c"], ["sg"]),
+        helper.make_node("Mul", ["c", "sg"], ["g"]),  # SiLU
+        helper.make_node("Transpose", ["g"], ["x"], perm=[0, 2, 1]),  # [B, 500, W]
+        helper.make_node("LayerNormalization", ["x", "ln_g", "ln_b"], ["h"], axis=-1),
+        helper.make_node("MatMul", ["h", "wq"], ["q"]),
+        helper.make_node("MatMul", ["h", "wk"], ["k"]),
+        helper.make_node("MatMul", ["h", "wv"], ["v"]),
+        helper.make_node("Transpose", ["k"], ["kt"], perm=[0, 2, 1]),
+        helper.make_node("MatMul", ["q", "kt"], ["qk"]),
+        helper.make_node("Mul", ["qk", "scale"], ["qks"]),
+        helper.make_node("Softmax", ["qks"], ["att"], axis=-1),
+        helper.make_node("MatMul", ["att", "v"], ["a"]),
+        helper.make_node("Add", ["x", "a"], ["states"]),
+    ]
+    graph = helper.make_graph(nodes, "encoder", [_vi("mel", TensorProto.FLOAT, [batch, 80, 1000])],
+                              [_vi("states", TensorProto.FLOAT, [batch, 500, w])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], producer_name="test")
+    model.ir_version = 8
+    if profile is not None:
+        set_graph_profile(model, "encoder", profile)
+    return model
+
+
+def test_shape_profile_by_tensor_name():
+    enc = ShapeProfile.parse([ENCODER_PROFILE])
+    assert enc.shapes == {"mel": ((1, 80, 1000), (1, 80, 1000), (4, 80, 1000))}
+    assert enc.covers("mel", (3, 80, 1000)) and not enc.covers("mel", (5, 80, 1000)) and not enc.covers("mel", (1, 80))
+    assert ShapeProfile.parse(enc.cli_args()[1::2]) == enc
+    assert ShapeProfile.from_dict(json.loads(json.dumps(enc.to_dict()))) == enc
+    # a decoder's past key/values: the batch is not the first axis, and nothing is named like the fusion model
+    from hbaf.contract import TensorSpec
+
+    past = TensorSpec("past", "float32", ("N", 2, "B", "P", "W"))
+    tokens = TensorSpec("tokens", "int64", ("B", "L"))
+    dec = ShapeProfile.from_axes([tokens, past], {"N": 4, "W": 384, "B": (1, 1, 5), "L": (1, 1, 1), "P": (1, 16, 224)})
+    assert dec.shapes["past"] == ((4, 2, 1, 1, 384), (4, 2, 1, 16, 384), (4, 2, 5, 224, 384))
+    assert dec.shapes["tokens"] == ((1, 1), (1, 1), (5, 1))
+    with pytest.raises(HBAFError, match="no size for axis P of input 'past'"):
+        ShapeProfile.from_axes([past], {"N": 4, "W": 384, "B": 1})
+    # the fusion profile is one of these
+    assert Profiles().shape_profile(SPEC).shapes["audio_feats"] == ((1, 16, 80), (1, 300, 80), (8, 1000, 80))
+
+
+@pytest.mark.parametrize("texts,match", [
+    (["mel:1x80x1000:1x80x1000"], "NAME:MIN:OPT:MAX"),
+    (["mel:1x80:1x80x1000:4x80x1000"], "different ranks"),
+    (["mel:4x80x1000:1x80x1000:4x80x1000"], "min <= opt <= max"),
+    ([":1:1:1"], "NAME:MIN:OPT:MAX"),
+])
+def test_shape_profile_rejects(texts, match):
+    with pytest.raises(HBAFError, match=match) as info:
+        ShapeProfile.parse(texts)
+    assert "\n" not in str(info.value)
+
+
+def make_graph_sidecar(**over) -> Sidecar:
+    base = dict(graph="encoder", shapes=ShapeProfile.parse([ENCODER_PROFILE]), onnx_sha256="cd" * 32,
+                tensorrt_version="10.3.0.30", gpu_name="Orin", compute_capability="8.7", precision="fp16",
+                package_version="0.1.0", built_at="2025-01-01T00:00:00+00:00", onnx_path="/opt/models/whisper.encoder.onnx",
+                l4t_release="36.4.3", board="NVIDIA Jetson AGX Orin Developer Kit")
+    base.update(over)
+    return Sidecar(**base)
+
+
+def test_sidecar_of_any_graph():
+    side = make_graph_sidecar()
+    back = Sidecar.from_json(side.to_json())
+    assert back == side and back.model is None and not back.is_fusion
+    assert back.input_shapes().shapes["mel"][2] == (4, 80, 1000)
+    assert side.build_command("engines") == ("hbaf-export engine --onnx /opt/models/whisper.encoder.onnx --precision fp16 "
+                                             "--out engines --shape mel:1x80x1000:1x80x1000:4x80x1000 --workspace-mb 1024")
+    data = json.loads(side.to_json())
+    del data["shapes"]
+    with pytest.raises(HBAFError, match=r"lacks \['shapes'\]"):
+        Sidecar.from_json(json.dumps(data))
+    fusion = json.loads(make_sidecar().to_json())
+    assert fusion["graph"] == "fusion" and fusion["board"] == "" and Sidecar.from_json(json.dumps(fusion)).input_shapes().names[0] == "audio_feats"
+    del fusion["graph"], fusion["board"], fusion["l4t_release"], fusion["shapes"]  # a format-2 sidecar: a fusion engine
+    assert Sidecar.from_json(json.dumps(fusion)) == make_sidecar()
+
+
+def test_every_orin_is_orin_so_the_board_decides():
+    """Every Orin reports GPU "Orin" and compute capability 8.7; an engine built on an AGX Orin is
+    refused on an Orin Nano by the board the sidecar recorded."""
+    agx = make_sidecar(board="NVIDIA Jetson AGX Orin Developer Kit", l4t_release="36.4.3")
+    check_engine_compat(agx, "10.3.0.30", "Orin", "8.7", l4t_release="36.4.3", board="NVIDIA Jetson AGX Orin Developer Kit")
+    with pytest.raises(HBAFError) as info:
+        check_engine_compat(agx, "10.3.0.30", "Orin", "8.7", engine_path=Path("engines/student.10.3.0.30.orin.int8.engine"),
+                            l4t_release="36.4.3", board="NVIDIA Jetson Orin Nano Engineering Reference Developer Kit Super")
+    msg = str(info.value)
+    assert "board NVIDIA Jetson AGX Orin Developer Kit (this machine is NVIDIA Jetson Orin Nano Engineering Reference Developer Kit Super)" in msg
+    assert "hbaf-export engine --onnx /opt/models/student.int8.onnx" in msg and "\n" not in msg
+    with pytest.raises(HBAFError, match=r"Jetson Linux R36.4.3 \(this machine has R36.4.0\)"):
+        check_engine_compat(agx, "10.3.0.30", "Orin", "8.7", l4t_release="36.4.0", board="NVIDIA Jetson AGX Orin Developer Kit")
+    with pytest.raises(HBAFError, match="this machine is not a Jetson"):
+        check_engine_compat(agx, "10.3.0.30", "Orin", "8.7")
+    check_engine_compat(make_sidecar(), "10.3.0.30", "Orin", "8.7", l4t_release="36.4.3", board="anything")  # recorded nothing
+
+
+def test_no_sidecar_hint_leaves_the_profile_to_the_model(tmp_path):
+    """The rebuild hint must not carry log-mel limits (--max 8,1000,128), which the Whisper-state student refuses."""
+    from edge_runtime.trt_runner import read_engine
+
+    engine = write_engine(tmp_path, b"\x01" * 64, with_sidecar=False)
+    with pytest.raises(HBAFError) as info:
+        read_engine(engine)
+    msg = str(info.value)
+    assert "`hbaf-export engine --onnx student.onnx --precision fp16 --out " in msg and "--workspace-mb 1024`" in msg
+    assert "--max" not in msg and "--min" not in msg
+
+
+def test_stale_engine_is_refused_before_tensorrt(tmp_path):
+    """The ONNX an engine was built from changed since: refused on the sha256 the sidecar recorded."""
+    import hashlib
+
+    from edge_runtime.trt_backend import TensorRTBackend
+    from edge_runtime.trt_runner import check_source_onnx
+
+    onnx_path = save(make_contract_onnx(), tmp_path / "student.onnx")
+    engine = write_engine(tmp_path, b"\x05" * 1024, onnx_path=str(onnx_path),
+                          onnx_sha256=hashlib.sha256(onnx_path.read_bytes()).hexdigest())
+    assert check_source_onnx(Sidecar.read(sidecar_path(engine)), engine) is True
+    save(make_contract_onnx(qdq_zero_point=0), onnx_path)  # exported again (here: quantized) after the build
+    with pytest.raises(HBAFError) as info:
+        TensorRTBackend(engine)
+    msg = str(info.value)
+    assert msg.startswith(f"engine {engine} is stale: {onnx_path} changed after the engine was built from it")
+    assert f"--onnx {onnx_path} --precision fp16" in msg
+    onnx_path.unlink()  # an engine copied without its ONNX is used as built
+    assert check_source_onnx(Sidecar.read(sidecar_path(engine)), engine) is False
+
+
+def test_fusion_backend_refuses_an_engine_of_another_graph(tmp_path):
+    import hashlib
+
+    from edge_runtime.trt_backend import TensorRTBackend
+
+    payload = b"\x09" * 512
+    engine = tmp_path / "whisper-encoder.10.3.0.30.orin.fp16.engine"
+    engine.write_bytes(payload)
+    sidecar_path(engine).write_text(make_graph_sidecar(engine_bytes=len(payload), engine_sha256=hashlib.sha256(payload).hexdigest()).to_json())
+    with pytest.raises(HBAFError, match="holds a 'encoder' graph, not an HBAF fusion model"):
+        TensorRTBackend(engine)
+
+
+def test_runner_names_no_graph():
+    """The shared runner holds no fusion-specific names: the contract's tensor names appear only in the fusion backend."""
+    import edge_runtime.trt_runner as runner
+    from hbaf.contract import INPUT_NAMES, OUTPUT_NAMES
+
+    source = Path(runner.__file__).read_text()
+    assert not [n for n in (*INPUT_NAMES, *OUTPUT_NAMES) if f'"{n}"' in source or f"'{n}'" in source]
+    assert "INPUT_NAMES" not in source and "OUTPUT_NAMES" not in source and "ModelSpec" not in source
+
+
+def test_builder_takes_any_graph_with_its_own_profile(tmp_path):
+    enc = save(make_encoder_onnx(profile=ShapeProfile.parse([ENCODER_PROFILE])), tmp_path / "encoder.onnx")
+    _, info = EngineBuilder(enc, "fp16").inspect()
+    assert info["graph"] == "encoder" and info["spec"] is None and info["shapes"] == ShapeProfile.parse([ENCODER_PROFILE])
+    wider = ShapeProfile.parse(["mel:1x80x1000:2x80x1000:8x80x1000"])
+    assert EngineBuilder(enc, "fp16", shapes=wider).inspect()[1]["shapes"] == wider  # --shape wins
+    static = save(make_encoder_onnx(batch=1), tmp_path / "static.onnx")
+    assert EngineBuilder(static, "fp16").inspect()[1]["shapes"].shapes == {"mel": ((1, 80, 1000),) * 3}
+
+    bare = save(make_encoder_onnx(), tmp_path / "bare.onnx")
+    with pytest.raises(HBAFError, match=r"carries no optimization profile .*dynamic input \['mel'\] with --shape"):
+        EngineBuilder(bare, "fp16").inspect()
+    with pytest.raises(HBAFError, match=r"names unknown inputs \['audio'\]; it lacks \['mel'\]"):
+        EngineBuilder(bare, "fp16", shapes=ShapeProfile.parse(["audio:1x80:1x80:1x80"])).inspect()
+    with pytest.raises(HBAFError, match="not an HBAF fusion model .*not --min/--opt/--max"):
+        EngineBuilder(bare, "fp16", profiles=Profiles()).inspect()
+    fusion = save(make_contract_onnx(), tmp_path / "student.onnx")
+    with pytest.raises(HBAFError, match="is an HBAF fusion model: give its profile with --min/--opt/--max, not --shape"):
+        EngineBuilder(fusion, "fp16", shapes=wider).inspect()
+
+
+def test_the_encoder_shaped_graph_runs_on_onnxruntime(tmp_path):
+    """The GPU test below compares TensorRT with this; here the graph itself is checked."""
+    import onnxruntime as ort
+
+    path = save(make_encoder_onnx(), tmp_path / "encoder.onnx")
+    assert check_onnx_for_tensorrt(path) != [] and check_graph_for_tensorrt(path) == []
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    (states,) = sess.run(None, {"mel": np.random.default_rng(0).standard_normal((2, 80, 1000)).astype(np.float32)})
+    assert states.shape == (2, 500, 32) and np.isfinite(states).all()
+
+
+@pytest.mark.skipif(HAS_TRT, reason="TensorRT is installed here, so the not-installed message cannot show")
+def test_cli_any_graph_reaches_the_build(tmp_path):
+    save(make_encoder_onnx(), tmp_path / "encoder.onnx")
+    line = assert_one_line_error(run_cli("--onnx", "encoder.onnx", "--shape", ENCODER_PROFILE, cwd=tmp_path))
+    assert line.startswith("error: TensorRT is not installed")
+    line = assert_one_line_error(run_cli("--onnx", "encoder.onnx", "--shape", "mel:1x80x1000", cwd=tmp_path))
+    assert "NAME:MIN:OPT:MAX" in line
+    line = assert_one_line_error(run_cli("--onnx", "encoder.onnx", cwd=tmp_path))
+    assert "carries no optimization profile" in line
+    line = assert_one_line_error(run_cli("--onnx", "encoder.onnx", "--shape", ENCODER_PROFILE, "--max", "1,2,3", cwd=tmp_path))
+    assert "not both" in line
+
+
+def test_jetson_release_and_board_parsing():
+    from edge_runtime.jetson import jetpack_for_l4t, parse_board_model, parse_l4t_release
+
+    jp62 = "# R36 (release), REVISION: 4.3, GCID: 38968081, BOARD: generic, EABI: aarch64, DATE: Wed Jan  8 01:49:37 UTC 2025\n"
+    assert parse_l4t_release(jp62) == "36.4.3" and jetpack_for_l4t("36.4.3") == "6.2"
+    assert parse_l4t_release("# R36 (release), REVISION: 4.0, GCID: 37537400, BOARD: generic") == "36.4.0"
+    assert jetpack_for_l4t("36.4.0") == "6.1" and jetpack_for_l4t("36.4.4") == "6.2.1" and jetpack_for_l4t("36.3.0") == "6.0"
+    assert jetpack_for_l4t("35.4.1").startswith("5.1") and jetpack_for_l4t("") == ""
+    assert parse_l4t_release("") == "" and parse_l4t_release("Ubuntu 22.04") == ""
+    assert parse_board_model("NVIDIA Jetson Orin Nano Developer Kit\x00") == "NVIDIA Jetson Orin Nano Developer Kit"
 
 
 # --------------------------------------------------------------------------- GPU (skipped without TensorRT + CUDA)

@@ -27,6 +27,7 @@ QUICK_EVAL_LIMIT = 16
 DEFAULT_OUT = "bench-report"
 MAX_BATCH = 64
 BENCH_HELP = "latency benchmark of the fusion backends (see `hbaf-edge bench --help`)"
+DOCTOR_HELP = "what this machine has and lacks for hbaf-edge, with the fix for each (see `hbaf-edge doctor --help`)"
 
 
 def _floats(text: str) -> list[float]:
@@ -330,7 +331,8 @@ main = cli_entry(bench_cli)
 @cli_entry
 def hbaf_edge(argv: list[str] | None = None) -> int:
     """The ``hbaf-edge`` console script: ``bench`` runs the benchmark with the rest of the
-    arguments; ``run``, ``devices`` and ``--help`` go to the runtime's command line."""
+    arguments, ``doctor`` the machine check (edge_runtime.doctor); ``run``, ``devices`` and
+    ``--help`` go to the runtime's command line."""
     from edge_runtime.cli import run_cli
 
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -339,7 +341,11 @@ def hbaf_edge(argv: list[str] | None = None) -> int:
         lead += 1
     if argv[lead : lead + 1] == ["bench"]:
         return bench_cli(argv[:lead] + argv[lead + 1 :])
-    return run_cli(argv, extra_commands={"bench": BENCH_HELP})
+    if argv[lead : lead + 1] == ["doctor"]:
+        from edge_runtime.doctor import doctor_cli
+
+        return doctor_cli(argv[lead + 1 :])
+    return run_cli(argv, extra_commands={"bench": BENCH_HELP, "doctor": DOCTOR_HELP})
 
 
 if __name__ == "__main__":

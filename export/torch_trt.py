@@ -22,12 +22,29 @@ do the quantizers lower to the ``tensorrt::quantize_op`` that Torch-TensorRT con
 manifest's train split, each utterance with the dialogue memory the FP32 model produced for it
 on the runtime's offline path.
 
+Which path works where (JetPack ships older torch than the student's export needs):
+
+- torch >= 2.7 (x86 with a current CUDA torch; a Jetson with a newer NVIDIA wheel): dynamic
+  batch, frames and tokens, as above;
+- torch < 2.7 (JetPack 6.1's NVIDIA wheel is 2.5; torch-tensorrt is built from source there):
+  named ``Dim`` objects cannot express the frame-axis guards, so a dynamic-frame profile is
+  refused in one line before anything is traced; a profile with fixed frames (equal
+  min/opt/max FRAMES) still exports (checked here with the named-``Dim`` form that old torch
+  uses), and ``hbaf-export engine`` (ONNX -> TensorRT) takes the dynamic profile on any torch.
+
+The compiled program is saved with its dynamic shapes: ``torch_tensorrt.save`` re-traces a
+module at the example inputs on current releases unless it gets ``dynamic_shapes`` (or
+``retrace=False`` on releases without that argument), and a re-traced program would accept
+only the example's shapes. For INT8, export and compile both run inside modelopt's
+``export_torch_mode()``, as NVIDIA's PTQ example does.
+
 Command line: ``hbaf-export torch-trt --checkpoint DIR --precision fp16 --out student.fp16.ep``.
 """
 
 from __future__ import annotations
 
 import copy
+import inspect
 import logging
 import os
 from collections.abc import Iterable, Sequence
@@ -96,7 +113,38 @@ def example_inputs(profiles: Profiles, spec: ModelSpec, device: str = "cpu") -> 
     )
 
 
-def _dynamic_dim(name: str, lo: int, hi: int):
+def torch_version() -> tuple[int, int]:
+    import torch
+
+    parts = str(torch.__version__).split("+")[0].split(".")
+    return int(parts[0]), int("".join(c for c in parts[1] if c.isdigit()) or 0)
+
+
+def auto_dims_available() -> bool:
+    """Whether this torch has ``Dim.AUTO`` taking a range (torch >= 2.7)."""
+    from torch.export import Dim
+
+    hint = getattr(Dim, "AUTO", None)
+    if not callable(hint):
+        return False
+    try:
+        hint(min=1, max=2)
+    except TypeError:  # a torch where AUTO takes no range
+        return False
+    return True
+
+
+def check_torch_for_profile(profiles: Profiles, version: tuple[int, int], auto_dims: bool) -> None:
+    """Refuse, in one line and before tracing, a dynamic-frame profile on a torch without ``Dim.AUTO`` ranges."""
+    if profiles.min.frames != profiles.max.frames and not auto_dims:
+        raise HBAFError(
+            f"torch {version[0]}.{version[1]} cannot export the student with dynamic frames (needs torch >= 2.7; JetPack 6.1's "
+            "NVIDIA wheel is 2.5): build the engine from ONNX with `hbaf-export engine --onnx MODEL.onnx`, or give frames a "
+            "fixed size here (equal FRAMES in --min/--opt/--max, e.g. --min 1,500,4 --opt 1,500,32 --max 4,500,128)"
+        )
+
+
+def _dynamic_dim(name: str, lo: int, hi: int, auto: bool):
     """A dynamic axis for torch.export: ``Dim.AUTO(min, max)`` where torch has it (>= 2.7), else a named ``Dim``.
 
     ``Dim.AUTO`` lets torch.export infer which inputs share an axis and turn guards it cannot
@@ -105,20 +153,16 @@ def _dynamic_dim(name: str, lo: int, hi: int):
     """
     from torch.export import Dim
 
-    hint = getattr(Dim, "AUTO", None)
-    if callable(hint):
-        try:
-            return hint(min=lo, max=hi)
-        except TypeError:  # a torch where AUTO takes no range
-            pass
-    return Dim(name, min=lo, max=hi)
+    return Dim.AUTO(min=lo, max=hi) if auto else Dim(name, min=lo, max=hi)
 
 
-def dynamic_shapes(profiles: Profiles) -> tuple:
-    """``torch.export`` dynamic shapes in contract order: one dim per axis, shared by every input that has it."""
+def dynamic_shapes(profiles: Profiles, auto: bool | None = None) -> tuple:
+    """``torch.export`` dynamic shapes in contract order: one dim per axis, shared by every input that has it
+    (``auto``: ``Dim.AUTO`` ranges; None = where this torch has them, else named dims as older torch needs)."""
+    auto = auto_dims_available() if auto is None else auto
 
     def dim(name: str, lo: int, hi: int):
-        return None if lo == hi else _dynamic_dim(name, lo, hi)
+        return None if lo == hi else _dynamic_dim(name, lo, hi, auto)
 
     dims = {
         "B": dim("batch", profiles.min.batch, profiles.max.batch),
@@ -143,14 +187,17 @@ def trt_inputs(profiles: Profiles, spec: ModelSpec) -> list:
     ]
 
 
-def export_student(model, profiles: Profiles, spec: ModelSpec, device: str = "cpu"):
-    """``torch.export`` the student with dynamic B/T/L (runs on CPU too; the step Torch-TensorRT compiles)."""
+def export_student(model, profiles: Profiles, spec: ModelSpec, device: str = "cpu", *, auto: bool | None = None):
+    """``torch.export`` the student with dynamic B/T/L (runs on CPU too; the step Torch-TensorRT compiles).
+    ``auto``: as ``dynamic_shapes`` (None: what this torch supports)."""
     import torch
 
+    auto = auto_dims_available() if auto is None else auto
+    check_torch_for_profile(profiles, torch_version(), auto)
     args = example_inputs(profiles, spec, device)
     try:
         with torch.no_grad():
-            return torch.export.export(model, args, dynamic_shapes=dynamic_shapes(profiles), strict=False)
+            return torch.export.export(model, args, dynamic_shapes=dynamic_shapes(profiles, auto), strict=False)
     except Exception as err:
         raise HBAFError(
             f"torch.export could not trace the student with dynamic batch/frames/tokens ({first_line(err)}); with torch < 2.7 "
@@ -204,6 +251,21 @@ def quantize_student(model, calib_batches: Iterable[Sequence], *, progress: bool
     return mtq.quantize(qmodel, mtq.INT8_DEFAULT_CFG, forward_loop=forward_loop)
 
 
+def save_arguments(parameters: Sequence[str] | set[str], example: list, shapes: tuple) -> dict:
+    """Keyword arguments for ``torch_tensorrt.save`` that keep the program's dynamic shapes, for the
+    parameters this torch-tensorrt's ``save`` takes: ``dynamic_shapes`` where it has them (current
+    releases re-trace at the example shapes otherwise), else ``retrace=False``, else nothing more
+    (releases that never re-traced)."""
+    names = set(parameters)
+    inputs_key = "arg_inputs" if "arg_inputs" in names else "inputs"
+    kwargs: dict = {"output_format": "exported_program", inputs_key: example}
+    if "dynamic_shapes" in names:
+        kwargs["dynamic_shapes"] = shapes
+    elif "retrace" in names:
+        kwargs["retrace"] = False
+    return kwargs
+
+
 def compile_student(
     model,
     spec: ModelSpec,
@@ -227,38 +289,43 @@ def compile_student(
         raise HBAFError(f"precision '{precision}' is not one of {'|'.join(PRECISIONS)}")
     if precision == "int8" and calib_batches is None:
         raise HBAFError("precision int8 needs calib_batches (real utterances) for modelopt calibration")
+    profiles = profiles or Profiles.for_spec(spec)
+    profiles.check(spec)
+    auto = auto_dims_available()
+    check_torch_for_profile(profiles, torch_version(), auto)  # before anything slow
     torch_tensorrt = import_torch_tensorrt()
     if not torch.cuda.is_available():
         raise HBAFError("Torch-TensorRT needs a CUDA GPU and a CUDA build of torch; run this on the Jetson")
-    profiles = profiles or Profiles.for_spec(spec)
-    profiles.check(spec)
     cuda = f"cuda:{device}"
+    torch.cuda.set_device(device)
     model = model.eval().to(cuda)
+
+    def export_and_compile(m, enabled: set):
+        program = export_student(m, profiles, spec, cuda, auto=auto)
+        log.info("compiling the student with Torch-TensorRT %s (%s)", torch_tensorrt.__version__, precision)
+        return torch_tensorrt.dynamo.compile(
+            program,
+            inputs=trt_inputs(profiles, spec),
+            enabled_precisions=enabled,
+            workspace_size=workspace_mb << 20,
+            min_block_size=1,
+        )
 
     if precision == "int8":
         from modelopt.torch.quantization.utils import export_torch_mode
 
         calib = [tuple(t.to(cuda) for t in batch) for batch in calib_batches]
-        model = quantize_student(model, calib)
-        with export_torch_mode():
-            program = export_student(model, profiles, spec, cuda)
-        enabled = {torch.int8}
+        qmodel = quantize_student(model, calib)
+        with torch.no_grad(), export_torch_mode():  # the quantizers lower to TensorRT Q/DQ in export and compile alike
+            compiled = export_and_compile(qmodel, {torch.int8})
     else:
-        program = export_student(model, profiles, spec, cuda)
-        enabled = {torch.float16} if precision == "fp16" else {torch.float32}
-
-    log.info("compiling the student with Torch-TensorRT %s (%s)", torch_tensorrt.__version__, precision)
-    compiled = torch_tensorrt.dynamo.compile(
-        program,
-        inputs=trt_inputs(profiles, spec),
-        enabled_precisions=enabled,
-        workspace_size=workspace_mb << 20,
-        min_block_size=1,
-    )
+        with torch.no_grad():
+            compiled = export_and_compile(model, {torch.float16} if precision == "fp16" else {torch.float32})
     if out is not None:
         example = list(example_inputs(profiles, spec, cuda))
+        kwargs = save_arguments(inspect.signature(torch_tensorrt.save).parameters, example, dynamic_shapes(profiles, auto))
         with atomic_path(out) as tmp:
-            torch_tensorrt.save(compiled, str(tmp), output_format="exported_program", inputs=example)
+            torch_tensorrt.save(compiled, str(tmp), **kwargs)
         log.info("saved %s", out)
     return compiled
 

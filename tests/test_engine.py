@@ -18,6 +18,8 @@ from export.engine import EngineBuilder
 from export.trt_compat import check_graph_for_tensorrt, check_onnx_for_tensorrt
 from hbaf.contract import (
     Dims,
+    batch_feeds,
+    pad_feeds,
     ModelSpec,
     Profiles,
     ShapeProfile,
@@ -963,6 +965,53 @@ def test_jetson_release_and_board_parsing():
     assert parse_board_model("NVIDIA Jetson Orin Nano Developer Kit\x00") == "NVIDIA Jetson Orin Nano Developer Kit"
 
 
+def test_torch_trt_save_keeps_the_dynamic_shapes():
+    """torch_tensorrt.save re-traces at the example shapes on current releases unless given dynamic_shapes."""
+    pytest.importorskip("torch")
+    from export.torch_trt import dynamic_shapes, save_arguments
+
+    shapes = dynamic_shapes(Profiles.parse("1,16,4", "2,100,16", "4,400,64"))
+    current = {"module", "file_path", "extra_files", "output_format", "inputs", "arg_inputs", "kwarg_inputs", "retrace",
+               "dynamic_shapes"}
+    assert save_arguments(current, ["x"], shapes) == {"output_format": "exported_program", "arg_inputs": ["x"], "dynamic_shapes": shapes}
+    older = {"module", "file_path", "output_format", "inputs", "arg_inputs", "kwarg_inputs", "retrace"}
+    assert save_arguments(older, ["x"], shapes) == {"output_format": "exported_program", "arg_inputs": ["x"], "retrace": False}
+    oldest = {"module", "file_path", "output_format", "inputs"}
+    assert save_arguments(oldest, ["x"], shapes) == {"output_format": "exported_program", "inputs": ["x"]}
+
+
+def test_old_torch_refuses_dynamic_frames_and_takes_fixed_ones():
+    """JetPack 6.1's torch 2.5 has no Dim.AUTO ranges: a dynamic-frame profile is refused in one line before tracing;
+    fixed frames export with the named dims such a torch uses (the real HBAF model, here with named dims forced)."""
+    torch = pytest.importorskip("torch")
+    from export.torch_trt import check_torch_for_profile, export_student
+    from hbaf.model import HBAF, preset
+
+    dynamic = Profiles.parse("1,8,4", "1,150,32", "4,500,128")
+    with pytest.raises(HBAFError) as info:
+        check_torch_for_profile(dynamic, (2, 5), auto_dims=False)
+    msg = str(info.value)
+    assert msg.startswith("torch 2.5 cannot export the student with dynamic frames (needs torch >= 2.7")
+    assert "hbaf-export engine --onnx MODEL.onnx" in msg and "equal FRAMES" in msg
+    check_torch_for_profile(dynamic, (2, 7), auto_dims=True)
+
+    model = HBAF(preset("tiny", dropout=0.0), LABELS).eval()
+    spec = ModelSpec.from_model(model)
+    fixed = Profiles.parse("1,120,4", "1,120,16", "3,120,40")
+    runner = export_student(model, fixed, spec, auto=False).module()
+    rng = np.random.default_rng(5)
+    for b, ln in [(1, 4), (3, 40), (2, 9)]:
+        feeds = (torch.from_numpy(rng.standard_normal((b, 120, spec.feature_dim)).astype(np.float32)), torch.ones(b, 120),
+                 torch.from_numpy(rng.integers(1000, 3000, (b, ln)).astype(np.int32)), torch.ones(b, ln, dtype=torch.int32),
+                 torch.from_numpy(rng.standard_normal((b, spec.context_size, spec.memory_dim)).astype(np.float32)),
+                 torch.ones(b, spec.context_size))
+        with torch.no_grad():
+            for g, w in zip(runner(*feeds), model(*feeds)):
+                torch.testing.assert_close(g, w, atol=1e-5, rtol=1e-4)
+    with pytest.raises(HBAFError, match="cannot export the student with dynamic frames"):
+        export_student(model, Profiles.parse("1,16,4", "1,120,16", "3,400,40"), spec, auto=False)
+
+
 # --------------------------------------------------------------------------- GPU (skipped without TensorRT + CUDA)
 
 
@@ -1008,8 +1057,135 @@ def test_torch_tensorrt_compile_save_load(tmp_path):
     out = tmp_path / "student.fp16.ep"
     compile_student(model, SPEC, profiles, precision="fp16", out=out)
     loaded = load_compiled(out)
-    feeds = tuple(t.cuda() for t in _torch_feeds(3, 250, 30))
-    got = loaded(*feeds)
-    want = model.cuda()(*feeds)
-    for g, w in zip(got, want):
-        torch.testing.assert_close(g.float(), w.float(), atol=2e-2, rtol=2e-2)
+    model = model.cuda()
+    for b, t, ln in [(3, 250, 30), (1, 16, 4), (4, 400, 64)]:  # the saved program keeps the profile, not the example's shapes
+        feeds = tuple(v.cuda() for v in _torch_feeds(b, t, ln))
+        got = loaded(*feeds)
+        want = model(*feeds)
+        for g, w in zip(got, want):
+            torch.testing.assert_close(g.float(), w.float(), atol=2e-2, rtol=2e-2)
+
+
+# --------------------------------------------------------------------------- GPU: the real shipped student and the recogniser's encoder
+
+
+@pytest.fixture(scope="module")
+def shipped_student_onnx(tmp_path_factory) -> Path:
+    """The packaged student exported to the FP32 contract ONNX (what engines are built from)."""
+    if not (HAS_TRT and _cuda_available()):
+        pytest.skip("needs TensorRT and a CUDA GPU")
+    from export.onnx_export import export_onnx
+    from hbaf.io import ASSETS_DIR, PACKAGED_CHECKPOINT
+
+    return export_onnx(ASSETS_DIR / PACKAGED_CHECKPOINT, tmp_path_factory.mktemp("shipped") / "student.onnx")
+
+
+def _student_feeds(spec: ModelSpec, b: int, t: int, ln: int, seed: int) -> dict[str, np.ndarray]:
+    """A padded batch shaped like the runtime's: states-like features, in-vocabulary ids, a half-full memory."""
+    rng = np.random.default_rng(seed)
+    lengths = rng.integers(max(1, t // 2), t + 1, b)
+    lengths[0] = t
+    feats = [rng.standard_normal((n, spec.feature_dim)).astype(np.float32) for n in lengths]
+    ids = [np.concatenate([[101], rng.integers(1000, 20000, max(0, int(rng.integers(1, ln)) - 2)), [102]]).astype(np.int32)[:ln]
+           for _ in range(b)]
+    memory = rng.standard_normal((b, spec.context_size, spec.memory_dim)).astype(np.float32)
+    mask = (np.arange(spec.context_size)[None] < spec.context_size // 2).astype(np.float32).repeat(b, 0)
+    return batch_feeds(spec, feats, ids, memory, mask)
+
+
+@pytest.mark.gpu
+@needs_trt_gpu
+@pytest.mark.parametrize("precision", ["fp16", "int8"])
+def test_shipped_student_engine_matches_onnxruntime(shipped_student_onnx, ci_corpus, tmp_path, precision):
+    """The real student (attention, LayerNorm, the gate; for int8 the calibrated Q/DQ form, strongly typed) built with
+    its own profile, run through the fusion backend and the shared runner, against ONNX Runtime on the same ONNX."""
+    import onnxruntime as ort
+
+    from edge_runtime.trt_backend import TensorRTBackend
+
+    onnx_path = shipped_student_onnx
+    if precision == "int8":
+        from calibration.report import quantize_onnx
+
+        (res,) = quantize_onnx(onnx_path, ci_corpus / "manifest.jsonl", tmp_path, flavours=("trt",), method="minmax",
+                               num=64, threads=2, workers=2)
+        onnx_path = res.path
+    engine_path, side = EngineBuilder(onnx_path, precision, workspace_mb=2048, timing_cache=tmp_path / "cache.bin").build(tmp_path / "engines")
+    sidecar = Sidecar.read(side)
+    assert sidecar.is_fusion and sidecar.strongly_typed == (precision == "int8")
+    assert sidecar.profiles == Profiles.for_spec(sidecar.model)  # the model's own: 8 / 150 / 500 state frames
+
+    backend = TensorRTBackend(engine_path)
+    spec = backend.spec
+    assert (backend.min_frames, backend.max_frames, backend.max_batch) == (8, 500, 8)
+    sess = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    atol = {"fp16": 2e-2, "int8": 6e-2}[precision]
+    agree = total = 0
+    for i, (b, t, ln) in enumerate([(1, 8, 4), (1, 150, 32), (4, 317, 60), (8, 500, 128)]):
+        feeds = pad_feeds(_student_feeds(spec, b, t, ln, seed=i), min_frames=backend.min_frames, min_tokens=backend.min_tokens)
+        got = backend.run(feeds)
+        want = dict(zip(["probs", "utt_emb", "gate"], sess.run(None, feeds)))
+        for name in want:
+            assert got[name].shape == want[name].shape and np.isfinite(got[name]).all(), name
+        np.testing.assert_allclose(got["probs"], want["probs"], atol=atol)
+        np.testing.assert_allclose(got["gate"], want["gate"], atol=atol)
+        agree += int((got["probs"].argmax(-1) == want["probs"].argmax(-1)).sum())
+        total += b
+    assert agree / total >= 0.9, (agree, total)
+    backend.close()
+    with pytest.raises(HBAFError, match="was closed"):
+        backend.run(pad_feeds(_student_feeds(spec, 1, 8, 4, seed=0), min_tokens=backend.min_tokens))
+
+
+@pytest.mark.gpu
+@needs_trt_gpu
+def test_runner_runs_a_graph_with_its_own_names(tmp_path):
+    """The shared runner on a graph that is not the fusion model (the encoder's shape: mel [B,80,1000] -> states),
+    its profile from the graph's own metadata."""
+    import onnxruntime as ort
+
+    from edge_runtime.trt_runner import EngineRunner
+
+    onnx_path = save(make_encoder_onnx(profile=ShapeProfile.parse([ENCODER_PROFILE])), tmp_path / "encoder.onnx")
+    engine_path, _ = EngineBuilder(onnx_path, "fp32", workspace_mb=512).build(tmp_path / "engines")
+    runner = EngineRunner(engine_path, graph="encoder")
+    assert runner.input_names == ("mel",) and runner.output_names == ("states",)
+    assert runner.profile_shapes["mel"] == ((1, 80, 1000), (1, 80, 1000), (4, 80, 1000))
+    sess = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    for b in (1, 3, 4):
+        mel = np.random.default_rng(b).standard_normal((b, 80, 1000)).astype(np.float32)
+        np.testing.assert_allclose(runner.run({"mel": mel})["states"], sess.run(None, {"mel": mel})[0], atol=1e-3, rtol=1e-3)
+    with pytest.raises(HBAFError, match=r"outside the engine profile \(1, 80, 1000\)..\(4, 80, 1000\)"):
+        runner.run({"mel": np.zeros((5, 80, 1000), np.float32)})
+    with pytest.raises(HBAFError, match=r"missing \['mel'\]; unknown \['audio_feats'\]"):
+        runner.run({"audio_feats": np.zeros((1, 80, 1000), np.float32)})
+    runner.close()
+    assert runner.closed
+
+
+@pytest.mark.gpu
+@needs_trt_gpu
+def test_whisper_encoder_engine_matches_onnxruntime(tmp_path):
+    """The recogniser's real encoder graph (hbaf-export asr), built with the profile it carries, through the shared runner."""
+    import onnxruntime as ort
+
+    contract = pytest.importorskip("hbaf.contract")
+    if not hasattr(contract, "asr_engine_graph"):
+        pytest.skip("the recogniser's graphs are not in this tree")
+    from edge_runtime.trt_runner import EngineRunner
+    from export.asr_export import export_asr
+
+    written = export_asr(tmp_path / "asr", precisions=("fp32",))
+    onnx_path = written[f"{contract.ASR_ENCODER}.fp32"]
+    engine_path, _ = EngineBuilder(onnx_path, "fp16", workspace_mb=2048).build(tmp_path / "engines")
+    runner = EngineRunner(engine_path, graph=contract.asr_engine_graph(contract.ASR_ENCODER))
+    sess = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    (name,) = runner.input_names
+    shape = runner.profile_shapes[name][1]
+    mel = np.random.default_rng(0).uniform(-1.0, 1.0, shape).astype(np.float32)
+    got = runner.run({name: mel})
+    want = dict(zip([o.name for o in sess.get_outputs()], sess.run(None, {name: mel})))
+    for key, ref in want.items():
+        g64, r64 = got[key].astype(np.float64).ravel(), ref.astype(np.float64).ravel()
+        assert g64 @ r64 / (np.linalg.norm(g64) * np.linalg.norm(r64)) > 0.999, key
+    runner.close()

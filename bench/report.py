@@ -160,10 +160,47 @@ def format_e2e(e: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _x(v: float | None) -> str:
+    return "-" if v is None else f"{v:.2f}x"
+
+
+def _parity(row: dict[str, Any], key: str) -> str:
+    cos = row.get(f"cosine_{key}")
+    return "-" if cos is None else f"{row[f'max_abs_{key}']:.1e} / {cos:.5f}"
+
+
+def format_recogniser(r: dict[str, Any]) -> str:
+    """The three recogniser tables: audio encoder, decoder, recognition."""
+    head = (f"{r['utterances']} utterances, {r['speech']}; {r['threads']} threads; p50 / p90 over {r['runs']} run(s) of each; "
+            "speed-ups are p50 ratios measured in this run")
+    enc = [[name, _ms(row["p50_ms"]), _ms(row["p90_ms"]), _x(row.get("vs_torch")), _x(row.get("vs_ct2")),
+            _parity(row, "vs_torch"), _parity(row, "vs_ct2")] for name, row in r["encoder"].items()]
+    dec = []
+    for name, row in r["decoder"].items():
+        b1, b5 = row["beam1"], row["beam5"]
+        dec.append([name, _ms(b1["per_token_ms"]), _ms(b1["p50_ms"]), _ms(b5["p50_ms"]), _ms(b5["p90_ms"]),
+                    _x(b5.get("vs_torch")), _x(b5.get("vs_ct2")), b1.get("identical_to_ct2", "-"), b5.get("identical_to_ct2", "-")])
+    rec = [[name, _ms(row["p50_ms"]), _ms(row["p90_ms"]), _x(row.get("vs_torch")), _x(row.get("vs_ct2")),
+            _pct(row["wer"]), row.get("identical_to_ct2", "-")] for name, row in r["recognition"].items()]
+    return "\n".join([
+        "## Recogniser", "", head, "",
+        "### Audio encoder (one 10 s window)", "",
+        _md_table(["form", "p50 ms", "p90 ms", "vs PyTorch", "vs CTranslate2", "states vs PyTorch (max / cosine)",
+                   "states vs CTranslate2 (max / cosine)"], enc), "",
+        "### Decoder (the same encoder output for every form)", "",
+        _md_table(["form", "beam 1 ms/token", "beam 1 p50 ms", "beam 5 p50 ms", "beam 5 p90 ms", "beam 5 vs PyTorch",
+                   "beam 5 vs CTranslate2", "tokens = CTranslate2 (beam 1)", "(beam 5)"], dec), "",
+        f"### Recognition (per utterance, end to end, beam {r['beam']})", "",
+        _md_table(["encoder + decoder", "p50 ms", "p90 ms", "vs PyTorch", "vs CTranslate2", "WER", "transcripts = today's"], rec),
+    ])
+
+
 def format_report(report: dict[str, Any]) -> str:
     parts = [format_header(report)]
     if "fusion" in report:
         parts.append(format_fusion(report))
+    if "recogniser" in report:
+        parts.append(format_recogniser(report["recogniser"]))
     if "e2e" in report:
         parts.append(format_e2e(report["e2e"]))
     return "\n\n".join(parts) + "\n"

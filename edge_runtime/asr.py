@@ -31,7 +31,9 @@ from typing import Protocol
 import numpy as np
 
 from edge_runtime.long_audio import join_texts, window_bounds
-from hbaf.encoder import BUNDLED_MODEL, WINDOW_S, computes_kind, encode_window, resolve_model, utterance_states, window_states
+from edge_runtime.recogniser import DecodeRules, Encoded, open_decoder, open_encoder
+from edge_runtime.whisper_decode import SpecialTokens
+from hbaf.encoder import BUNDLED_MODEL, ENCODER_MODELS, WINDOW_S, computes_kind, resolve_model, utterance_states, window_input, window_mel
 from hbaf.errors import HBAFError
 from hbaf.features import SAMPLE_RATE
 
@@ -87,6 +89,8 @@ class WhisperASR:
         pad_s: float = 0.0,
         temperatures: tuple[float, ...] = (0.0,),
         patience: float = 1.0,
+        encoder: str | None = None,
+        decoder: str | None = None,
     ) -> None:
         from faster_whisper import WhisperModel
 
@@ -145,10 +149,19 @@ class WhisperASR:
             raise self._load_error(local, err) from err
         except Exception as err:
             raise self._load_error(local, err) from err
-        self.load_seconds = time.perf_counter() - t0
         self._tokenizers: dict[str | None, object] = {}
         self._states_of: dict[str, bool] = {}
-        log.info("ASR %s on %s (%s) loaded in %.2f s", self.model_path, self.device, self.compute_type, self.load_seconds)
+        self.audio_encoder = open_encoder(encoder, whisper_model=self.model, model=self.model_path, device=self.device,
+                                          threads=self.cpu_threads)
+        self.text_decoder = open_decoder(decoder, whisper_model=self.model, model=self.model_path, device=self.device,
+                                         threads=self.cpu_threads)
+        window = getattr(self.audio_encoder, "window_s", None)
+        if window is not None and (self.encoder_window_s != window or self.window_bucket_s is not None):
+            raise HBAFError(f"the encoder graph {encoder} takes a fixed {window:g} s window; leave the recogniser's window "
+                            f"at {window:g} s with no buckets, or export the graph for another window")
+        self.load_seconds = time.perf_counter() - t0
+        log.info("ASR %s on %s (%s; encoder %s, decoder %s) loaded in %.2f s", self.model_path, self.device, self.compute_type,
+                 self.audio_encoder.name, self.text_decoder.name, self.load_seconds)
 
     def _load_error(self, local: bool, err: Exception) -> HBAFError:
         why = " ".join(str(err).split())[:200]
@@ -164,8 +177,10 @@ class WhisperASR:
         trained on it (same Whisper model, fixed 10 s window, no padding): then one encoder pass
         serves both."""
         if kind not in self._states_of:  # asked per utterance: resolve the model name once
+            graph_model = getattr(self.audio_encoder, "model", None)  # an encoder graph's own Whisper model
             self._states_of[kind] = (computes_kind(self.model_path, kind) and self.encoder_window_s == WINDOW_S
-                                     and self.window_bucket_s is None and self.pad_s == 0)
+                                     and self.window_bucket_s is None and self.pad_s == 0
+                                     and graph_model in (None, ENCODER_MODELS.get(kind)))
         return self._states_of[kind]
 
     def transcribe(self, samples: np.ndarray, states: str | None = None) -> ASRResult:
@@ -176,15 +191,15 @@ class WhisperASR:
         if states is not None and not self.states_of(states):
             raise HBAFError(f"the recogniser {self.model_name} cannot give {states} states; compute them with utterance_features")
         if samples.size < SAMPLE_RATE // 100:  # under 10 ms: nothing to hear
-            feats = window_states(self.model, samples, states) if states else None
+            feats = self._states(samples, states) if states else None
             return ASRResult("", self.language, time.perf_counter() - t0, feats)
         n, feats = samples.size, None
         if self.pad_s > 0:
             pad = np.zeros(int(self.pad_s * SAMPLE_RATE), dtype=np.float32)
             samples = np.concatenate([pad, samples, pad])
         if self.encoder_window_s is not None and samples.size <= self.encoder_window_s * SAMPLE_RATE:
-            encoded = encode_window(self.model, samples, self.window_for(samples.size / SAMPLE_RATE))
-            feats = utterance_states(encoded, n, states) if states else None
+            encoded = self._encode(samples)
+            feats = utterance_states(encoded.host_states(), n, states) if states else None
             short = self._decode_window(samples, encoded)
             if short is not None:
                 return ASRResult(_clean(short[0]), short[1], time.perf_counter() - t0, feats)
@@ -197,7 +212,7 @@ class WhisperASR:
         else:
             text, language = self._standard_decode(samples)
         if states and feats is None:  # longer than the window: the states of its first 10 s
-            feats = window_states(self.model, samples, states)
+            feats = self._states(samples, states)
         return ASRResult(_clean(text), language, time.perf_counter() - t0, feats)
 
     def _standard_decode(self, samples: np.ndarray) -> tuple[str, str | None]:
@@ -217,7 +232,7 @@ class WhisperASR:
     def _recognise_window(self, piece: np.ndarray) -> tuple[str, str | None]:
         """(text, language) of a piece no longer than the encoder window."""
         if self.encoder_window_s is not None:
-            short = self._decode_window(piece, encode_window(self.model, piece, self.window_for(piece.size / SAMPLE_RATE)))
+            short = self._decode_window(piece, self._encode(piece))
             if short is not None:
                 return short
             self.fallbacks += 1
@@ -236,7 +251,19 @@ class WhisperASR:
                 raise HBAFError(f"unknown ASR language {language!r}; pass a Whisper language code such as en, de, fr") from err
         return self._tokenizers[language]
 
-    def _decode_window(self, samples: np.ndarray, encoded: object) -> tuple[str, str | None] | None:
+    def _encode(self, samples: np.ndarray) -> Encoded:
+        """One encoder pass over ``samples`` in the window ``window_for`` gives them."""
+        window = self.window_for(samples.size / SAMPLE_RATE)
+        return self.audio_encoder.encode(window_mel(samples, window, self.model.feature_extractor))
+
+    def _states(self, samples: np.ndarray, kind: str) -> np.ndarray:
+        """The utterance's encoder states [T, width] for ``kind`` (too short or too long for the
+        one-pass path): at most its first 10 s, at least two frames, in the fixed window."""
+        wave, n = window_input(samples, kind)
+        mel = window_mel(wave, WINDOW_S, self.model.feature_extractor)
+        return utterance_states(self.audio_encoder.encode(mel).host_states(), n, kind)
+
+    def _decode_window(self, samples: np.ndarray, encoded: Encoded) -> tuple[str, str | None] | None:
         """Greedy/beam decode of the short-window encoder output; None when the result loops."""
         from faster_whisper.transcribe import get_suppressed_tokens
 
@@ -246,32 +273,19 @@ class WhisperASR:
         if not self.model.model.is_multilingual:
             language = "en"
         elif language is None:
-            best_token, _ = self.model.model.detect_language(encoded)[0][0]
+            best_token, _ = self.model.model.detect_language(encoded.storage_view())[0][0]
             language = best_token[2:-2]
         tokenizer = self._tokenizer(language)
         prompt = list(tokenizer.sot_sequence) + [tokenizer.no_timestamps]
         max_new = int(TOKENS_PER_SECOND_CAP * window)
         suppress = list(get_suppressed_tokens(tokenizer, [-1]))
         for k, temperature in enumerate(self.temperatures):
-            options = {"beam_size": self.beam_size, "patience": self.patience}
-            if temperature > 0:
-                import ctranslate2
-
-                ctranslate2.set_random_seed(k)  # reproducible sampling
-                options = {"beam_size": 1, "sampling_topk": 0, "sampling_temperature": temperature}
-            result = self.model.model.generate(
-                encoded,
-                [prompt],
-                max_length=len(prompt) + max_new,
-                return_scores=True,
-                return_no_speech_prob=True,
-                suppress_blank=True,
-                suppress_tokens=suppress,
-                **options,
-            )[0]
-            tokens = [t for t in result.sequences_ids[0] if t < tokenizer.eot]
+            rules = DecodeRules(tuple(prompt), len(prompt) + max_new, tuple(suppress), SpecialTokens.of(tokenizer),
+                                beam_size=self.beam_size, patience=self.patience, temperature=temperature, seed=k)
+            result = self.text_decoder.generate(encoded, rules)
+            tokens = result.tokens
             text = tokenizer.decode(tokens).strip()
-            avg_logprob = result.scores[0] * len(tokens) / (len(tokens) + 1) if temperature == 0 else None
+            avg_logprob = result.score * len(tokens) / (len(tokens) + 1) if temperature == 0 else None
             if temperature == 0 and result.no_speech_prob > NO_SPEECH_PROB and avg_logprob < -1.0:
                 return "", language
             loops = len(tokens) >= max_new or bool(text and compression_ratio(text) > COMPRESSION_RATIO_LIMIT)

@@ -6,9 +6,10 @@
                                 provides the `hbaf-edge` entry point that dispatches here)
 
 ``run`` prints one line per utterance on stdout (``--format json`` for JSON lines),
-appends JSON lines to ``--output``, and prints a summary on stderr at exit. Ctrl-C or
-SIGTERM stops the source, finishes what was captured, prints the summary and exits
-with 130 / 143; SIGUSR1 empties the dialogue memory (a new conversation starts).
+appends JSON lines to ``--output``, and prints a summary on stderr at exit. Ctrl-C, SIGTERM or
+SIGHUP stops the source, finishes what was captured, prints the summary and exits
+with 130 / 143 / 129 (also while the models load: then the summary is of an empty run);
+SIGUSR1 empties the dialogue memory (a new conversation starts; ignored while loading).
 """
 
 from __future__ import annotations
@@ -29,7 +30,31 @@ NO_MIC = (
     "no microphone found; pass --source FILE (wav/flac/mp3...), --source - for raw 16-bit PCM on stdin, "
     "or try `hbaf-edge run --source demo`"
 )
-EXIT_CODES = {"SIGINT": 130, "SIGTERM": 143}
+EXIT_CODES = {"SIGINT": 130, "SIGTERM": 143, "SIGHUP": 129}  # 128 + the signal's number
+STOP_SIGNALS = tuple(getattr(signal, name) for name in EXIT_CODES if hasattr(signal, name))
+
+
+class _Stopped(BaseException):
+    """A stop signal that came while the run was starting (models loading): start-up ends there.
+    A BaseException, so that no ``except Exception`` on the way swallows it."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(name)
+        self.name = name
+
+
+def _startup_signals() -> dict[int, Any]:
+    """Handlers for the time before the pipeline runs: SIGINT / SIGTERM / SIGHUP end start-up
+    with a summary (``_Stopped``), SIGUSR1 does nothing (the dialogue memory is empty anyway)
+    instead of killing the process. Returns the handlers they replace."""
+
+    def stop(signum: int, _frame: Any) -> None:
+        raise _Stopped(signal.Signals(signum).name)
+
+    previous = {s: signal.signal(s, stop) for s in STOP_SIGNALS}
+    if hasattr(signal, "SIGUSR1"):
+        previous[signal.SIGUSR1] = signal.signal(signal.SIGUSR1, lambda _s, _f: None)
+    return previous
 
 
 def _probability(text: str) -> float:
@@ -80,6 +105,12 @@ def build_parser(extra_commands: dict[str, str] | None = None) -> argparse.Argum
     mod.add_argument("--asr-device", default=d.asr_device, choices=("auto", "cpu", "cuda"))
     mod.add_argument("--asr-beam", type=int, default=d.asr_beam, metavar="N",
                      help=f"Whisper beam size (default {d.asr_beam}; 1 = greedy: lower latency on slow cores, a few points more WER)")
+    mod.add_argument("--asr-encoder", default=d.asr_encoder, metavar="FORM",
+                     help="the recogniser's encoder: ct2 (CTranslate2, the default), torch (PyTorch; CUDA FP16 with --asr-device "
+                          "cuda), or an encoder graph (.onnx from `hbaf-export asr`, or its TensorRT .engine)")
+    mod.add_argument("--asr-decoder", default=d.asr_decoder, metavar="FORM",
+                     help="the recogniser's decoder: ct2 (the default), torch, or a decoder graph (.onnx or .engine; either file of "
+                          "the first-step/step pair, the other beside it)")
     mod.add_argument("--context", type=int, default=None,
                      help="earlier utterances the model sees, 0..K (default: K, the model's context size; 0 = none)")
     mod.add_argument("--reset-after", type=float, default=d.reset_after,
@@ -153,17 +184,59 @@ def _open_source(args: argparse.Namespace) -> tuple[Any, str | None]:
 
 def _run(args: argparse.Namespace) -> int:
     from edge_runtime.events import EventWriter
+    from edge_runtime.sources import check_rate
 
     if args.context is not None and args.context < 0:
         raise HBAFError(f"--context must be >= 0, got {args.context}")
     if args.reset_after < 0:
         raise HBAFError(f"--reset-after must be >= 0 seconds (0 = never), got {args.reset_after}")
+    if args.rate is not None:
+        check_rate(args.rate, "--rate")
     # the output is checked first: a bad path fails before any model is loaded
-    writer = EventWriter(args.output, stdout_format=args.format)
+    writer = EventWriter(args.output, stdout_format=args.format, protect=_protected(args))
     try:
         return _run_with(args, writer)
+    except _Stopped as stop:
+        return _stopped_while_starting(args, writer, stop.name)
     finally:
         writer.close()
+
+
+def _protected(args: argparse.Namespace) -> list[tuple[str, Path]]:
+    """The run's own inputs, which --output must not be: (what, path) pairs."""
+    from edge_runtime.demo import default_model_path
+
+    found: list[tuple[str, Path]] = []
+    if args.model:
+        found.append(("the model (--model)", Path(args.model).expanduser()))
+    else:
+        try:
+            found.append(("the default model", default_model_path()))
+        except HBAFError:
+            pass
+    spec = args.source
+    if spec and spec not in ("-", "demo", "mic") and not spec.startswith("mic:"):
+        found.append(("the audio source (--source)", Path(spec).expanduser()))
+    if args.asr and Path(args.asr).expanduser().exists():
+        found.append(("the recogniser's model (--asr)", Path(args.asr).expanduser()))
+    return found
+
+
+def _stopped_while_starting(args: argparse.Namespace, writer: Any, name: str) -> int:
+    """A stop signal before the pipeline ran: the summary of an empty run (stopped_by NAME) on
+    stderr and as the events file's last line, then 128 + the signal's number."""
+    from edge_runtime.summary import Summary, peak_rss_mb
+
+    summary = Summary(stopped_by=name, source=str(args.source or "mic"), peak_rss_mb=peak_rss_mb(), live=False,
+                      cold_start=dict.fromkeys(("model_load_s", "first_inference_s", "asr_load_s", "asr_first_s")))
+    writer.write_summary(summary.to_dict(), to_jsonl=not args.no_summary_line)
+    summary.jsonl_lines_lost = writer.stats.jsonl_lines_lost
+    print(summary.format(), file=sys.stderr, flush=True)
+    print(f"hbaf-edge: stopped by {name} while loading the models; nothing was processed", file=sys.stderr, flush=True)
+    failure = writer.failure()
+    if failure:
+        raise HBAFError(failure)
+    return EXIT_CODES[name]
 
 
 def run_options(args: argparse.Namespace) -> Any:
@@ -172,7 +245,8 @@ def run_options(args: argparse.Namespace) -> Any:
 
     return RunOptions(
         model=args.model, model_device=args.model_device, fp16=args.fp16, threads=args.threads,
-        asr=args.asr, asr_device=args.asr_device, asr_beam=args.asr_beam, context=args.context,
+        asr=args.asr, asr_device=args.asr_device, asr_beam=args.asr_beam, asr_encoder=args.asr_encoder,
+        asr_decoder=args.asr_decoder, context=args.context,
         reset_after=args.reset_after, min_confidence=args.min_confidence, vad_threshold=args.vad_threshold,
         min_speech_ms=args.min_speech_ms, min_silence_ms=args.min_silence_ms, speech_pad_ms=args.speech_pad_ms,
         max_utterance_s=args.max_utterance_s, speculate=args.speculate, summary_line=not args.no_summary_line,
@@ -202,7 +276,7 @@ def _run_with(args: argparse.Namespace, writer: Any) -> int:
     def on_reset(_signum: int, _frame: Any) -> None:
         pipe.reset_memory()
 
-    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    previous = {s: signal.signal(s, on_signal) for s in STOP_SIGNALS}
     if hasattr(signal, "SIGUSR1"):
         previous[signal.SIGUSR1] = signal.signal(signal.SIGUSR1, on_reset)
     try:
@@ -213,8 +287,8 @@ def _run_with(args: argparse.Namespace, writer: Any) -> int:
                 print(pipe.summary.format(), file=sys.stderr, flush=True)
             raise
     finally:
-        for s, handler in previous.items():
-            signal.signal(s, handler)
+        for s in previous:  # the run is over: a late signal must not start a second ending
+            signal.signal(s, signal.SIG_IGN)
     print(summary.format(), file=sys.stderr, flush=True)
     code = EXIT_CODES.get(summary.stopped_by or "", 0)
     # events that never reached --output (disk full, ...): after the summary, one error line and exit 2
@@ -246,14 +320,22 @@ def _devices() -> int:
 def run_cli(argv: list[str] | None = None, extra_commands: dict[str, str] | None = None) -> int:
     """`hbaf-edge run` and `hbaf-edge devices` (user errors raise HBAFError; see ``main``)."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    parser = build_parser(extra_commands)
-    args = parser.parse_args(argv)
-    setup_logging(args.verbose)
-    if args.command == "devices":
-        return _devices()
-    if args.command != "run":
-        parser.error(f"'{args.command}' is run by the hbaf-edge command itself")
-    return _run(args)
+    previous = _startup_signals()  # first: a signal during start-up must not kill the process
+    try:
+        parser = build_parser(extra_commands)
+        args = parser.parse_args(argv)
+        setup_logging(args.verbose)
+        if args.command == "devices":
+            return _devices()
+        if args.command != "run":
+            parser.error(f"'{args.command}' is run by the hbaf-edge command itself")
+        return _run(args)
+    except _Stopped as stop:  # before the events file was opened
+        print(f"hbaf-edge: stopped by {stop.name} while starting; nothing was processed", file=sys.stderr, flush=True)
+        return EXIT_CODES[stop.name]
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
 
 
 @cli_entry

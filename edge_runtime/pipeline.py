@@ -49,6 +49,7 @@ from edge_runtime.speculate import Speculator
 from edge_runtime.summary import Summary, peak_rss_mb, percentiles
 from hbaf.errors import HBAFError
 from hbaf.contract import LOG_MEL
+from hbaf.encoder import ENCODER_MODELS
 from hbaf.features import SAMPLE_RATE, utterance_features
 from hbaf.text import Tokenizer
 
@@ -487,6 +488,7 @@ class Pipeline:
             dropped_blocks=int(getattr(self.source, "dropped_blocks", 0)) + self.audio_drops,
             dropped_utterances=self.utterance_drops,
             jsonl_lines_lost=self.writer.stats.jsonl_lines_lost,
+            jsonl_cut_line_found=self.writer.stats.cut_line_found,
             max_queue={"audio": self.max_audio_q, "utterances": self.max_utt_q},
             memory_resets=self.memory.resets,
             cold_start={
@@ -517,6 +519,8 @@ class RunOptions:
     asr: str | None = None  # None: the bundled Whisper tiny.en
     asr_device: str = "auto"
     asr_beam: int = DEFAULT_BEAM_SIZE
+    asr_encoder: str | None = None  # None: CTranslate2 (edge_runtime/recogniser.py lists the forms)
+    asr_decoder: str | None = None
     context: int | None = None  # None: all K slots the model was trained with
     reset_after: float = DEFAULT_RESET_AFTER
     min_confidence: float | None = None
@@ -549,6 +553,11 @@ def build_pipeline(source: Any, writer: EventWriter, options: RunOptions, *, bac
         backend = open_backend(model, device=options.model_device, fp16=options.fp16, threads=options.threads)
     memory = DialogueMemory(backend.context_size, backend.memory_dim, window=options.context, reset_after=options.reset_after)
     tokenizer = backend.tokenizer()
-    asr = WhisperASR(options.asr, device=options.asr_device, cpu_threads=options.threads, beam_size=options.asr_beam)
+    asr = WhisperASR(options.asr, device=options.asr_device, cpu_threads=options.threads, beam_size=options.asr_beam,
+                     encoder=options.asr_encoder, decoder=options.asr_decoder)
+    kind = backend.spec.feature_kind
+    if options.asr_encoder not in (None, "ct2") and kind in ENCODER_MODELS and not asr.states_of(kind):
+        raise HBAFError(f"--asr-encoder {options.asr_encoder} does not compute the {kind} states the fusion model reads; "
+                        f"export the encoder of {ENCODER_MODELS[kind]} with `hbaf-export asr`, or leave --asr-encoder at ct2")
     return Pipeline(source, segmenter, asr, backend, memory, writer, tokenizer, options.min_confidence,
                     drop_when_full=drop_when_full, summary_line=options.summary_line, speculate=options.speculate)

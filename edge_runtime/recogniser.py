@@ -34,10 +34,12 @@ from hbaf.contract import (
     ASR_ENCODER,
     ASR_GRAPHS,
     AsrGraphInfo,
+    asr_engine_graph,
     asr_graph_name,
     first_line,
     read_onnx,
 )
+from edge_runtime.whisper_decode import DecoderStep, Generated, SpecialTokens, TorchDecoderStep, generate
 from hbaf.errors import HBAFError
 
 log = logging.getLogger(__name__)
@@ -100,6 +102,19 @@ class CT2Encoder:
         return Encoded(native=self.model.encode(mel))
 
 
+def load_torch_whisper(model: str | None, device: str, fp16: bool, threads: int | None) -> Any:
+    """hbaf/whisper.py's model on ``device`` (a one-line error where torch sees no CUDA GPU)."""
+    import torch
+
+    from hbaf.whisper import load_whisper_torch
+
+    if device == "cuda" and not torch.cuda.is_available():
+        raise HBAFError("the recogniser's torch form on cuda: this torch build sees no CUDA GPU; use --asr-device cpu")
+    if threads and device == "cpu":
+        torch.set_num_threads(int(threads))
+    return load_whisper_torch(model, device=device, fp16=fp16)
+
+
 class TorchEncoder:
     """hbaf/whisper.py's encoder: CPU float32 or CUDA (float16 by default)."""
 
@@ -107,17 +122,9 @@ class TorchEncoder:
 
     def __init__(self, model: str | None = None, *, device: str = "cpu", fp16: bool | None = None,
                  threads: int | None = None) -> None:
-        import torch
-
-        from hbaf.whisper import load_whisper_torch
-
-        if device == "cuda" and not torch.cuda.is_available():
-            raise HBAFError("--asr-encoder torch on cuda: this torch build sees no CUDA GPU; use --asr-device cpu")
-        if threads and device == "cpu":
-            torch.set_num_threads(int(threads))
         self.device = device
         self.fp16 = bool(fp16) if fp16 is not None else device == "cuda"
-        self.whisper = load_whisper_torch(model, device=device, fp16=self.fp16)
+        self.whisper = load_torch_whisper(model, device, self.fp16, threads)
         self.name = f"{TORCH}-{device}-{'fp16' if self.fp16 else 'fp32'}"
 
     def encode(self, mel: np.ndarray) -> Encoded:
@@ -174,6 +181,7 @@ class OnnxEncoder:
         self.info = read_asr_graph(self.path, ASR_ENCODER)
         self.session = ort_session(self.path, threads=threads, providers=providers)
         self.name = f"onnx-{self.info.precision}"
+        self.window_s, self.model = self.info.window_s, self.info.model
 
     def encode(self, mel: np.ndarray) -> Encoded:
         frames = int(round(self.info.window_s * 100))
@@ -182,6 +190,22 @@ class OnnxEncoder:
                             f"{mel.shape[-1]}; use the recogniser's default window or export the graph for this one")
         (states,) = self.session.run(None, {"mel": np.ascontiguousarray(mel[None], dtype=np.float32)})
         return Encoded(states=states)
+
+
+class EngineEncoder:
+    """The encoder graph as a TensorRT engine (``hbaf-export engine --onnx whisper-...encoder...onnx``)."""
+
+    def __init__(self, path: str | Path, *, device: int = 0) -> None:
+        from edge_runtime.trt_runner import EngineRunner
+
+        self.runner = EngineRunner(path, device=device, graph=asr_engine_graph(ASR_ENCODER),
+                                   shape_fix="the recogniser feeds one fixed window; rebuild the engine from its encoder graph")
+        self.window_s = self.runner.profile_shapes["mel"][2][-1] / 100
+        self.name = f"tensorrt-{self.runner.sidecar.precision}"
+
+    def encode(self, mel: np.ndarray) -> Encoded:
+        return Encoded(states=self.runner.run({"mel": np.ascontiguousarray(mel[None], dtype=np.float32)})["states"])
+
 
 
 def open_encoder(form: str | None, *, whisper_model: Any, model: str | None = None, device: str = "cpu",
@@ -195,12 +219,178 @@ def open_encoder(form: str | None, *, whisper_model: Any, model: str | None = No
     else:
         path = Path(form).expanduser()
         if path.suffix == ".engine":
-            from edge_runtime.trt_asr import TrtEncoder
-
-            enc = TrtEncoder(path)
+            enc = EngineEncoder(path)
         elif path.suffix == ".onnx" or path.exists():
             enc = OnnxEncoder(path, threads=threads)
         else:
             raise HBAFError(f"--asr-encoder {form!r}: not ct2, torch or an encoder graph file; export one with `hbaf-export asr --out DIR`")
     log.info("ASR encoder %s loaded in %.2f s", enc.name, time.perf_counter() - t0)
     return enc
+
+
+# ----------------------------------------------------------------------------- decoders
+
+
+@dataclass(frozen=True)
+class DecodeRules:
+    """How one window is decoded (faster-whisper's rules, as ``WhisperASR`` sets them)."""
+
+    prompt: tuple[int, ...]  # sot sequence + no-timestamps
+    max_length: int  # prompt + new tokens
+    suppress_tokens: tuple[int, ...]
+    special: SpecialTokens
+    beam_size: int = 1
+    patience: float = 1.0
+    suppress_blank: bool = True
+    temperature: float = 0.0  # > 0: sampling at this temperature (the fallback)
+    seed: int = 0  # of the sampling
+
+
+class TextDecoder(Protocol):
+    name: str
+
+    def generate(self, encoded: Encoded, rules: DecodeRules) -> Generated: ...
+
+
+class CT2Decoder:
+    """CTranslate2's ``generate`` of a loaded faster-whisper model."""
+
+    name = CT2
+
+    def __init__(self, whisper_model: Any) -> None:
+        self.model = whisper_model
+
+    def generate(self, encoded: Encoded, rules: DecodeRules) -> Generated:
+        options: dict[str, Any] = {"beam_size": rules.beam_size, "patience": rules.patience}
+        if rules.temperature > 0:
+            import ctranslate2
+
+            ctranslate2.set_random_seed(rules.seed)  # reproducible sampling
+            options = {"beam_size": 1, "sampling_topk": 0, "sampling_temperature": rules.temperature}
+        result = self.model.model.generate(
+            encoded.storage_view(), [list(rules.prompt)], max_length=rules.max_length, return_scores=True,
+            return_no_speech_prob=True, suppress_blank=rules.suppress_blank, suppress_tokens=list(rules.suppress_tokens),
+            **options,
+        )[0]
+        tokens = [t for t in result.sequences_ids[0] if t < rules.special.eot]
+        return Generated(tokens, float(result.scores[0]), float(result.no_speech_prob))
+
+
+class GraphDecoder:
+    """Our decoder (any ``DecoderStep``: PyTorch, ONNX Runtime graphs, TensorRT engines) with
+    CTranslate2's search (edge_runtime/whisper_decode.py)."""
+
+    def __init__(self, step: DecoderStep, name: str) -> None:
+        self.step, self.name = step, name
+
+    def generate(self, encoded: Encoded, rules: DecodeRules) -> Generated:
+        return generate(self.step, encoded.host_states(), rules.prompt, rules.special, max_length=rules.max_length,
+                        beam_size=rules.beam_size, patience=rules.patience, suppress_tokens=rules.suppress_tokens,
+                        suppress_blank=rules.suppress_blank, temperature=rules.temperature,
+                        seed=rules.seed if rules.temperature > 0 else None)
+
+
+class OrtGraph:
+    """One graph through ONNX Runtime: ``run({input: array}) -> {output: array}``, the call a
+    TensorRT ``EngineRunner`` answers too."""
+
+    def __init__(self, path: Path, *, threads: int | None = None, providers: list[str] | None = None) -> None:
+        self.path = path
+        self.session = ort_session(path, threads=threads, providers=providers)
+        self.output_names = [o.name for o in self.session.get_outputs()]
+
+    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return dict(zip(self.output_names, self.session.run(self.output_names, feeds)))
+
+
+class GraphDecoderStep:
+    """``DecoderStep`` over the decoder's first-step and step graphs, behind any runner with
+    ``run(feeds) -> outputs`` (``OrtGraph``, ``EngineRunner``). ``cross`` keeps the encoder
+    states: the first-step graph computes the cross K/V from them. The cache is (self-attention
+    keys/values [N, 2, rows, P, W], cross K/V [N, 2, 1, T, W]): the rows (beams) share the
+    utterance's cross K/V, which the graphs broadcast, so ``select`` moves only the first."""
+
+    def __init__(self, first: Any, step: Any) -> None:
+        self.first, self.next = first, step
+
+    def cross(self, states: np.ndarray) -> np.ndarray:
+        return np.ascontiguousarray(states, dtype=np.float32)
+
+    def step(self, tokens: np.ndarray, cross: np.ndarray, cache: Any) -> tuple[np.ndarray, Any]:
+        tokens = np.ascontiguousarray(tokens, dtype=np.int64)
+        if cache is None:
+            out = self.first.run({"tokens": tokens, "states": cross})
+            return out["logits"][:, -1], (out["cache"], out["cross_kv"])
+        past, cross_kv = cache
+        out = self.next.run({"tokens": tokens, "cross_kv": cross_kv, "past": past})
+        return out["logits"][:, -1], (out["cache"], cross_kv)
+
+    def select(self, cache: Any, rows: np.ndarray) -> Any:
+        past, cross_kv = cache
+        return np.take(past, np.asarray(rows), axis=2), cross_kv
+
+
+def decoder_pair(path: str | Path) -> tuple[Path, Path, AsrGraphInfo]:
+    """(first-step graph, step graph, metadata) from either file of the pair ``hbaf-export asr`` writes."""
+    p = Path(path)
+    proto = read_onnx(p, load_external_data=False, check_io=False)
+    info = AsrGraphInfo.from_proto(proto, str(p))
+    if info.role == ASR_ENCODER:
+        raise HBAFError(f"{p} is the recogniser's encoder graph, not its decoder; pass "
+                        f"{asr_graph_name(info.model, ASR_DECODER_STEP, info.precision)} (from `hbaf-export asr`)")
+    files = {role: p.with_name(asr_graph_name(info.model, role, info.precision)) for role in (ASR_DECODER_FIRST, ASR_DECODER_STEP)}
+    files[info.role] = p
+    for role, f in files.items():
+        if not f.exists():
+            raise HBAFError(f"the decoder's {role} graph {f.name} is not beside {p.name}; export both with `hbaf-export asr --out {p.parent}`")
+        other = read_asr_graph(f, role)
+        if (other.model, other.precision, other.source_sha256) != (info.model, info.precision, info.source_sha256):
+            raise HBAFError(f"{f.name} and {p.name} come from different exports; export both again with `hbaf-export asr --out {p.parent}`")
+    return files[ASR_DECODER_FIRST], files[ASR_DECODER_STEP], info
+
+
+def onnx_decoder(path: str | Path, *, threads: int | None = None, providers: list[str] | None = None) -> GraphDecoder:
+    """The decoder graph pair through ONNX Runtime, from either file."""
+    first, step, info = decoder_pair(path)
+    return GraphDecoder(GraphDecoderStep(OrtGraph(first, threads=threads, providers=providers),
+                                         OrtGraph(step, threads=threads, providers=providers)), f"onnx-{info.precision}")
+
+
+def engine_decoder(path: str | Path, *, device: int = 0) -> GraphDecoder:
+    """The decoder's two TensorRT engines from either of them (built by ``hbaf-export engine`` from
+    the pair of graphs, so their names differ only in the role)."""
+    from edge_runtime.trt_runner import EngineRunner
+
+    p = Path(path)
+    names = {role: p.name.replace(ASR_DECODER_STEP, role).replace(ASR_DECODER_FIRST, role) for role in (ASR_DECODER_FIRST, ASR_DECODER_STEP)}
+    if names[ASR_DECODER_FIRST] == names[ASR_DECODER_STEP]:
+        raise HBAFError(f"{p.name} is not a decoder engine (its name has neither {ASR_DECODER_FIRST} nor {ASR_DECODER_STEP}); "
+                        "build both with `hbaf-export engine --onnx whisper-tiny.en.decoder-....onnx`")
+    runners = {role: EngineRunner(p.with_name(name), device=device, graph=asr_engine_graph(role),
+                                  shape_fix="the transcript is longer than the engine's profile; rebuild it with a larger one")
+               for role, name in names.items()}
+    return GraphDecoder(GraphDecoderStep(runners[ASR_DECODER_FIRST], runners[ASR_DECODER_STEP]),
+                        f"tensorrt-{runners[ASR_DECODER_STEP].sidecar.precision}")
+
+
+def open_decoder(form: str | None, *, whisper_model: Any, model: str | None = None, device: str = "cpu",
+                 threads: int | None = None) -> TextDecoder:
+    """The ``TextDecoder`` that ``form`` names: "ct2" (or None), "torch", or a decoder graph or
+    engine file (either of the pair; the other is found beside it)."""
+    if form in (None, CT2):
+        return CT2Decoder(whisper_model)
+    t0 = time.perf_counter()
+    if form == TORCH:
+        fp16 = device == "cuda"
+        dec: TextDecoder = GraphDecoder(TorchDecoderStep(load_torch_whisper(model, device, fp16, threads), device=device, fp16=fp16),
+                                        f"{TORCH}-{device}-{'fp16' if fp16 else 'fp32'}")
+    else:
+        path = Path(form).expanduser()
+        if path.suffix == ".engine":
+            dec = engine_decoder(path)
+        elif path.suffix == ".onnx" or path.exists():
+            dec = onnx_decoder(path, threads=threads)
+        else:
+            raise HBAFError(f"--asr-decoder {form!r}: not ct2, torch or a decoder graph file; export one with `hbaf-export asr --out DIR`")
+    log.info("ASR decoder %s loaded in %.2f s", dec.name, time.perf_counter() - t0)
+    return dec

@@ -37,10 +37,13 @@ from hbaf.contract import (
     ASR_METADATA_KEY,
     AsrGraphInfo,
     GraphSpec,
+    ShapeProfile,
+    asr_engine_graph,
     asr_graph_name,
     save_onnx,
     set_onnx_metadata,
 )
+from export.engine import set_graph_profile
 from hbaf.encoder import BUNDLED_MODEL, WINDOW_S, resolve_model
 from hbaf.errors import HBAFError
 from hbaf.io import quiet_output
@@ -98,11 +101,12 @@ def example_inputs(whisper, window_s: float = WINDOW_S, batch: int = 1, seed: in
         states, _ = whisper.encoder(torch.from_numpy(mel))
         cross = whisper.decoder.cross_kv(states)
         _, cache = whisper.decoder(torch.from_numpy(tokens), cross)
-    step = np.full((batch, 1), 1254, dtype=np.int64)
+    step = np.full((batch, 1), 1254, dtype=np.int64)  # the cross K/V's batch (1) differs from the beam's (2) when traced,
+    step, cache = np.repeat(step, 2, axis=0), np.repeat(cache.numpy(), 2, axis=2)  # so the graph keeps the two apart
     return {
         ASR_ENCODER: {"mel": mel},
         ASR_DECODER_FIRST: {"tokens": tokens, "states": states.numpy()},
-        ASR_DECODER_STEP: {"tokens": step, "cross_kv": cross.numpy(), "past": cache.numpy()},
+        ASR_DECODER_STEP: {"tokens": step, "cross_kv": cross.numpy(), "past": cache},
     }
 
 
@@ -179,6 +183,18 @@ def parity(path: Path, reference: list[np.ndarray], feeds: dict[str, np.ndarray]
     return worst, cosine
 
 
+def engine_profile(role: str, dims, window_s: float = WINDOW_S) -> "ShapeProfile":
+    """The TensorRT optimization profile of a recogniser graph (``hbaf-export engine`` reads it
+    from the graph's metadata): batch 1-4 utterances, beams up to 10, prompts up to 8 tokens,
+    transcripts up to 128 tokens, the window fixed."""
+    frames = int(round(window_s * 100))
+    sizes = {"M": dims.n_mels, "F": frames, "T": frames // 2, "W": dims.n_text_state, "N": dims.n_text_layer,
+             "B": (1, 1, 4), "E": (1, 1, 4), "L": (1, 3, 8), "P": (1, 16, 128)}
+    if role == ASR_DECODER_STEP:
+        sizes.update(B=(1, 5, 10), L=(1, 1, 1))
+    return ShapeProfile.from_axes(ASR_GRAPHS[role].inputs, sizes)
+
+
 PRECISIONS = ("fp32", "fp16", "int8-cpu")
 # what a form may differ from PyTorch FP32 by: (max relative difference, lowest cosine)
 PARITY_LIMIT = {"fp32": (1e-4, 0.99999), "fp16": (2e-2, 0.9999), "int8-cpu": (1.0, 0.98)}
@@ -247,6 +263,35 @@ def export_asr(out_dir: str | os.PathLike, *, asr: str | None = None, precisions
                 else:
                     proto = fp32 if precision == "fp32" else to_fp16(fp32)
                 set_onnx_metadata(proto, meta, ASR_METADATA_KEY)
+                set_graph_profile(proto, asr_engine_graph(role), engine_profile(role, d, window_s))
                 onnx.checker.check_model(proto, full_check=precision != "int8-cpu")
                 written[f"{role}.{precision}"] = save_onnx(proto, target, verify=lambda p, q=precision: verify(p, q))
     return written
+
+
+def is_current_export(folder: Path, asr: str | None = None, precisions: tuple[str, ...] = ("fp32", "int8-cpu")) -> bool:
+    """Whether ``folder`` holds every graph of ``precisions`` exported from the Whisper model ``asr``
+    as it is now (its model.bin's sha256), so a benchmark may reuse them."""
+    import onnx
+
+    from hbaf.contract import onnx_metadata
+    from hbaf.whisper import MODEL_FILE
+
+    path, local = resolve_model(asr)
+    if not local:
+        return False
+    sha = hashlib.sha256((Path(path) / MODEL_FILE).read_bytes()).hexdigest()
+    name = BUNDLED_MODEL if asr in (None, BUNDLED_MODEL) else Path(path).name
+    for role in ASR_GRAPHS:
+        for precision in precisions:
+            f = Path(folder) / asr_graph_name(name, role, precision)
+            if not f.is_file():
+                return False
+            try:
+                meta = onnx_metadata(onnx.load(str(f), load_external_data=False), ASR_METADATA_KEY)
+            except Exception:  # a damaged file is simply exported again
+                return False
+            if meta.get("source_sha256") != sha:
+                return False
+    return True
+

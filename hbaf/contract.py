@@ -433,7 +433,45 @@ def spec_from_onnx(proto, *, source: str = "ONNX model") -> ModelSpec:
     if dims is not None and dims != (spec.context_size, spec.memory_dim):
         raise HBAFError(f"{source}: metadata says K={spec.context_size}, D={spec.memory_dim} but the graph's memory input is "
                         f"K={dims[0]}, D={dims[1]}; export the model again")
+    check_graph_against_spec(proto, spec, source)
     return spec
+
+
+def _last_dim(values, name: str) -> int | None:
+    """The fixed size of the last axis of graph input/output ``name`` (None when symbolic)."""
+    for vi in values:
+        if vi.name == name:
+            dims = vi.type.tensor_type.shape.dim
+            return int(dims[-1].dim_value) if dims and dims[-1].HasField("dim_value") else None
+    return None
+
+
+def check_graph_against_spec(proto, spec: ModelSpec, source: str) -> None:
+    """The metadata must describe the graph it travels with: the contract's output names, the
+    feature width of the metadata's feature kind on ``audio_feats``, one class per label on
+    ``probs`` and D on ``utt_emb`` (a mismatch would fail at the first utterance, or worse,
+    give labels to the wrong classes)."""
+    fix = "the metadata does not match the graph; export the model again with `hbaf-export onnx --checkpoint DIR`"
+    outputs = [o.name for o in proto.graph.output]
+    missing = [n for n in OUTPUT_NAMES if n not in outputs]
+    if missing:
+        raise HBAFError(f"{source}: the graph's outputs are {outputs}, the contract needs {list(OUTPUT_NAMES)} "
+                        f"({', '.join(missing)} missing); export the model again with `hbaf-export onnx --checkpoint DIR`")
+    kind_width = feature_format(spec.feature_kind).dim
+    if spec.feature_dim != kind_width:  # the runtime computes the features by kind
+        raise HBAFError(f"{source}: metadata says feature kind {spec.feature_kind} ({kind_width} values per frame) "
+                        f"but feature_dim {spec.feature_dim}; {fix}")
+    width = _last_dim(proto.graph.input, "audio_feats")
+    if width is not None and width != spec.feature_dim:
+        raise HBAFError(f"{source}: metadata says {spec.feature_kind} features of width {spec.feature_dim}, the graph's "
+                        f"audio_feats input takes {width}; {fix}")
+    classes = _last_dim(proto.graph.output, "probs")
+    if classes is not None and classes != spec.num_classes:
+        raise HBAFError(f"{source}: metadata lists {spec.num_classes} labels {list(spec.labels)}, the graph's probs output "
+                        f"has {classes} classes; {fix}")
+    emb = _last_dim(proto.graph.output, "utt_emb")
+    if emb is not None and emb != spec.memory_dim:
+        raise HBAFError(f"{source}: metadata says D={spec.memory_dim}, the graph's utt_emb output has {emb}; {fix}")
 
 
 def graph_kind(proto) -> str:
@@ -865,7 +903,8 @@ def check_engine_compat(sidecar: Sidecar, trt_version: str, gpu_name: str, compu
 # and its later steps (new tokens after the self-attention cache). The two halves meet only at
 # the states, so any encoder form may feed any decoder form. Axes: B batch, M mel bins, F mel
 # frames, T encoder frames (F / 2), W width, N decoder blocks, L new tokens, P cached tokens,
-# S = P + L, V vocabulary.
+# S = P + L, V vocabulary; E is the cross K/V's batch, B or 1 (the beams of one utterance share
+# its cross K/V: attention broadcasts it).
 
 ASR_METADATA_KEY = "hbaf_asr"  # ONNX metadata_props key of a recogniser graph (JSON: AsrGraphInfo)
 ASR_ENCODER = "encoder"
@@ -905,9 +944,9 @@ ASR_GRAPHS = {
     ),
     ASR_DECODER_STEP: GraphSpec(
         ASR_DECODER_STEP,
-        (_TOKENS, _CROSS, TensorSpec("past", "float32", ("N", 2, "B", "P", "W"))),
+        (_TOKENS, TensorSpec("cross_kv", "float32", ("N", 2, "E", "T", "W")), TensorSpec("past", "float32", ("N", 2, "B", "P", "W"))),
         (_LOGITS, TensorSpec("cache", "float32", ("N", 2, "B", "S", "W"))),
-        {"B": "batch", "L": "tokens", "P": "past", "S": "total"},
+        {"B": "batch", "E": "encoded", "L": "tokens", "P": "past", "S": "total"},
     ),
 }
 
@@ -941,6 +980,11 @@ class AsrGraphInfo:
         if info.role not in ASR_GRAPHS:
             raise HBAFError(f"{source}: unknown recogniser graph role {info.role!r}; export it again with `hbaf-export asr`")
         return info
+
+
+def asr_engine_graph(role: str) -> str:
+    """The ``graph`` an engine of a recogniser graph records in its sidecar."""
+    return f"whisper-{role}"
 
 
 def asr_graph_name(model: str, role: str, precision: str) -> str:

@@ -92,12 +92,14 @@ class Attention(nn.Module):
         self.out = nn.Linear(width, width)
 
     def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-        """[B, L, W] queries over [B, S, W] keys/values (``mask``: additive, [L, S])."""
+        """[B, L, W] queries over [B or 1, S, W] keys/values (``mask``: additive, [L, S]). Keys and
+        values of batch 1 serve every query row: the beams of one utterance share its
+        cross-attention keys and values without copies."""
         b, n, w = q.shape
         h = self.heads
         q = q.view(b, n, h, w // h).transpose(1, 2)
-        k = k.view(b, k.shape[1], h, w // h).transpose(1, 2)
-        v = v.view(b, v.shape[1], h, w // h).transpose(1, 2)
+        k = k.view(k.shape[0], k.shape[1], h, w // h).transpose(1, 2)
+        v = v.view(v.shape[0], v.shape[1], h, w // h).transpose(1, 2)
         scores = (q @ k.transpose(-1, -2)) / math.sqrt(w // h)
         if mask is not None:
             scores = scores + mask

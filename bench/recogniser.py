@@ -1,0 +1,255 @@
+"""The recogniser's benchmark: the audio encoder, the decoder and whole recognition, every form
+in one run on the same utterances.
+
+Utterances: the demo conversation's twelve turns (edge_runtime/demo.py; **synthetic speech**,
+espeak-ng), cut at the script's turn boundaries with the VAD's 64 ms pad, each with its
+reference text. Three tables:
+
+- **Audio encoder**: one 10 s window (log-mel -> states), per form; parity of the utterance's
+  own frames with PyTorch FP32 and with CTranslate2 int8 (what the shipped models trained on).
+- **Decoder**: every form decodes the same encoder output (PyTorch FP32's states) with the
+  same rules, at beam 1 and beam 5: per utterance and per generated token; tokens identical
+  to CTranslate2's decoder.
+- **Recognition**: ``WhisperASR`` end to end (log-mel + encoder + decoder) per utterance, for
+  the encoder/decoder pairs that matter; WER against the script and transcripts identical to
+  today's recogniser (CTranslate2 int8 both halves).
+
+Speed-ups are p50 ratios against PyTorch FP32 eager and against CTranslate2, measured in the
+same run.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from hbaf.contract import ASR_DECODER_STEP, ASR_ENCODER, SAMPLE_RATE, asr_graph_name
+
+log = logging.getLogger(__name__)
+
+PAD_S = 0.064  # the VAD's speech pad around each turn (edge_runtime/vad.py)
+BEAMS = (1, 5)
+CT2_ROW, TORCH_ROW = "ctranslate2 int8 (cpu)", "pytorch fp32 eager (cpu)"
+
+
+@dataclass
+class Utterance:
+    samples: np.ndarray
+    text: str
+
+
+def demo_utterances() -> list[Utterance]:
+    """The demo conversation's turns with their reference texts (synthetic speech)."""
+    from edge_runtime.demo import demo_conversation, demo_script
+    from hbaf.features import load_audio
+
+    wav = demo_conversation()
+    audio = load_audio(wav)
+    out = []
+    for turn in demo_script(wav):
+        a = max(0, int((turn["start"] - PAD_S) * SAMPLE_RATE))
+        b = min(audio.size, int((turn["end"] + PAD_S) * SAMPLE_RATE))
+        out.append(Utterance(audio[a:b].copy(), turn["text"]))
+    return out
+
+
+def _stats(ms: list[float]) -> dict[str, float]:
+    a = np.asarray(ms, dtype=np.float64)
+    return {"p50_ms": float(np.percentile(a, 50)), "p90_ms": float(np.percentile(a, 90)), "mean_ms": float(a.mean()), "n": int(a.size)}
+
+
+def _timed(fn: Callable[[], Any]) -> tuple[Any, float]:
+    t0 = time.perf_counter()
+    out = fn()
+    return out, 1000 * (time.perf_counter() - t0)
+
+
+def _speedups(rows: dict[str, dict], key: str = "p50_ms") -> None:
+    """Each row's p50 speed-up against the PyTorch FP32 eager and the CTranslate2 rows."""
+    for name, ref in (("vs_torch", TORCH_ROW), ("vs_ct2", CT2_ROW)):
+        base = rows.get(ref, {}).get(key)
+        for row in rows.values():
+            if base and row.get(key):
+                row[name] = base / row[key]
+
+
+def _frames_parity(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
+    a64, b64 = a.astype(np.float64).ravel(), b.astype(np.float64).ravel()
+    cos = float(a64 @ b64 / (np.linalg.norm(a64) * np.linalg.norm(b64) + 1e-12))
+    return float(np.abs(a64 - b64).max()), cos
+
+
+def encoder_forms(graphs: Path | None, threads: int, whisper_model: Any) -> dict[str, Any]:
+    """Every encoder form that can run here: CTranslate2, PyTorch (CPU; CUDA FP16 where a GPU is),
+    ONNX Runtime FP32 and INT8 on the CPU (from ``graphs``)."""
+    import torch
+
+    from edge_runtime.recogniser import CT2Encoder, OnnxEncoder, TorchEncoder
+
+    forms: dict[str, Any] = {CT2_ROW: CT2Encoder(whisper_model), TORCH_ROW: TorchEncoder(device="cpu", threads=threads)}
+    if graphs is not None:
+        for precision in ("fp32", "int8-cpu"):
+            path = graphs / asr_graph_name("tiny.en", ASR_ENCODER, precision)
+            if path.is_file():
+                forms[f"onnxruntime {precision} (cpu)"] = OnnxEncoder(path, threads=threads, providers=["CPUExecutionProvider"])
+    if torch.cuda.is_available():
+        forms["pytorch fp16 (cuda)"] = TorchEncoder(device="cuda")
+    return forms
+
+
+def decoder_forms(graphs: Path | None, threads: int, whisper_model: Any) -> dict[str, Any]:
+    """Every decoder form that can run here (as ``encoder_forms``)."""
+    import torch
+
+    from edge_runtime.recogniser import CT2Decoder, open_decoder, onnx_decoder
+
+    forms: dict[str, Any] = {CT2_ROW: CT2Decoder(whisper_model),
+                             TORCH_ROW: open_decoder("torch", whisper_model=whisper_model, device="cpu", threads=threads)}
+    if graphs is not None:
+        for precision in ("fp32", "int8-cpu"):
+            path = graphs / asr_graph_name("tiny.en", ASR_DECODER_STEP, precision)
+            if path.is_file():
+                forms[f"onnxruntime {precision} (cpu)"] = onnx_decoder(path, threads=threads, providers=["CPUExecutionProvider"])
+    if torch.cuda.is_available():
+        forms["pytorch fp16 (cuda)"] = open_decoder("torch", whisper_model=whisper_model, device="cuda")
+    return forms
+
+
+def bench_encoders(forms: dict[str, Any], mels: list[np.ndarray], lengths: list[int], runs: int) -> dict[str, dict]:
+    """Per form: the 10 s window's encode time, and parity of the utterances' own frames."""
+    from hbaf.encoder import utterance_states
+
+    states: dict[str, list[np.ndarray]] = {}
+    rows: dict[str, dict] = {}
+    for name, enc in forms.items():
+        enc.encode(mels[0]).host_states()  # warm-up (first-call allocations)
+        times, outs = [], []
+        for _ in range(runs):
+            outs = []
+            for mel, n in zip(mels, lengths):
+                out, ms = _timed(lambda mel=mel: enc.encode(mel).host_states())
+                times.append(ms)
+                outs.append(utterance_states(out, n))
+        states[name] = outs
+        rows[name] = _stats(times)
+    for name, row in rows.items():
+        for ref_name, key in ((TORCH_ROW, "vs_torch"), (CT2_ROW, "vs_ct2")):
+            if ref_name in states and name != ref_name:
+                pairs = [_frames_parity(a, b) for a, b in zip(states[name], states[ref_name])]
+                row[f"max_abs_{key}"] = max(p[0] for p in pairs)
+                row[f"cosine_{key}"] = min(p[1] for p in pairs)
+    _speedups(rows)
+    return rows
+
+
+def bench_decoders(forms: dict[str, Any], encoded: list[Any], rules_for: Callable[[int], Any], runs: int) -> dict[str, dict]:
+    """Per form and beam: time per utterance and per generated token; tokens identical to CTranslate2's."""
+    out: dict[str, dict] = {}
+    tokens: dict[tuple[str, int], list[list[int]]] = {}
+    for name, dec in forms.items():
+        row: dict[str, Any] = {}
+        dec.generate(encoded[0], rules_for(1))  # warm-up
+        for beam in BEAMS:
+            rules = rules_for(beam)
+            times, toks, count = [], [], 0
+            for _ in range(runs):
+                toks = []
+                for enc in encoded:
+                    got, ms = _timed(lambda enc=enc: dec.generate(enc, rules))
+                    times.append(ms)
+                    toks.append(list(got.tokens))
+                    count += len(got.tokens) + 1  # + the end token the decoder also computed
+            tokens[(name, beam)] = toks
+            stats = _stats(times)
+            row[f"beam{beam}"] = {**stats, "per_token_ms": float(np.sum(times)) / max(count, 1)}
+        out[name] = row
+    for beam in BEAMS:
+        ref = tokens.get((CT2_ROW, beam))
+        sub = {name: out[name][f"beam{beam}"] for name in out}
+        _speedups(sub)
+        for name in out:
+            if ref is not None:
+                same = sum(a == b for a, b in zip(tokens[(name, beam)], ref))
+                out[name][f"beam{beam}"]["identical_to_ct2"] = f"{same}/{len(ref)}"
+    return out
+
+
+def bench_recognition(asrs: dict[str, Any], utts: list[Utterance], runs: int) -> dict[str, dict]:
+    """Per encoder/decoder pair: ``WhisperASR.transcribe`` per utterance, WER, identical transcripts."""
+    from edge_runtime.asr import corpus_wer
+
+    rows: dict[str, dict] = {}
+    texts: dict[str, list[str]] = {}
+    for name, asr in asrs.items():
+        asr.transcribe(utts[0].samples)  # warm-up
+        times, hyps = [], []
+        for _ in range(runs):
+            hyps = []
+            for u in utts:
+                res, ms = _timed(lambda u=u: asr.transcribe(u.samples))
+                times.append(ms)
+                hyps.append(res.text)
+        texts[name] = hyps
+        rows[name] = {**_stats(times), "wer": corpus_wer([(u.text, h) for u, h in zip(utts, hyps)])}
+    ref = texts.get(CT2_ROW)
+    for name, row in rows.items():
+        if ref is not None:
+            row["identical_to_ct2"] = f"{sum(a == b for a, b in zip(texts[name], ref))}/{len(ref)}"
+    _speedups(rows)
+    return rows
+
+
+def run_recogniser_bench(graphs: Path | None, *, threads: int = 2, runs: int = 1, beam: int = 5) -> dict[str, Any]:
+    """The three tables on the demo's utterances. ``graphs``: the folder ``hbaf-export asr`` wrote
+    (None: only the CTranslate2 and PyTorch rows)."""
+    from edge_runtime.asr import WhisperASR
+    from edge_runtime.recogniser import DecodeRules
+    from faster_whisper.transcribe import get_suppressed_tokens
+    from hbaf.encoder import WINDOW_S, load_whisper, window_mel
+    from hbaf.whisper import load_whisper_torch
+    import torch
+
+    t0 = time.perf_counter()
+    utts = demo_utterances()
+    whisper_model = load_whisper(cpu_threads=threads)
+    mels = [window_mel(u.samples, WINDOW_S, whisper_model.feature_extractor) for u in utts]
+    lengths = [u.samples.size for u in utts]
+    report: dict[str, Any] = {"utterances": len(utts), "speech": "synthetic (espeak-ng demo conversation)", "runs": runs,
+                              "threads": threads}
+    report["encoder"] = bench_encoders(encoder_forms(graphs, threads, whisper_model), mels, lengths, runs)
+
+    from edge_runtime.recogniser import Encoded
+    from edge_runtime.whisper_decode import SpecialTokens
+    from faster_whisper.tokenizer import Tokenizer
+
+    tok = Tokenizer(whisper_model.hf_tokenizer, False, task="transcribe", language=None)
+    prompt = tuple(tok.sot_sequence) + (tok.no_timestamps,)
+    suppress = tuple(get_suppressed_tokens(tok, [-1]))
+    cap = int(12 * WINDOW_S)
+
+    def rules_for(beam_size: int) -> DecodeRules:
+        return DecodeRules(prompt, len(prompt) + cap, suppress, SpecialTokens.of(tok), beam_size=beam_size)
+
+    whisper = load_whisper_torch()
+    with torch.inference_mode():
+        encoded = [Encoded(states=whisper.encoder(torch.from_numpy(m)[None])[0].numpy()) for m in mels]
+    report["decoder"] = bench_decoders(decoder_forms(graphs, threads, whisper_model), encoded, rules_for, runs)
+
+    pairs = {CT2_ROW: (None, None), TORCH_ROW: ("torch", "torch")}
+    if graphs is not None:
+        enc8 = graphs / asr_graph_name("tiny.en", ASR_ENCODER, "int8-cpu")
+        dec8 = graphs / asr_graph_name("tiny.en", ASR_DECODER_STEP, "int8-cpu")
+        if enc8.is_file() and dec8.is_file():
+            pairs["ct2 encoder + onnxruntime int8 decoder (cpu)"] = (None, str(dec8))
+            pairs["onnxruntime int8 encoder + ct2 decoder (cpu)"] = (str(enc8), None)
+            pairs["onnxruntime int8 (cpu)"] = (str(enc8), str(dec8))
+    asrs = {name: WhisperASR(device="cpu", cpu_threads=threads, beam_size=beam, encoder=e, decoder=d) for name, (e, d) in pairs.items()}
+    report["recognition"] = bench_recognition(asrs, utts, runs)
+    report["beam"] = beam
+    report["seconds"] = time.perf_counter() - t0
+    return report

@@ -149,7 +149,7 @@ class SeededSampler:
     """
 
     def __init__(self, temperature: float, seed: int | None) -> None:
-        self.scale = np.float32(1.0 / temperature)
+        self.scale = np.float32(1.0) / np.float32(temperature)  # float(1) / temperature, in float32
         self.rng = np.random.RandomState(seed)  # its integer seeding is MT19937's init_genrand
 
     def _uniform(self) -> float:

@@ -9,8 +9,16 @@
 # straight into it. Nobody needs to activate anything: scripts/test.sh and scripts/quickstart.sh
 # run the environment's python and commands directly.
 #
+# On a Jetson (JetPack 6.1/6.2: Ubuntu 22.04, Python 3.10, TensorRT 10.3, CUDA 12.6) it also installs
+# python3-dev (pycuda builds from source), libopenblas-dev (NVIDIA's torch wheel links it) and JetPack's
+# TensorRT bindings (python3-libnvinfer), keeps numpy below 2 (scripts/jetson-constraints.txt: NVIDIA's
+# torch wheels are built against numpy 1.x), builds pycuda (the jetson extra), and reuses the torch the
+# system has; it never puts PyPI's CPU-only aarch64 torch in its place (docs/JETSON.md says how to install
+# NVIDIA's). Where JetPack is looked for can be pointed elsewhere (HBAF_MACHINE, HBAF_TEGRA_RELEASE).
+#
 #   bash scripts/install.sh                  install; a second run only checks (a second or two)
 #   bash scripts/install.sh --print-python   print the python the packages go to; install nothing
+#   bash scripts/install.sh --print-plan     print what an install would do here; install nothing
 set -euo pipefail
 HERE=$PWD
 cd "$(dirname "$0")/.."
@@ -18,10 +26,12 @@ REPO=$(pwd -P)
 PY=${PYTHON:-python3}
 
 print_only=0
+plan_only=0
 case "${1:-}" in
   --print-python) print_only=1 ;;
+  --print-plan) plan_only=1 ;;
   "") ;;
-  *) echo "usage: bash scripts/install.sh [--print-python]" >&2; exit 2 ;;
+  *) echo "usage: bash scripts/install.sh [--print-python | --print-plan]" >&2; exit 2 ;;
 esac
 
 if ! command -v "$PY" >/dev/null 2>&1; then
@@ -46,7 +56,10 @@ fi
 SUDO=""
 if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
 jetson=0
-if [ "$(uname -m)" = aarch64 ] && [ -f /etc/nv_tegra_release ]; then jetson=1; fi
+MACHINE=${HBAF_MACHINE:-$(uname -m)}
+TEGRA_RELEASE=${HBAF_TEGRA_RELEASE:-/etc/nv_tegra_release}
+if [ "$MACHINE" = aarch64 ] && [ -f "$TEGRA_RELEASE" ]; then jetson=1; fi
+JETSON_CONSTRAINTS=$REPO/scripts/jetson-constraints.txt
 
 # ---------------------------------------------------------------- system packages (one apt step)
 need=()
@@ -72,6 +85,42 @@ if [ -n "$VENV" ] && ! "$TARGET" -c '' >/dev/null 2>&1; then
     need+=("python$("$PY" -c 'import sys; print("%d.%d" % sys.version_info[:2])')-venv")
   fi
 fi
+if [ "$jetson" = 1 ]; then
+  # pycuda builds from source against Python's headers; NVIDIA's torch wheel links OpenBLAS; JetPack's
+  # TensorRT Python bindings come from apt (NVIDIA's L4T repository, configured by JetPack)
+  if ! "$PY" -c 'import os, sys, sysconfig; sys.exit(not os.path.isfile(os.path.join(sysconfig.get_paths()["include"], "Python.h")))' >/dev/null 2>&1; then
+    need+=(python3-dev)
+  fi
+  for pkg in libopenblas-dev python3-libnvinfer; do
+    dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
+  done
+fi
+
+# torch: reused when importable (on a Jetson, NVIDIA's build in the system site-packages)
+torch_python=$TARGET
+if [ "$venv_missing" = 1 ]; then torch_python=$PY; fi
+torch_there=0
+if [ "$venv_missing" = 1 ] && [ "$jetson" = 0 ]; then
+  torch_there=0  # a new environment without the system site-packages: torch goes into it
+elif "$torch_python" -c 'import importlib.util, sys; sys.exit(importlib.util.find_spec("torch") is None)' >/dev/null 2>&1; then
+  torch_there=1
+fi
+JETSON_TORCH_MISSING="error: torch is not importable, and on a Jetson it must be NVIDIA's build (PyPI's aarch64 torch has no CUDA for this GPU and wants numpy 2): install libopenblas-dev, cuSPARSELt and NVIDIA's torch wheel for JetPack 6 as docs/JETSON.md shows, then run this again"
+
+if [ "$plan_only" = 1 ]; then
+  echo "python: $TARGET"
+  echo "jetson: $([ "$jetson" = 1 ] && echo "yes, Jetson Linux $(sed -n 's/^# R\([0-9]*\) (release), REVISION: \([0-9.]*\).*/R\1.\2/p' "$TEGRA_RELEASE")" || echo no)"
+  echo "system packages: ${need[*]:-none}"
+  if [ "$venv_missing" = 1 ]; then
+    echo "virtual environment: create $VENV$([ "$jetson" = 1 ] && echo " --system-site-packages")"
+  fi
+  if [ "$torch_there" = 1 ]; then echo "torch: reuse the installed one"
+  elif [ "$jetson" = 1 ]; then echo "torch: stop: ${JETSON_TORCH_MISSING#error: }"
+  else echo "torch: pip install torch==2.13.0"; fi
+  echo "pip: install -e .[dev$([ "$jetson" = 1 ] && echo ",jetson")]$([ "$jetson" = 1 ] && echo " with the constraints of $JETSON_CONSTRAINTS ($(grep -v '^#' "$JETSON_CONSTRAINTS" | paste -sd' ' -))")"
+  exit 0
+fi
+
 if [ ${#need[@]} -gt 0 ]; then
   echo "installing system packages: ${need[*]}"
   $SUDO apt-get update -qq
@@ -98,7 +147,17 @@ elif [ -z "$VENV" ]; then
 fi
 
 # torch first, and only if missing: on Jetson it comes from NVIDIA's wheels and must not be replaced.
+extras="dev"
+if [ "$jetson" = 1 ]; then
+  extras="dev,jetson"
+  export PIP_CONSTRAINT=$JETSON_CONSTRAINTS  # numpy < 2 for NVIDIA's torch; TensorRT < 11
+  export PATH=/usr/local/cuda/bin:$PATH  # nvcc, for pycuda's build
+fi
 if ! "$TARGET" -c 'import importlib.util, sys; sys.exit(importlib.util.find_spec("torch") is None)' >/dev/null 2>&1; then
+  if [ "$jetson" = 1 ]; then
+    echo "$JETSON_TORCH_MISSING" >&2
+    exit 2
+  fi
   "$TARGET" -m pip install -q "torch==2.13.0"
 fi
 
@@ -107,6 +166,7 @@ fi
 prefix=$("$TARGET" -c 'import sys; print(sys.prefix)')
 stamp=$prefix/hbaf-edge-install.sha256
 want="$(sha256sum pyproject.toml | cut -d' ' -f1) $REPO"
+if [ "$jetson" = 1 ]; then want="$want $(sha256sum "$JETSON_CONSTRAINTS" | cut -d' ' -f1)"; fi
 installed() {
   [ -f "$stamp" ] && [ "$(cat "$stamp" 2>/dev/null)" = "$want" ] || return 1
   "$TARGET" - "$REPO" >/dev/null 2>&1 <<'PYCHECK'
@@ -131,7 +191,7 @@ if installed; then
   echo "hbaf-edge is already installed from this checkout into $prefix (pyproject.toml unchanged); nothing to do"
 else
   rm -f "$stamp"
-  "$TARGET" -m pip install -q -e ".[dev]"
+  "$TARGET" -m pip install -q -e ".[$extras]"
   echo "$want" > "$stamp" 2>/dev/null || true
 fi
 

@@ -207,3 +207,45 @@ def test_full_install_from_the_index(setup):
     check = _run([str(setup["root"] / "full-venv" / "bin" / "python"), "-I", "-c",
                   "import torch, onnxruntime, faster_whisper, hbaf, edge_runtime; print(torch.__version__)"], env, cwd=setup["root"])
     assert check.returncode == 0, check.stderr
+
+
+JP62 = "# R36 (release), REVISION: 4.3, GCID: 38968081, BOARD: generic, EABI: aarch64, DATE: Wed Jan  8 01:49:37 UTC 2025\n"
+
+
+def _plan(tmp_path: Path, **env: str) -> subprocess.CompletedProcess:
+    base = {k: v for k, v in os.environ.items() if k not in ("PYTHON", "PYTHONPATH", "VIRTUAL_ENV", "HBAF_NO_VENV")}
+    return _run(["bash", "scripts/install.sh", "--print-plan"], {**base, "HBAF_VENV": str(tmp_path / "venv"), **env}, timeout=60)
+
+
+def test_plan_on_a_jetson(tmp_path):
+    """JetPack 6.2 given as its release file: the venv sees the system site-packages (JetPack's tensorrt, NVIDIA's
+    torch), numpy stays below 2 and TensorRT below 11, pycuda comes with the jetson extra, and a missing torch stops
+    the install instead of pulling PyPI's CPU-only aarch64 wheel. Nothing is installed."""
+    release = tmp_path / "nv_tegra_release"
+    release.write_text(JP62)
+    plan = _plan(tmp_path, HBAF_MACHINE="aarch64", HBAF_TEGRA_RELEASE=str(release), PYTHON=str(SYSTEM_PY))
+    assert plan.returncode == 0, plan.stderr
+    lines = dict(line.split(": ", 1) for line in plan.stdout.splitlines())
+    assert lines["jetson"] == "yes, Jetson Linux R36.4.3"
+    assert lines["virtual environment"] == f"create {tmp_path / 'venv'} --system-site-packages"
+    assert lines["pip"] == f"install -e .[dev,jetson] with the constraints of {REPO}/scripts/jetson-constraints.txt (numpy>=1.24,<2 tensorrt<11)"
+    wanted = {"libopenblas-dev", "python3-libnvinfer"}  # unless this machine has them already
+    have = {pkg for pkg in wanted if subprocess.run(["dpkg", "-s", pkg], capture_output=True).returncode == 0}
+    assert wanted - have <= set(lines["system packages"].split())
+    system_torch = subprocess.run([str(SYSTEM_PY), "-c", "import torch"], capture_output=True).returncode == 0
+    if system_torch:
+        assert lines["torch"] == "reuse the installed one"
+    else:
+        assert lines["torch"].startswith("stop: torch is not importable, and on a Jetson it must be NVIDIA's build")
+        assert "docs/JETSON.md" in lines["torch"]
+    assert not (tmp_path / "venv").exists()
+
+
+def test_plan_off_a_jetson(tmp_path):
+    plan = _plan(tmp_path, HBAF_MACHINE="x86_64", HBAF_TEGRA_RELEASE=str(tmp_path / "absent"), PYTHON=str(SYSTEM_PY))
+    lines = dict(line.split(": ", 1) for line in plan.stdout.splitlines())
+    assert plan.returncode == 0 and lines["jetson"] == "no" and lines["pip"] == "install -e .[dev]"
+    assert lines["virtual environment"] == f"create {tmp_path / 'venv'}"
+    assert lines["torch"] == "pip install torch==2.13.0"
+    aarch64_no_jetpack = _plan(tmp_path, HBAF_MACHINE="aarch64", HBAF_TEGRA_RELEASE=str(tmp_path / "absent"), PYTHON=str(SYSTEM_PY))
+    assert "jetson: no" in aarch64_no_jetpack.stdout  # an ARM server is not a Jetson

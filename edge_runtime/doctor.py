@@ -117,6 +117,11 @@ def _version(text: str | None) -> tuple[int, ...]:
     return tuple(out)
 
 
+def _pip(f: Facts, what: str) -> str:
+    """The pip command for this environment's Python."""
+    return f"{f.executable or 'python3'} -m pip install {what}"
+
+
 def _jetson_torch_fix() -> str:
     return (f"on JetPack 6: sudo apt-get install -y libopenblas-dev, install cuSPARSELt, then NVIDIA's torch wheel for JetPack 6 "
             f"into the venv (the commands are in {JETSON_GUIDE}, 'torch')")
@@ -153,13 +158,13 @@ def check_venv(f: Facts) -> Check:
 def check_numpy(f: Facts) -> Check:
     pin = NUMPY_FOR_JETSON if f.on_jetson else '"numpy>=1.24"'
     if f.numpy is None:
-        return Check("numpy", MISSING, "not installed", f"pip install {pin}", ALL)
+        return Check("numpy", MISSING, "not installed", _pip(f, pin), ALL)
     if f.torch_numpy_error:
         return Check("numpy", WRONG, f"{f.numpy} does not work with torch {f.torch}, which was built against numpy 1.x "
-                     f"(torch.from_numpy: {f.torch_numpy_error})", f'pip install {NUMPY_FOR_JETSON}', ALL)
+                     f"(torch.from_numpy: {f.torch_numpy_error})", _pip(f, NUMPY_FOR_JETSON), ALL)
     if f.on_jetson and _version(f.numpy)[:1] >= (2,) and f.torch and "nv" in f.torch.split("+")[-1]:
         return Check("numpy", WRONG, f"{f.numpy} with NVIDIA's Jetson torch {f.torch} (built against numpy 1.x)",
-                     f"pip install {NUMPY_FOR_JETSON}", ALL)
+                     _pip(f, NUMPY_FOR_JETSON), ALL)
     return Check("numpy", OK, f.numpy + (f" (works with torch {f.torch})" if f.torch else ""), needed_for=ALL)
 
 
@@ -189,15 +194,15 @@ def check_tensorrt(f: Facts) -> Check:
     if f.tensorrt is None:
         why = f" ({f.tensorrt_error})" if f.tensorrt_error and "No module named" not in f.tensorrt_error else ""
         fix = ("sudo apt-get install -y python3-libnvinfer python3-libnvinfer-dev (JetPack's TensorRT 10.3), with a venv that "
-               "sees the system site-packages" if f.on_jetson else "pip install 'tensorrt>=10.3,<11' (x86 with an NVIDIA GPU)")
+               "sees the system site-packages" if f.on_jetson else _pip(f, "'tensorrt>=10.3,<11'") + " (x86 with an NVIDIA GPU)")
         return Check("tensorrt", MISSING, f"not installed{why}", fix, frozenset({TENSORRT}))
     major = _version(f.tensorrt)[:1]
     if major >= (11,):
         return Check("tensorrt", WRONG, f"{f.tensorrt}: TensorRT 11 removes the FP16/INT8 builder flags the engine builder uses",
-                     "pip install 'tensorrt>=10.3,<11' (JetPack 6.1/6.2 ship 10.3)", frozenset({TENSORRT}))
+                     _pip(f, "'tensorrt>=10.3,<11'") + " (JetPack 6.1/6.2 ship 10.3)", frozenset({TENSORRT}))
     if major < (10,):
         return Check("tensorrt", WRONG, f"{f.tensorrt}: strongly typed INT8 (explicit Q/DQ) engines need TensorRT 10",
-                     "upgrade to JetPack 6.1/6.2 (TensorRT 10.3); on x86 pip install 'tensorrt>=10.3,<11'", frozenset({TENSORRT}))
+                     "upgrade to JetPack 6.1/6.2 (TensorRT 10.3); on x86 " + _pip(f, "'tensorrt>=10.3,<11'"), frozenset({TENSORRT}))
     return Check("tensorrt", OK, f.tensorrt, needed_for=frozenset({TENSORRT}))
 
 
@@ -206,15 +211,15 @@ def check_gpu_buffers(f: Facts) -> Check:
         return Check("cuda buffers", OK, f"pycuda {f.pycuda}", needed_for=frozenset({TENSORRT}))
     if f.torch_cuda_available:
         return Check("cuda buffers", OK, "torch CUDA tensors (pycuda is not installed)", needed_for=frozenset({TENSORRT}))
-    fix = ("sudo apt-get install -y python3-dev && export PATH=/usr/local/cuda/bin:$PATH && .venv/bin/pip install pycuda"
-           if f.on_jetson else "pip install pycuda (needs the CUDA toolkit's nvcc on PATH)")
+    fix = ("sudo apt-get install -y python3-dev && export PATH=/usr/local/cuda/bin:$PATH && " + _pip(f, "pycuda")
+           if f.on_jetson else _pip(f, "pycuda") + " (needs the CUDA toolkit's nvcc on PATH)")
     return Check("cuda buffers", MISSING, "neither pycuda nor a CUDA build of torch: TensorRT engines need one for their GPU buffers",
                  fix, frozenset({TENSORRT}))
 
 
 def check_onnxruntime(f: Facts) -> Check:
     if f.onnxruntime is None:
-        return Check("onnxruntime", MISSING, "not installed; the default model runs on it", "pip install 'onnxruntime>=1.17'", frozenset({CPU}))
+        return Check("onnxruntime", MISSING, "not installed; the default model runs on it", _pip(f, "'onnxruntime>=1.17'"), frozenset({CPU}))
     return Check("onnxruntime", OK, f"{f.onnxruntime}, providers {', '.join(f.onnxruntime_providers) or 'none'}", needed_for=frozenset({CPU}))
 
 
@@ -222,7 +227,7 @@ def check_torch_tensorrt(f: Facts) -> Check:
     if f.torch_tensorrt:
         return Check("torch-tensorrt", OK, f.torch_tensorrt, needed_for=frozenset({TORCH_TRT}))
     fix = (f"on JetPack, torch-tensorrt is built from source against NVIDIA's torch ({JETSON_GUIDE}); or use the tensorrt path "
-           "(hbaf-export engine)" if f.on_jetson else "pip install .[jetson] (x86 with an NVIDIA GPU)")
+           "(hbaf-export engine)" if f.on_jetson else _pip(f, "-e '.[jetson]'") + " (x86 with an NVIDIA GPU)")
     return Check("torch-tensorrt", MISSING, "not installed", fix, frozenset({TORCH_TRT}))
 
 

@@ -85,7 +85,7 @@ def test_numpy_2_under_nvidias_torch_is_wrong_with_the_pin():
     facts = orin_nano(numpy="2.1.3", torch_numpy_error="Numpy is not available")
     c = line(facts, "numpy")
     assert c.status == WRONG and "torch.from_numpy: Numpy is not available" in c.detail
-    assert c.fix == 'pip install "numpy>=1.24,<2"'
+    assert c.fix == '/home/me/hbaf-edge/.venv/bin/python -m pip install "numpy>=1.24,<2"'
     assert exit_code(run_checks(facts), CPU) == 1 and exit_code(run_checks(facts), TENSORRT) == 1
     silent = line(orin_nano(numpy="2.0.2"), "numpy")  # no probe error seen, still the NVIDIA build
     assert silent.status == WRONG and "numpy>=1.24,<2" in silent.fix
@@ -99,7 +99,7 @@ def test_tensorrt_versions():
     missing = line(orin_nano(tensorrt=None, tensorrt_error="No module named 'tensorrt'"), "tensorrt")
     assert missing.status == MISSING and missing.detail == "not installed"
     assert missing.fix.startswith("sudo apt-get install -y python3-libnvinfer python3-libnvinfer-dev")
-    assert line(x86(), "tensorrt").fix == "pip install 'tensorrt>=10.3,<11' (x86 with an NVIDIA GPU)"
+    assert line(x86(), "tensorrt").fix == "/srv/hbaf-edge/.venv/bin/python -m pip install 'tensorrt>=10.3,<11' (x86 with an NVIDIA GPU)"
     # TensorRT is not needed for the cpu path: an x86 box without it passes that path and fails the tensorrt one
     assert exit_code(run_checks(x86()), CPU) == 0 and exit_code(run_checks(x86()), TENSORRT) == 1
 
@@ -134,7 +134,8 @@ def test_torch_paths_on_a_jetson():
 def test_gpu_buffers_fall_back_to_torch():
     assert line(orin_nano(pycuda=None), "cuda buffers").status == OK
     c = line(orin_nano(pycuda=None, torch_cuda=None, torch_cuda_available=False), "cuda buffers")
-    assert c.status == MISSING and c.fix.startswith("sudo apt-get install -y python3-dev && export PATH=/usr/local/cuda/bin:$PATH")
+    assert c.status == MISSING and c.fix == ("sudo apt-get install -y python3-dev && export PATH=/usr/local/cuda/bin:$PATH && "
+                                             "/home/me/hbaf-edge/.venv/bin/python -m pip install pycuda")
 
 
 def test_models_and_audio():

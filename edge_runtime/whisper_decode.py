@@ -165,9 +165,13 @@ class SeededSampler:
 
 
 def top_k(scores: np.ndarray, k: int) -> np.ndarray:
-    """Indices of the ``k`` highest ``scores`` (1-d), best first (ties: lower index first)."""
-    part = np.argpartition(-scores, k)[:k]
-    return part[np.lexsort((part, -scores[part]))]
+    """Flat indices of the ``k`` highest ``scores`` [rows, vocab], best first (ties: lower index
+    first). The k-th best of the first row bounds the answer from below, so only the scores at
+    or above it are sorted (a handful, not rows x vocab)."""
+    bound = np.partition(scores[0], -k)[-k]
+    flat = scores.reshape(-1)
+    above = np.flatnonzero(flat >= bound)
+    return above[np.lexsort((above, -flat[above]))[:k]]
 
 
 def _normalised(total: np.float32, length: int) -> float:
@@ -226,7 +230,7 @@ def _beam(search: _Search, start: int, cross: Any, cache: Any, beam_size: int,
         scores = search.log_probs(logits, i) + totals[:, None]
         vocab = scores.shape[1]
         flat = scores.reshape(-1)
-        best = top_k(flat, candidates)
+        best = top_k(scores, candidates)
         origin, word = best // vocab, best % vocab
         final = i == search.steps - 1
         keep, spare = [], beam_size

@@ -181,6 +181,11 @@ def _normalised(total: np.float32, length: int) -> float:
     return float(np.float32(total) / np.float32(length))
 
 
+def _finished_wanted(beam_size: int, patience: float) -> int:
+    """Finished hypotheses a beam search collects before it stops: round(beam_size x patience)."""
+    return math.floor(beam_size * patience + 0.5)  # std::round: halves away from zero
+
+
 # ----------------------------------------------------------------------------- the searches
 
 
@@ -219,7 +224,7 @@ def _greedy(search: _Search, start: int, cross: Any, cache: Any, sampler: Seeded
 def _beam(search: _Search, start: int, cross: Any, cache: Any, beam_size: int,
           patience: float) -> tuple[list[int], float, int]:
     """Beam search from ``start``: (tokens of the best finished hypothesis, its score, decoder steps)."""
-    wanted = max(1, math.floor(beam_size * patience + 0.5))  # finished hypotheses before stopping
+    wanted = _finished_wanted(beam_size, patience)
     candidates = 2 * beam_size
     finished: list[tuple[float, list[int]]] = []
     seqs: list[list[int]] = [[]]  # one row on the first step
@@ -283,6 +288,8 @@ def generate(step: DecoderStep, states: np.ndarray, prompt: Sequence[int], speci
     if beam_size < 1 or patience <= 0 or max_length < 1 or temperature < 0:
         raise HBAFError(f"bad decoding options (beam_size {beam_size}, patience {patience}, max_length {max_length}, "
                         f"temperature {temperature}); use beam_size >= 1, patience > 0, max_length >= 1, temperature >= 0")
+    if temperature == 0 and _finished_wanted(beam_size, patience) < 1:
+        raise HBAFError(f"beam_size {beam_size} x patience {patience} rounds to no hypothesis; use a patience of at least {0.5 / beam_size:g}")
     if temperature > 0 and beam_size != 1:
         raise HBAFError(f"sampling at temperature {temperature} decodes with beam_size 1, not {beam_size}")
     if any(int(t) < 0 for t in suppress_tokens):

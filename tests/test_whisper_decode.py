@@ -118,6 +118,7 @@ def test_seeded_sampling_draws_what_a_fresh_ctranslate2_draws(opts, encoded, ste
 @pytest.mark.parametrize("change, words", [
     ({"beam_size": 0}, "beam_size >= 1"),
     ({"patience": 0.0}, "patience > 0"),
+    ({"beam_size": 2, "patience": 0.2}, "rounds to no hypothesis"),
     ({"temperature": 0.5, "beam_size": 5}, "beam_size 1"),
     ({"max_length": 1}, "counts the prompt"),
     ({"suppress_tokens": [-1]}, "get_suppressed_tokens"),

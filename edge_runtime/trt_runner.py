@@ -354,6 +354,7 @@ class _State:
 
     def __init__(self) -> None:
         self.buffers: Any = None
+        self.logger: Any = None  # outlives the runtime that reports through it
         self.runtime: Any = None
         self.engine: Any = None
         self.context: Any = None
@@ -367,6 +368,7 @@ def _release(state: _State) -> None:
         state.context = None  # the execution context before the engine, the engine before the runtime
         state.engine = None
         state.runtime = None
+        state.logger = None
     finally:
         if buffers is not None:
             buffers.exit()
@@ -415,8 +417,8 @@ class EngineRunner:
         state.buffers = make_buffers(self.device)
         state.buffers.enter()
         try:
-            self._logger = trt.Logger(trt.Logger.WARNING)
-            state.runtime = trt.Runtime(self._logger)
+            state.logger = trt.Logger(trt.Logger.WARNING)
+            state.runtime = trt.Runtime(state.logger)
             state.engine = state.runtime.deserialize_cuda_engine(engine_bytes)
             if state.engine is None:
                 raise HBAFError(f"TensorRT could not deserialize {self.path}: truncated or foreign engine; rebuild with `{self.rebuild}`")
@@ -441,7 +443,13 @@ class EngineRunner:
                             "with shapes computed inside it")
         self.input_names = tuple(n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT)
         self.output_names = tuple(n for n in names if n not in self.input_names)
-        self.dtypes = {n: np.dtype(trt.nptype(engine.get_tensor_dtype(n))) for n in names}
+        self.dtypes = {}
+        for n in names:
+            try:
+                self.dtypes[n] = np.dtype(trt.nptype(engine.get_tensor_dtype(n)))
+            except TypeError:  # e.g. bfloat16 or FP8 I/O, which numpy has no type for
+                raise HBAFError(f"{self.path.name}: tensor '{n}' is {engine.get_tensor_dtype(n)}, which has no numpy type; "
+                                "export the graph with float32/float16/int32/int64 inputs and outputs") from None
         recorded = self.sidecar.input_shapes()
         unknown = [n for n in self.input_names if n not in recorded.shapes]
         if unknown:

@@ -1162,6 +1162,21 @@ def test_runner_runs_a_graph_with_its_own_names(tmp_path):
     runner.close()
     assert runner.closed
 
+    # a load that fails after the GPU buffers exist frees them: ten such loads leave the free memory where it was
+    import torch
+
+    side = sidecar_path(engine_path)
+    data = json.loads(side.read_text())
+    data["shapes"] = {"x" if k == "mel" else k: v for k, v in data["shapes"].items()}
+    side.write_text(json.dumps(data))
+    torch.cuda.synchronize()
+    free_before = torch.cuda.mem_get_info()[0]
+    for _ in range(10):
+        with pytest.raises(HBAFError, match=r"has inputs \['mel'\] its sidecar does not describe"):
+            EngineRunner(engine_path, graph="encoder")
+    torch.cuda.synchronize()
+    assert free_before - torch.cuda.mem_get_info()[0] < 64 << 20
+
 
 @pytest.mark.gpu
 @needs_trt_gpu

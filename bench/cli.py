@@ -165,7 +165,8 @@ BUILTIN_INT8_NUM = 64  # calibration utterances when the packaged INT8 model is 
 
 
 def _no_model_no_data(args: argparse.Namespace) -> bool:
-    return not any((args.checkpoint, args.onnx, args.int8, args.engine, args.teacher, args.manifest, args.corpus, args.e2e))
+    return not any((args.checkpoint, args.onnx, args.int8, args.engine, args.teacher, args.manifest, args.corpus, args.e2e,
+                    args.asr_graphs))
 
 
 def _fresh_export(checkpoint: Path, onnx: Path) -> bool:

@@ -177,7 +177,7 @@ class WhisperASR:
         trained on it (same Whisper model, fixed 10 s window, no padding): then one encoder pass
         serves both."""
         if kind not in self._states_of:  # asked per utterance: resolve the model name once
-            graph_model = getattr(self.audio_encoder, "model", None)  # an encoder graph's own Whisper model
+            graph_model = getattr(self.audio_encoder, "whisper_name", None)  # an encoder graph's own Whisper model
             self._states_of[kind] = (computes_kind(self.model_path, kind) and self.encoder_window_s == WINDOW_S
                                      and self.window_bucket_s is None and self.pad_s == 0
                                      and graph_model in (None, ENCODER_MODELS.get(kind)))

@@ -181,7 +181,7 @@ class OnnxEncoder:
         self.info = read_asr_graph(self.path, ASR_ENCODER)
         self.session = ort_session(self.path, threads=threads, providers=providers)
         self.name = f"onnx-{self.info.precision}"
-        self.window_s, self.model = self.info.window_s, self.info.model
+        self.window_s, self.whisper_name = self.info.window_s, self.info.model
 
     def encode(self, mel: np.ndarray) -> Encoded:
         frames = int(round(self.info.window_s * 100))

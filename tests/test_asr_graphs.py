@@ -118,3 +118,46 @@ def test_export_cli_refuses_an_unknown_precision(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "export.cli", "asr", "--out", str(tmp_path), "--precision", "int4"],
                           capture_output=True, text=True)
     assert_one_line_error(proc, "int4", "fp32")
+
+
+def test_the_recogniser_runs_on_our_graphs_and_shares_the_encoder_pass(graphs, speech):
+    from edge_runtime.asr import WhisperASR, word_error_rate
+    from hbaf.contract import FEATURE_KIND
+
+    ref_text = "I feel bad that I caused all this trouble."
+    today = WhisperASR(device="cpu", cpu_threads=2, beam_size=5)
+    ours = WhisperASR(device="cpu", cpu_threads=2, beam_size=5,
+                      encoder=str(graphs / asr_graph_name("tiny.en", ASR_ENCODER, "fp32")),
+                      decoder=str(graphs / asr_graph_name("tiny.en", ASR_DECODER_STEP, "int8-cpu")))
+    assert (ours.audio_encoder.name, ours.text_decoder.name) == ("onnx-fp32", "onnx-int8-cpu")
+    assert ours.states_of(FEATURE_KIND)
+    a, b = today.transcribe(speech, states=FEATURE_KIND), ours.transcribe(speech, states=FEATURE_KIND)
+    assert word_error_rate(ref_text, b.text) <= word_error_rate(ref_text, a.text) + 0.15, (a.text, b.text)
+    assert a.states.shape == b.states.shape
+    cos = float((a.states * b.states).sum() / np.linalg.norm(a.states) / np.linalg.norm(b.states))
+    assert cos > 0.99  # CTranslate2 int8 vs our FP32 graph: the same states up to int8 rounding
+
+
+def test_decoder_graphs_are_found_as_a_pair_and_refused_when_wrong(graphs, tmp_path):
+    import shutil
+
+    from edge_runtime.recogniser import decoder_pair, onnx_decoder
+
+    step = graphs / asr_graph_name("tiny.en", ASR_DECODER_STEP, "fp32")
+    first, found_step, info = decoder_pair(graphs / asr_graph_name("tiny.en", "decoder-first", "fp32"))
+    assert found_step == step and first.name.endswith("decoder-first.fp32.onnx") and info.precision == "fp32"
+    with pytest.raises(HBAFError, match="encoder graph, not its decoder"):
+        onnx_decoder(graphs / asr_graph_name("tiny.en", ASR_ENCODER, "fp32"))
+    lonely = tmp_path / step.name
+    shutil.copy(step, lonely)
+    with pytest.raises(HBAFError, match="decoder-first graph .* is not beside"):
+        onnx_decoder(lonely)
+
+
+def test_run_refuses_a_decoder_given_as_the_encoder_in_one_line(graphs, tmp_path):
+    wav = tmp_path / "x.wav"
+    subprocess.run(["espeak-ng", "-w", str(wav), "hello there"], check=True, capture_output=True)
+    proc = subprocess.run([sys.executable, "-m", "edge_runtime.cli", "run", "--source", str(wav), "--format", "none",
+                           "--asr-encoder", str(graphs / asr_graph_name("tiny.en", ASR_DECODER_STEP, "fp32"))],
+                          capture_output=True, text=True)
+    assert_one_line_error(proc, "decoder-step graph, not its encoder", "hbaf-export asr")

@@ -162,9 +162,6 @@ def check_numpy(f: Facts) -> Check:
     if f.torch_numpy_error:
         return Check("numpy", WRONG, f"{f.numpy} does not work with torch {f.torch}, which was built against numpy 1.x "
                      f"(torch.from_numpy: {f.torch_numpy_error})", _pip(f, NUMPY_FOR_JETSON), ALL)
-    if f.on_jetson and _version(f.numpy)[:1] >= (2,) and f.torch and "nv" in f.torch.split("+")[-1]:
-        return Check("numpy", WRONG, f"{f.numpy} with NVIDIA's Jetson torch {f.torch} (built against numpy 1.x)",
-                     _pip(f, NUMPY_FOR_JETSON), ALL)
     return Check("numpy", OK, f.numpy + (f" (works with torch {f.torch})" if f.torch else ""), needed_for=ALL)
 
 

@@ -359,9 +359,12 @@ def cmd_asr(args) -> int:
 def cmd_torch_trt(args) -> int:
     from edge_runtime.backends import TorchBackend
     from export.torch_trt import (
+        auto_dims_available,
         calibration_batches,
+        check_torch_for_profile,
         compile_student,
         import_torch_tensorrt,
+        torch_version,
     )
 
     if args.precision == "int8" and not args.manifest:
@@ -369,6 +372,7 @@ def cmd_torch_trt(args) -> int:
     import_torch_tensorrt()  # before anything slow: it is the usual reason this cannot run
     backend = TorchBackend(args.checkpoint)
     profiles = Profiles.for_spec(backend.spec, args.min, args.opt, args.max)
+    check_torch_for_profile(profiles, torch_version(), auto_dims_available())  # before the calibration
     calib = None
     if args.precision == "int8":
         calib = calibration_batches(backend, args.manifest, num=args.num, batch=profiles.max.batch, seed=args.seed)

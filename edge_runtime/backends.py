@@ -133,13 +133,26 @@ class Backend:
         """Run ``runs`` throw-away inferences; record and return the first one's seconds (cold start)."""
         feeds = self.dummy_feeds()
         t0 = time.perf_counter()
-        self.run(feeds)
+        out = self.run(feeds)
         first = time.perf_counter() - t0
+        self.check_output_sizes(out)
         for _ in range(max(0, runs - 1)):
             self.run(feeds)
         if self.first_inference_seconds is None:
             self.first_inference_seconds = first
         return first
+
+    def check_output_sizes(self, out: dict[str, np.ndarray]) -> None:
+        """The outputs must have the sizes the model's metadata promises (one probability per label,
+        D-wide embeddings, two gates): else labels would be given to the wrong classes, or the first
+        utterance would fail. A one-line error at load instead."""
+        want = {"probs": (self.spec.num_classes, f"{self.spec.num_classes} labels"),
+                "utt_emb": (self.memory_dim, f"D={self.memory_dim}"), "gate": (2, "2 gates")}
+        for name, (size, meaning) in want.items():
+            got = int(np.shape(out[name])[-1]) if np.ndim(out[name]) else 0
+            if got != size:
+                raise HBAFError(f"{self.path}: its {name} output has {got} values but its metadata says {meaning}; "
+                                "the metadata does not match the model: export it again from its checkpoint")
 
     def describe(self) -> str:
         return f"{self.name} {self.precision} {self.path} ({len(self.labels)} classes, context {self.context_size})"

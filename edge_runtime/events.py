@@ -16,16 +16,20 @@ import errno
 import json
 import logging
 import os
+import stat
 import sys
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, Sequence, TextIO
 
 from hbaf.errors import HBAFError
 
 log = logging.getLogger(__name__)
 
 STDOUT_FORMATS = ("text", "json", "none")
+HEAD_BYTES = 65536  # how much of an existing --output is read to check that it holds JSON lines
+FIFO_WAIT_S = 10.0  # how long --output waits for a reader to open its FIFO
 
 
 @dataclass
@@ -89,12 +93,103 @@ def format_clock(seconds: float) -> str:
     return f"{hours}:{clock}" if hours else clock
 
 
+def check_output_path(path: Path, protect: Sequence[tuple[str, str | Path]] = ()) -> None:
+    """Refuse an ``--output`` that is one of the run's own inputs: ``protect`` holds (what, path)
+    pairs (the model, the source, the recogniser; a folder protects the files in it) and the
+    packaged assets are always protected. Appending events there would destroy it."""
+    from hbaf.io import ASSETS_DIR
+
+    try:
+        target = path.resolve()
+    except (OSError, RuntimeError):
+        return
+    exists = target.exists()
+    for what, other in [*protect, ("the packaged models of hbaf-edge", ASSETS_DIR)]:
+        try:
+            other = Path(other).expanduser().resolve()
+        except (OSError, RuntimeError):
+            continue
+        # a pipe, FIFO or device cannot be destroyed by appending to it: only files and folders count
+        same = exists and target.is_file() and other.exists() and os.path.samefile(target, other)
+        inside = other.is_dir() and (exists or other == ASSETS_DIR) and other in target.parents
+        if same or inside:
+            where = what if same else f"inside {what} ({other})"
+            raise HBAFError(f"--output {path} is {where}; appending events would destroy it: pass a new file name such as events.jsonl")
+
+
+_MAGIC = (
+    (b"RIFF", "a WAV audio file"), (b"fLaC", "a FLAC audio file"), (b"OggS", "an Ogg audio file"), (b"ID3", "an MP3 audio file"),
+    (b"\xff\xfb", "an MP3 audio file"), (b"\xff\xf3", "an MP3 audio file"), (b"PK\x03\x04", "a zip archive"),
+    (b"\x80\x04", "a Python pickle"), (b"\x7fELF", "a program"), (b"\x08", "binary data (an ONNX model?)"),
+)
+
+
+def describe_non_jsonl(head: bytes) -> str | None:
+    """None when ``head`` (the start of a file) reads as JSON lines, else what it looks like.
+
+    JSON lines: UTF-8 text whose first non-blank line starts with ``{`` and in which at least
+    one whole line parses as a JSON object (a first line cut short by a crash is tolerated)."""
+    for magic, what in _MAGIC:
+        if head.startswith(magic):
+            return what
+    if b"\x00" in head:
+        return "binary data"
+    if len(head) == HEAD_BYTES:  # only the first part of a long file: leave out its last, partial line
+        head = head[: head.rfind(b"\n") + 1]
+    try:
+        text = head.decode("utf-8")
+    except UnicodeDecodeError:
+        return "binary data"
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    if not lines:
+        return None  # blank lines only
+    if not lines[0].startswith("{"):
+        return "a text file" if all(ch.isprintable() or ch.isspace() for ch in text) else "binary data"
+    if len(lines) == 1:
+        return None  # one line, perhaps the first event of a run cut short
+    for ln in lines[:50]:
+        try:
+            if isinstance(json.loads(ln), dict):
+                return None
+        except ValueError:
+            continue
+    return "a JSON document or text that is not JSON lines"
+
+
+def _open_fifo(path: Path, stderr: TextIO) -> int:
+    """Open a FIFO for writing without hanging: wait up to ``FIFO_WAIT_S`` for a reader (saying so
+    once on stderr), then fail in one line."""
+    said = False
+    t0 = time.monotonic()
+    while True:
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_NONBLOCK)
+        except OSError as err:
+            if err.errno != errno.ENXIO:  # ENXIO: nobody reads it yet
+                raise HBAFError(f"cannot write events to FIFO {path} ({err.strerror or err}); pass another --output") from err
+        else:
+            os.set_blocking(fd, True)  # a slow reader slows the writer down, it does not lose lines
+            return fd
+        if time.monotonic() - t0 >= FIFO_WAIT_S:
+            raise HBAFError(f"no process reads the FIFO {path} (waited {FIFO_WAIT_S:.0f} s); start its reader first "
+                            f"(e.g. `cat {path} &`) or pass a regular file as --output")
+        if not said:
+            said = True
+            try:
+                stderr.write(f"hbaf-edge: waiting up to {FIFO_WAIT_S:.0f} s for a reader of the FIFO {path}\n")
+                stderr.flush()
+            except (OSError, ValueError):
+                pass
+        time.sleep(0.05)
+
+
 @dataclass
 class WriterStats:
     events: int = 0
     jsonl_lines_written: int = 0
     jsonl_lines_lost: int = 0
     stdout_lost: bool = False
+    cut_line_found: bool = False  # the events file ended inside a line (an earlier run cut short)
     errors: list[str] = field(default_factory=list)
 
 
@@ -104,7 +199,11 @@ class EventWriter:
 
     Opening a path that cannot be written (missing folder, read-only folder or file
     system, a folder in the way) raises a one-line HBAFError at construction, before
-    any model is loaded.
+    any model is loaded; so does a path that is one of the run's inputs (``protect``: the
+    model, the source, ...; ``check_output_path``) or an existing file that is not JSON lines.
+    A file whose last line has no newline gets the first new line on a line of its own
+    (``stats.cut_line_found``). A FIFO is waited for until a reader opens it (at most
+    ``FIFO_WAIT_S``); pipes, FIFOs and devices are written without ``fsync``, which they refuse.
     """
 
     def __init__(
@@ -114,6 +213,7 @@ class EventWriter:
         stdout: TextIO | None = None,
         stdout_format: str = "text",
         stderr: TextIO | None = None,
+        protect: Sequence[tuple[str, str | Path]] = (),
     ) -> None:
         if stdout_format not in STDOUT_FORMATS:
             raise HBAFError(f"unknown stdout format '{stdout_format}'; use one of {', '.join(STDOUT_FORMATS)}")
@@ -126,15 +226,34 @@ class EventWriter:
         self._first_error: OSError | None = None
         self._torn = False  # a partial line could not be removed
         self._fd: int | None = None
+        self._regular = False  # fsync only where it means something (not on a pipe, FIFO or device)
+        self._fresh_line = False  # the file ended inside a line: the next write starts with a newline
         if self.path is not None:
-            self._fd = self._open(self.path)
+            check_output_path(self.path, protect)
+            self._fd = self._open(self.path, self.stderr)
+            try:
+                st = os.fstat(self._fd)
+            except OSError:
+                st = None
+            self._regular = st is not None and stat.S_ISREG(st.st_mode)
+            if self._regular and st is not None and st.st_size > 0:
+                self._check_content(st.st_size)
 
     @staticmethod
-    def _open(path: Path) -> int:
+    def _open(path: Path, stderr: TextIO) -> int:
+        try:
+            mode = os.stat(path).st_mode
+        except OSError:
+            mode = 0
+        if stat.S_ISFIFO(mode):
+            return _open_fifo(path, stderr)
         try:
             return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
         except FileNotFoundError as err:
-            raise HBAFError(f"cannot write events to {path}: folder {path.parent} does not exist; create it or pass another --output") from err
+            if not path.parent.is_dir():
+                raise HBAFError(f"cannot write events to {path}: folder {path.parent} does not exist; create it or pass another --output") from err
+            raise HBAFError(f"cannot write events to {path}: the folder {path.parent} exists but does not let files be created in it "
+                            f"(a virtual file system such as /proc or /sys?); pass --output in a folder on a disk") from err
         except IsADirectoryError as err:
             raise HBAFError(f"cannot write events to {path}: it is a folder; pass a file name such as {path / 'events.jsonl'}") from err
         except PermissionError as err:
@@ -143,6 +262,26 @@ class EventWriter:
             if err.errno == errno.EROFS:
                 raise HBAFError(f"cannot write events to {path}: read-only file system; pass --output on a writable disk") from err
             raise HBAFError(f"cannot write events to {path} ({err.strerror or err}); pass another --output") from err
+
+    def _check_content(self, size: int) -> None:
+        """An existing, non-empty file must be JSON lines (events of an earlier run): refuse
+        anything else, and note a last line cut short, so that new events start on a fresh line."""
+        assert self._fd is not None and self.path is not None
+        try:
+            with open(self.path, "rb") as fh:
+                head = fh.read(HEAD_BYTES)
+                fh.seek(size - 1)
+                last = fh.read(1)
+        except OSError as err:
+            raise HBAFError(f"cannot read {self.path} to check it before appending ({err.strerror or err}); pass another --output") from err
+        what = describe_non_jsonl(head)
+        if what is not None:
+            self.close()
+            raise HBAFError(f"--output {self.path} is {what}, not a JSON-lines events file; events are appended to --output, "
+                            "so pass a new file name (e.g. events.jsonl) or an events file of an earlier run")
+        if last != b"\n":
+            self._fresh_line = True
+            self.stats.cut_line_found = True
 
     # -- output
 
@@ -158,13 +297,16 @@ class EventWriter:
 
     def write_summary(self, summary: dict[str, Any], *, to_jsonl: bool = True) -> None:
         """The final ``{"summary": ...}`` line of the JSONL file (and of stdout in json format)."""
+        if to_jsonl:
+            self._append(self._summary_line(summary))
+        if self.stdout_format == "json":  # after the file: its count includes the summary line when that was lost too
+            self._print(self._summary_line({**summary, "jsonl_lines_lost": self.stats.jsonl_lines_lost}))
+
+    @staticmethod
+    def _summary_line(summary: dict[str, Any]) -> str:
         line = json.dumps({"summary": summary}, ensure_ascii=False)
         # a source path with bytes that are not UTF-8 holds lone surrogates: write them as \udcXX escapes
-        line = line.encode("utf-8", "backslashreplace").decode("utf-8")
-        if self.stdout_format == "json":
-            self._print(line)
-        if to_jsonl:
-            self._append(line)
+        return line.encode("utf-8", "backslashreplace").decode("utf-8")
 
     def _print(self, text: str) -> None:
         if self.stats.stdout_lost:
@@ -180,9 +322,9 @@ class EventWriter:
     def _append(self, line: str) -> None:
         if self._fd is None:
             return
-        data = (line + "\n").encode("utf-8")
+        data = (("\n" if self._fresh_line else "") + line + "\n").encode("utf-8")
         try:
-            size = os.fstat(self._fd).st_size
+            size = os.fstat(self._fd).st_size if self._regular else None
         except OSError:
             size = None
         view = memoryview(data)
@@ -190,10 +332,12 @@ class EventWriter:
             while view:
                 n = os.write(self._fd, view)
                 view = view[n:]
-            os.fsync(self._fd)
+            if self._regular:  # a pipe, FIFO or terminal cannot be fsynced (EINVAL): its bytes are delivered
+                os.fsync(self._fd)
         except OSError as err:
             self._lost(err, size, wrote=len(view) < len(data))
             return
+        self._fresh_line = False
         self.stats.jsonl_lines_written += 1
 
     def _lost(self, err: OSError, size: int | None, *, wrote: bool = True) -> None:
@@ -206,7 +350,7 @@ class EventWriter:
                     raise OSError("size unknown")
                 os.ftruncate(self._fd, size)  # drop the partial line, so the file stays valid JSONL
             except OSError:
-                self._torn = True
+                self._torn = self._regular  # a pipe's reader already has what got through
         reason = err.strerror or str(err)
         self.stats.errors.append(reason)
         if not self._warned:

@@ -23,7 +23,8 @@ WHAT_TO_PASS = (
 
 
 def sniff(path: Path) -> str:
-    """What a file's first bytes say it is: onnx | safetensors | pickle | zip | text | unknown."""
+    """What a file's first bytes say it is: onnx | safetensors | pickle | zip | wav | flac | ogg | mp3 |
+    text | unknown."""
     with open(path, "rb") as fh:
         head = fh.read(4096)
     size = path.stat().st_size
@@ -31,6 +32,9 @@ def sniff(path: Path) -> str:
         (n,) = struct.unpack("<Q", head[:8])
         if 2 <= n <= size - 8 and head[8:9] == b"{":
             return "safetensors"
+    audio = _audio_kind(head)
+    if audio is not None:
+        return audio
     if _looks_like_onnx(head):
         return "onnx"
     if head[:2] == b"PK":
@@ -44,6 +48,19 @@ def sniff(path: Path) -> str:
         except UnicodeDecodeError:
             pass
     return "unknown"
+
+
+def _audio_kind(head: bytes) -> str | None:
+    """wav | flac | ogg | mp3 when ``head`` starts like that audio container, else None."""
+    if head[:4] == b"RIFF" and head[8:12] == b"WAVE" or head[:4] == b"RF64":
+        return "wav"
+    if head[:4] == b"fLaC":
+        return "flac"
+    if head[:4] == b"OggS":
+        return "ogg"
+    if head[:3] == b"ID3" or (len(head) >= 4 and head[0] == 0xFF and head[1] & 0xE6 == 0xE2 and head[2] & 0xF0 != 0xF0):
+        return "mp3"
+    return None
 
 
 def _varint(buf: bytes, i: int) -> tuple[int, int]:
@@ -91,7 +108,9 @@ def _looks_like_onnx(head: bytes) -> bool:
 _KIND_NAMES = {
     "onnx": "an ONNX model", "safetensors": "a safetensors weights file", "pickle": "a Python pickle",
     "zip": "a zip archive (e.g. a torch .pt file)", "text": "a text file", "unknown": "not a recognised model file",
+    "wav": "a WAV audio file", "flac": "a FLAC audio file", "ogg": "an Ogg audio file", "mp3": "an MP3 audio file",
 }
+AUDIO_KINDS = ("wav", "flac", "ogg", "mp3")
 
 
 def model_kind(path: str | Path) -> str:
@@ -116,6 +135,8 @@ def model_kind(path: str | Path) -> str:
         if kind != "safetensors":
             raise HBAFError(f"{p} is {_KIND_NAMES[kind]}, not safetensors weights (truncated or renamed?); copy the checkpoint folder again")
         return "torch"
+    if kind in AUDIO_KINDS:  # whatever its name: audio passed as the model
+        raise HBAFError(f"{p} is {_KIND_NAMES[kind]}, not a model (audio goes to --source); {WHAT_TO_PASS}")
     if suffix == ".onnx":
         if kind in ("safetensors", "pickle", "zip", "text"):
             raise HBAFError(f"{p} is {_KIND_NAMES[kind]}, not an ONNX model; {WHAT_TO_PASS}")

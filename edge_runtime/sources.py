@@ -5,7 +5,9 @@ A source is a small object with ``blocks()`` (an iterator of 1-D float32 arrays 
 Three kinds exist:
 
 - ``FileSource``: any file ``hbaf.features.load_audio`` reads (wav, flac, mp3, ...), decoded
-  and resampled block by block (constant memory), optionally paced at wall-clock speed.
+  and resampled block by block (constant memory), optionally paced at wall-clock speed; a
+  path that is a stream (a FIFO, ``<(ffmpeg ... -f wav -)``, a character device) is decoded by
+  ffmpeg as it arrives.
 - ``StdinSource``: raw signed 16-bit little-endian PCM on a byte stream.
 - ``MicSource`` (edge_runtime/mic.py): a sounddevice input stream opened at a rate and
   channel count the device supports; the audio callback only copies into a bounded queue
@@ -21,6 +23,9 @@ is an exact decimation by 3 behind an anti-alias low-pass.
 from __future__ import annotations
 
 import logging
+import os
+import shutil
+import stat
 import subprocess
 import sys
 import tempfile
@@ -45,6 +50,16 @@ from hbaf.features import (
 
 log = logging.getLogger(__name__)
 
+MIN_RATE, MAX_RATE = 4000, 384000  # sample rates a source may declare (telephone 8 kHz ... studio 384 kHz)
+AUDIO_SUFFIXES = (".wav", ".flac", ".mp3", ".ogg", ".opus", ".m4a", ".aac", ".webm", ".mp4", ".mkv", ".aif", ".aiff")
+
+
+def check_rate(rate: int, flag: str = "--rate") -> int:
+    """``rate`` when it is a sample rate audio can have; a one-line error otherwise."""
+    if not MIN_RATE <= int(rate) <= MAX_RATE:
+        raise HBAFError(f"{flag} {rate}: a sample rate must be between {MIN_RATE} and {MAX_RATE} Hz; "
+                        "pass the rate the audio was recorded at (e.g. 16000, 44100 or 48000)")
+    return int(rate)
 
 
 def _kaiser_lowpass(numtaps: int, cutoff: float) -> np.ndarray:
@@ -213,19 +228,30 @@ class _FfmpegReader:
 
     rate = SAMPLE_RATE
 
-    def __init__(self, path: Path, soundfile_reason: str | None, chunk_frames: int) -> None:
+    def __init__(self, path: Path, soundfile_reason: str | None, chunk_frames: int, *, stream: bool = False) -> None:
         self.path = path
         self.soundfile_reason = soundfile_reason
         self.chunk_bytes = 4 * chunk_frames
         self._interrupted = False
         self._stderr = tempfile.TemporaryFile()  # a file, not a pipe: ffmpeg can never block on it
+        # a stream (FIFO, process substitution, device) is opened here and handed to ffmpeg as its
+        # stdin: /dev/fd/N of this process does not exist in the child, and it can be read only once
+        cmd, stdin = ffmpeg_command(path, SAMPLE_RATE), subprocess.DEVNULL
+        if stream:
+            cmd = [("pipe:0" if arg == str(path) else arg) for arg in cmd]
+            try:
+                stdin = open(path, "rb")  # noqa: SIM115 (handed to the child, closed below)
+            except OSError as err:
+                self._stderr.close()
+                raise HBAFError(f"cannot read --source {path} ({err.strerror or err}); check the path and its permissions") from err
         try:
-            self.proc = subprocess.Popen(
-                ffmpeg_command(path, SAMPLE_RATE), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=self._stderr
-            )
+            self.proc = subprocess.Popen(cmd, stdin=stdin, stdout=subprocess.PIPE, stderr=self._stderr)
         except FileNotFoundError as err:
             self._stderr.close()
             raise ffmpeg_missing(path, soundfile_reason) from err
+        finally:
+            if stream:
+                stdin.close()
 
     def read(self) -> np.ndarray:
         """The next chunk; empty at the end of the stream, after checking how ffmpeg ended."""
@@ -290,8 +316,23 @@ class FileSource(AudioSource):
 
     def _open(self) -> tuple[_SoundfileReader | _FfmpegReader, np.ndarray]:
         """(reader, its first chunk, non-empty)."""
+        if _is_stream(self.path):  # FIFO, <(process substitution), character device: read once, through ffmpeg
+            self._probed = True  # ffprobe would consume the stream
+            reader = _FfmpegReader(self.path, None, self.CHUNK_FRAMES, stream=True)
+            try:
+                first = reader.read()
+            except BaseException:
+                reader.close()
+                raise
+            if first.size == 0:
+                reader.close()
+                raise HBAFError(f"--source {self.path} is a stream that ended without audio; send audio into it "
+                                "(e.g. ffmpeg ... -f wav -), or pass - for raw 16-bit PCM on stdin")
+            return reader, first
         path = check_audio_path(self.path)
-        handle, reason = open_soundfile(path)
+        # MP3: ffmpeg when it is there, as libmpg123 (inside soundfile) prints its decoder's complaints
+        # about ordinary files (e.g. "part2_3_length ... too large") straight onto stderr
+        handle, reason = (None, None) if _is_mp3(path) and shutil.which("ffmpeg") else open_soundfile(path)
         if handle is not None:
             reader: _SoundfileReader | _FfmpegReader = _SoundfileReader(handle, path, self.CHUNK_FRAMES)
             try:
@@ -386,6 +427,38 @@ class FileSource(AudioSource):
             active.interrupt()
 
 
+def _is_mp3(path: Path) -> bool:
+    """An MP3 file, by its first bytes (an ID3 tag or an MPEG audio frame header) or its name."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(3)
+    except OSError:
+        return False
+    return head == b"ID3" or (len(head) >= 2 and head[0] == 0xFF and head[1] & 0xE6 == 0xE2) or path.suffix.lower() == ".mp3"
+
+
+def _is_stream(path: Path) -> bool:
+    """True for a FIFO, a pipe (process substitution's /dev/fd/N), a character device or a socket;
+    a folder is refused here in one line, a missing path left to ``check_audio_path``."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return False
+    if stat.S_ISDIR(mode):
+        raise HBAFError(folder_source_error(path))
+    return not stat.S_ISREG(mode)
+
+
+def folder_source_error(path: Path) -> str:
+    """The one line for a folder given as ``--source``: it names a few audio files inside."""
+    try:
+        inside = sorted(p.name for p in path.iterdir() if p.suffix.lower() in AUDIO_SUFFIXES and p.is_file())
+    except OSError:
+        inside = []
+    hint = (f" (it holds {len(inside)} audio file(s), e.g. {path / inside[0]})" if inside else " (it holds no audio files)")
+    return f"--source {path} is a folder, not an audio file{hint}; pass one audio file, one run per file"
+
+
 def _probe_seconds(path: Path) -> float | None:
     """Duration from ``ffprobe`` (None when it is missing or does not know)."""
     cmd = ["ffprobe", "-v", "error", "-show_entries", "format=duration", "-of", "default=nw=1:nk=1", str(path)]
@@ -414,6 +487,7 @@ class StdinSource(AudioSource):
         block_size: int = 512,
     ) -> None:
         super().__init__()
+        check_rate(rate, "--rate")
         if channels <= 0:
             raise HBAFError(f"stdin channel count must be positive, got {channels}; pass e.g. --channels 1")
         if block_size <= 0:

@@ -35,6 +35,7 @@ class Summary:
     dropped_blocks: int = 0
     dropped_utterances: int = 0
     jsonl_lines_lost: int = 0
+    jsonl_cut_line_found: bool = False  # --output ended inside a line (an earlier run cut short); events started on a fresh line
     max_queue: dict[str, int] = field(default_factory=dict)
     memory_resets: int = 0
     cold_start: dict[str, float | None] = field(default_factory=dict)
@@ -90,6 +91,9 @@ class Summary:
             f"  dropped: {self.dropped_blocks} audio block(s), {self.dropped_utterances} utterance(s); "
             f"JSONL lines lost: {self.jsonl_lines_lost}; memory resets: {self.memory_resets}; backend {self.backend}"
         )
+        if self.jsonl_cut_line_found:
+            lines.append("  the events file ended inside a line (an earlier run cut short, or an edit): that line stays as it was, "
+                         "new events start on the next line")
         return "\n".join(lines)
 
 

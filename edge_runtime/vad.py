@@ -162,8 +162,16 @@ class Segmenter:
         self.min_silence = int(min_silence_ms * SAMPLE_RATE / 1000)
         self.pad = int(speech_pad_ms * SAMPLE_RATE / 1000)
         self.max_samples = int(max_utterance_s * SAMPLE_RATE)
-        if self.max_samples < 2 * SAMPLE_RATE or self.max_samples <= 2 * self.pad + 2 * WINDOW:
-            raise HBAFError(f"max utterance length {max_utterance_s} s is too short; use at least 2 s (10 s matches the model)")
+        if self.max_samples < 2 * SAMPLE_RATE:
+            raise HBAFError(f"max utterance length {max_utterance_s:g} s is too short; use at least 2 s (10 s matches the model)")
+        if self.max_samples <= 2 * self.pad + 2 * WINDOW:
+            most = int((self.max_samples - 2 * WINDOW) / 2 / SAMPLE_RATE * 1000) - 1
+            raise HBAFError(f"--speech-pad-ms {speech_pad_ms} pads each utterance with more audio than an utterance may hold "
+                            f"(--max-utterance-s {max_utterance_s:g}); use at most {most} ms (default {SPEECH_PAD_MS})")
+        if self.min_speech >= self.max_samples:
+            raise HBAFError(f"--min-speech-ms {min_speech_ms} is as long as an utterance may be (--max-utterance-s "
+                            f"{max_utterance_s:g}), so no speech would ever be kept; use e.g. {MIN_SPEECH_MS} "
+                            "(bursts shorter than this are ignored)")
         self.vad = vad if vad is not None else SileroVAD()
         self.reset()
 

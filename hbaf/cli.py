@@ -96,6 +96,12 @@ def load_records(args: argparse.Namespace, labels: list[str] | None = None):
     return _filter_labels(recs, labels), Path(args.iemocap) / "manifest.jsonl"
 
 
+def _check_classes(records) -> None:
+    from hbaf.train import check_classes
+
+    check_classes(records)
+
+
 def _filter_labels(records, labels):
     if labels is not None:
         unknown = sorted({r.label for r in records} - set(labels))
@@ -241,6 +247,7 @@ def cmd_train(args) -> int:
         overrides["use_gate"] = False
     cfg = _cfg_from_args(args, **overrides)
     records, manifest = load_records(args)
+    _check_classes(records)  # before any feature is computed
     store = _feature_store(records, manifest, args.workers, cfg.feature_kind)
     metrics = _train_one(args, cfg, records, store, manifest, Path(args.out),
                          loss_overrides=NO_CONTRASTIVE if args.no_contrastive else None)
@@ -310,6 +317,7 @@ def cmd_ablate(args) -> int:
     from hbaf.io import write_json_atomic, write_text_atomic
 
     records, manifest = load_records(args)
+    _check_classes(records)  # before any feature is computed
     store = _feature_store(records, manifest, args.workers, _cfg_from_args(args).feature_kind)
     out = Path(args.out)
     rows = {}
@@ -345,6 +353,7 @@ def cmd_distill(args) -> int:
 
     teacher, _ = load_checkpoint(args.teacher)
     records, manifest = load_records(args, labels=teacher.labels)
+    _check_classes(records)
     store = _feature_store(records, manifest, args.workers, teacher.cfg.feature_kind)
     tok = Tokenizer(tokenizer_path(args.teacher), teacher.cfg.max_tokens)
     log.info("computing teacher soft targets")

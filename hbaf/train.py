@@ -243,6 +243,16 @@ def load_transcripts(path: str | Path) -> dict[str, str]:
     return out
 
 
+def check_classes(records: Sequence[Record]) -> None:
+    """Training needs at least two labels in its 'train' split: on one, a model learns to answer that
+    label to everything and still scores 100 on a test set of the same label. A one-line error."""
+    train = [r.label for r in records if r.split == "train"]
+    labels = sorted(set(train))
+    if len(labels) == 1:
+        raise HBAFError(f"every training utterance ({len(train)}) is labelled '{labels[0]}': a model trained on one label "
+                        f"answers '{labels[0]}' to everything; add utterances of at least one other label (split 'train')")
+
+
 def plan_epochs(tc: TrainConfig, steps_per_epoch: int) -> tuple[int, int]:
     """(epochs, patience) for a corpus of ``steps_per_epoch`` batches: ``tc.epochs`` when set; else
     ``DEFAULT_EPOCHS``, or more on a small corpus so that training gets ``tc.min_steps`` optimizer
@@ -276,6 +286,7 @@ def train(model: HBAF, records: list[Record], store: FeatureStore, tokenizer: To
         raise HBAFError("no training utterances (split 'train' is empty); check the manifest's split field")
     if not split_idx["dev"]:
         raise HBAFError("no dev utterances for model selection (split 'dev' is empty); add a dev split to the manifest")
+    check_classes(records)
     train_recs = [records[i] for i in split_idx["train"]]
     groups = group_dialogues(train_recs)
     targets = torch.tensor([label_index[r.label] for r in train_recs])

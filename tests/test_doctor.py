@@ -185,6 +185,29 @@ def test_engines_built_on_another_orin_are_wrong(tmp_path):
     assert [c.status for c in check_engines(empty)] == [MISSING]
 
 
+def test_engines_of_any_graph_are_checked(tmp_path):
+    """A recogniser engine (no fusion model spec, a profile by tensor name) is read and checked like the fusion one."""
+    from edge_runtime.doctor import _engine_facts
+    from hbaf.contract import ShapeProfile
+
+    payload = b"\x22" * 128
+    engine = tmp_path / "whisper-tiny-en-encoder-fp32.10.3.0.orin.fp16.engine"
+    engine.write_bytes(payload)
+    side = Sidecar(graph="whisper-encoder", shapes=ShapeProfile.parse(["mel:1x80x1000:1x80x1000:4x80x1000"]),
+                   onnx_sha256="0" * 64, tensorrt_version="10.3.0", gpu_name="Orin", compute_capability="8.7",
+                   precision="fp16", package_version="0.1.0", built_at="2026-01-02T00:00:00+00:00",
+                   engine_bytes=len(payload), engine_sha256=hashlib.sha256(payload).hexdigest(),
+                   board="NVIDIA Jetson Orin Nano Engineering Reference Developer Kit Super", l4t_release="36.4.3")
+    sidecar_path(engine).write_text(side.to_json())
+    facts = orin_nano()
+    _engine_facts(facts, tmp_path)
+    (c,) = check_engines(facts)
+    assert c.status == OK and c.detail.startswith("whisper-encoder fp16, built 2026-01-02 on Orin")
+    (c,) = check_engines(replace(facts, tegra_release=JP61))
+    assert c.status == WRONG and "Jetson Linux R36.4.3 (this machine has R36.4.0)" in c.detail
+    assert "--shape mel:1x80x1000:1x80x1000:4x80x1000" in c.fix
+
+
 def test_json_says_the_same(tmp_path):
     facts = orin_nano(tensorrt=None)
     checks = run_checks(facts)

@@ -311,12 +311,16 @@ class EngineBuilder:
             shapes = self.profiles.shape_profile(info["spec"])
         else:
             shapes = info["shapes"]
-        profile = builder.create_optimization_profile()
-        network_inputs = {network.get_input(i).name for i in range(network.num_inputs)}
-        for name, (lo, mid, hi) in shapes.shapes.items():
-            if name in network_inputs:
-                profile.set_shape(name, lo, mid, hi)
-        config.add_optimization_profile(profile)
+        # the profile covers the network's dynamic inputs (an input of fixed shape needs none)
+        dynamic = {network.get_input(i).name for i in range(network.num_inputs) if any(d < 0 for d in network.get_input(i).shape)}
+        if dynamic:
+            profile = builder.create_optimization_profile()
+            for name, (lo, mid, hi) in shapes.shapes.items():
+                if name in dynamic:
+                    profile.set_shape(name, lo, mid, hi)
+            if config.add_optimization_profile(profile) < 0:
+                raise HBAFError(f"TensorRT refused the optimization profile of {self.onnx_path} ({', '.join(sorted(dynamic))}); "
+                                "check that every dynamic input has min <= opt <= max within the graph's fixed sizes")
         self._load_timing_cache(config)
         if hasattr(trt, "IProgressMonitor"):
             config.progress_monitor = _tqdm_progress_monitor(trt)

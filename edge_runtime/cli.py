@@ -184,7 +184,7 @@ def _open_source(args: argparse.Namespace) -> tuple[Any, str | None]:
 
 def _run(args: argparse.Namespace) -> int:
     from edge_runtime.events import EventWriter
-    from edge_runtime.sources import check_rate
+    from edge_runtime.sources import check_channels, check_rate
 
     if args.context is not None and args.context < 0:
         raise HBAFError(f"--context must be >= 0, got {args.context}")
@@ -192,6 +192,8 @@ def _run(args: argparse.Namespace) -> int:
         raise HBAFError(f"--reset-after must be >= 0 seconds (0 = never), got {args.reset_after}")
     if args.rate is not None:
         check_rate(args.rate, "--rate")
+    if args.channels is not None:
+        check_channels(args.channels, "--channels")
     # the output is checked first: a bad path fails before any model is loaded
     writer = EventWriter(args.output, stdout_format=args.format, protect=_protected(args))
     try:
@@ -208,12 +210,18 @@ def _protected(args: argparse.Namespace) -> list[tuple[str, Path]]:
 
     found: list[tuple[str, Path]] = []
     if args.model:
-        found.append(("the model (--model)", Path(args.model).expanduser()))
+        model, what = Path(args.model).expanduser(), "the model (--model)"
     else:
         try:
-            found.append(("the default model", default_model_path()))
+            model, what = default_model_path(), "the default model"
         except HBAFError:
-            pass
+            model = None
+    if model is not None:  # the model, and the files that travel with a model file
+        found.append((what, model))
+        if not model.is_dir():
+            found += [(f"the tokenizer of {what}", model.with_name("tokenizer.json")),
+                      (f"the sidecar of {what}", model.with_suffix(".json")),
+                      (f"the external weights of {what}", model.with_name(model.name + ".data"))]
     spec = args.source
     if spec and spec not in ("-", "demo", "mic") and not spec.startswith("mic:"):
         found.append(("the audio source (--source)", Path(spec).expanduser()))
@@ -227,6 +235,8 @@ def _stopped_while_starting(args: argparse.Namespace, writer: Any, name: str) ->
     stderr and as the events file's last line, then 128 + the signal's number."""
     from edge_runtime.summary import Summary, peak_rss_mb
 
+    for s in STOP_SIGNALS:  # a second signal must not cut the summary short
+        signal.signal(s, signal.SIG_IGN)
     summary = Summary(stopped_by=name, source=str(args.source or "mic"), peak_rss_mb=peak_rss_mb(), live=False,
                       cold_start=dict.fromkeys(("model_load_s", "first_inference_s", "asr_load_s", "asr_first_s")))
     writer.write_summary(summary.to_dict(), to_jsonl=not args.no_summary_line)

@@ -62,6 +62,20 @@ def check_rate(rate: int, flag: str = "--rate") -> int:
     return int(rate)
 
 
+MAX_CHANNELS = 64
+
+
+def check_channels(channels: int, flag: str = "--channels") -> int:
+    """``channels`` when an audio stream can have that many; a one-line error otherwise."""
+    if not 1 <= int(channels) <= MAX_CHANNELS:
+        raise HBAFError(f"{flag} {channels}: a channel count must be between 1 and {MAX_CHANNELS}; "
+                        "pass the number of channels the audio has (1 = mono, 2 = stereo)")
+    return int(channels)
+
+
+MODEL_SUFFIXES = (".onnx", ".engine", ".plan", ".trt", ".safetensors", ".pt", ".pth", ".ckpt")
+
+
 def _kaiser_lowpass(numtaps: int, cutoff: float) -> np.ndarray:
     """``scipy.signal.firwin(numtaps, cutoff, window=("kaiser", 5.0))`` in numpy (equal to ~1e-16):
     importing scipy.signal would cost a source about 75 MB of resident memory."""
@@ -316,6 +330,15 @@ class FileSource(AudioSource):
 
     def _open(self) -> tuple[_SoundfileReader | _FfmpegReader, np.ndarray]:
         """(reader, its first chunk, non-empty)."""
+        try:
+            return self._open_reader()
+        except HBAFError as err:
+            if self.path.suffix.lower() in MODEL_SUFFIXES and "not a readable audio file" in str(err):
+                raise HBAFError(f"--source {self.path} is a model file ({self.path.suffix}), not audio; pass it as --model, "
+                                "and a recording (wav, flac, mp3, ...) as --source") from err
+            raise
+
+    def _open_reader(self) -> tuple[_SoundfileReader | _FfmpegReader, np.ndarray]:
         if _is_stream(self.path):  # FIFO, <(process substitution), character device: read once, through ffmpeg
             self._probed = True  # ffprobe would consume the stream
             reader = _FfmpegReader(self.path, None, self.CHUNK_FRAMES, stream=True)
@@ -488,8 +511,7 @@ class StdinSource(AudioSource):
     ) -> None:
         super().__init__()
         check_rate(rate, "--rate")
-        if channels <= 0:
-            raise HBAFError(f"stdin channel count must be positive, got {channels}; pass e.g. --channels 1")
+        check_channels(channels, "--channels")
         if block_size <= 0:
             raise HBAFError(f"block size must be positive, got {block_size}; use e.g. 512")
         if stream is None:

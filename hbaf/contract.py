@@ -457,6 +457,9 @@ def check_graph_against_spec(proto, spec: ModelSpec, source: str) -> None:
     if missing:
         raise HBAFError(f"{source}: the graph's outputs are {outputs}, the contract needs {list(OUTPUT_NAMES)} "
                         f"({', '.join(missing)} missing); export the model again with `hbaf-export onnx --checkpoint DIR`")
+    doubled = sorted({label for label in spec.labels if spec.labels.count(label) > 1})
+    if doubled:
+        raise HBAFError(f"{source}: metadata lists label(s) {doubled} more than once in {list(spec.labels)}; {fix}")
     kind_width = feature_format(spec.feature_kind).dim
     if spec.feature_dim != kind_width:  # the runtime computes the features by kind
         raise HBAFError(f"{source}: metadata says feature kind {spec.feature_kind} ({kind_width} values per frame) "

@@ -132,6 +132,7 @@ def _sha(path: Path) -> str:
     ("the-model", "is the model (--model)"),
     ("the-source", "is the audio source (--source)"),
     ("a-file-of-the-model", "inside the model (--model)"),
+    ("the-model-tokenizer", "is the tokenizer of the model (--model)"),
     ("another-wav", "is a WAV audio file, not a JSON-lines events file"),
     ("a-text-file", "is a text file, not a JSON-lines events file"),
 ])
@@ -151,6 +152,11 @@ def test_output_that_is_not_an_events_file_is_refused(case, needle, conv_wav, ck
         model = tmp_path / "ckpt"
         shutil.copytree(ckpt, model)
         out = model / "config.json"
+    elif case == "the-model-tokenizer":  # a one-line JSON file: only its place next to the model protects it
+        model = tmp_path / "m.onnx"
+        shutil.copyfile(onnx_model, model)
+        out = tmp_path / "tokenizer.json"
+        out.write_text(json.dumps(json.loads((ckpt / "tokenizer.json").read_text())))
     elif case == "another-wav":
         out = tmp_path / "recording.wav"
         shutil.copyfile(conv_wav, out)
@@ -228,7 +234,8 @@ def _bad_onnx(kind: str, onnx_model: Path, folder: Path) -> Path:
     else:
         meta = onnx_metadata(proto)
         meta.update({"kind-log-mel": {"feature_kind": "log-mel"}, "width-80": {"feature_dim": 80},
-                     "labels-short": {"labels": LABELS[:3]}, "labels-long": {"labels": [*LABELS, "fear"]}}[kind])
+                     "labels-short": {"labels": LABELS[:3]}, "labels-long": {"labels": [*LABELS, "fear"]},
+                     "labels-doubled": {"labels": [*LABELS[:3], "joy"]}}[kind])
         set_onnx_metadata(proto, meta)
     path = folder / f"{kind}.onnx"
     onnx.save(proto, str(path))
@@ -241,6 +248,7 @@ def _bad_onnx(kind: str, onnx_model: Path, folder: Path) -> Path:
     ("width-80", "feature kind whisper-tiny.en (384 values per frame) but feature_dim 80"),
     ("labels-short", "metadata lists 3 labels"),
     ("labels-long", "metadata lists 5 labels"),
+    ("labels-doubled", "metadata lists label(s) ['joy'] more than once"),
 ])
 def test_onnx_metadata_that_does_not_match_the_graph(kind, needle, onnx_model, conv_wav, tmp_path):
     """Checked at load, one line, exit 2 (they ended in tracebacks, some only at the first event)."""
@@ -385,6 +393,7 @@ def test_check_classes_on_records():
     ("output-in-proc", ["/proc/hbaf-x", "does not let files be created in it", "pass --output in a folder on a disk"]),
     ("wav-named-onnx", ["is a WAV audio file, not a model (audio goes to --source)"]),
     ("folder-source", ["is a folder, not an audio file", "pass one audio file"]),
+    ("model-as-source", ["is a model file (.onnx), not audio; pass it as --model"]),
 ])
 def test_messages_name_the_real_cause(case, needles, conv_wav, ckpt, tmp_path):
     args = ["--source", str(conv_wav), "--model", str(ckpt)]
@@ -396,8 +405,12 @@ def test_messages_name_the_real_cause(case, needles, conv_wav, ckpt, tmp_path):
         model = tmp_path / "model.onnx"
         shutil.copyfile(conv_wav, model)
         args[3] = str(model)
-    else:
+    elif case == "folder-source":
         args[1] = str(conv_wav.parent)
+    else:
+        model = tmp_path / "model.onnx"
+        shutil.copyfile(ckpt / "model.safetensors", model)  # any model file: it is never loaded
+        args[1] = str(model)
     msg = assert_one_line_error(run_cli(*args), *needles)
     assert "max utterance length" not in msg and "folder /proc does not exist" not in msg
     assert "corrupt or truncated" not in msg and "convert it" not in msg
@@ -453,6 +466,7 @@ def test_fifo_output_with_a_reader(conv_wav, ckpt, tmp_path):
 @pytest.mark.parametrize("flag, value, needle", [
     ("--rate", "1", "--rate 1: a sample rate must be between 4000 and 384000 Hz"),
     ("--min-speech-ms", "100000", "--min-speech-ms 100000 is as long as an utterance may be"),
+    ("--channels", "1000", "--channels 1000: a channel count must be between 1 and 64"),
 ])
 def test_values_that_cannot_work_are_refused(flag, value, needle, ckpt):
     """``--rate 1`` on stdin turned 5.8 s into 2,270 s of work; ``--min-speech-ms 100000`` gave no

@@ -328,7 +328,8 @@ def run_bench(args: argparse.Namespace, argv: Sequence[str]) -> int:
         from edge_runtime.asr import DEFAULT_BEAM_SIZE
 
         report["recogniser"] = run_recogniser_bench(asr_graphs, threads=args.threads, runs=1 if quick else 3,
-                                                    beam=args.asr_beam or DEFAULT_BEAM_SIZE)
+                                                    beam=args.asr_beam or DEFAULT_BEAM_SIZE, manifest=manifest,
+                                                    model=_e2e_model(args) if manifest else None)
     if args.e2e:
         report["e2e"] = run_e2e(args.e2e, _e2e_model(args), threads=args.threads, asr_model=args.asr,
                                 asr_device=args.asr_device, asr_beam=args.asr_beam, realtime=bool(args.e2e_realtime),

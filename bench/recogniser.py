@@ -204,9 +204,48 @@ def bench_recognition(asrs: dict[str, Any], utts: list[Utterance], runs: int) ->
     return rows
 
 
-def run_recogniser_bench(graphs: Path | None, *, threads: int = 2, runs: int = 1, beam: int = 5) -> dict[str, Any]:
+def fusion_agreement(forms: dict[str, Any], manifest: Path, model: Path, threads: int) -> dict[str, dict]:
+    """The emotion model's answers with each encoder form's states on the manifest's test dialogues
+    (reference texts), through the runtime's offline path: top-1 agreement with the answers on
+    CTranslate2's states (what the model trained on) and accuracy against the labels."""
+    from edge_runtime.model_files import open_backend
+    from edge_runtime.offline import run_dialogues
+    from hbaf.data.manifest import load_manifest
+    from hbaf.data.store import group_dialogues
+    from hbaf.encoder import window_input, window_mel, utterance_states
+    from hbaf.features import load_audio
+
+    records = [r for r in load_manifest(manifest) if r.split == "test"]
+    groups = group_dialogues(records)
+    backend = open_backend(model, threads=threads)
+    tokenizer = backend.tokenizer()
+    kind = backend.spec.feature_kind
+    mels, lengths = [], []
+    for r in records:
+        wave, n = window_input(load_audio(r.audio), kind)
+        mels.append(window_mel(wave))
+        lengths.append(n)
+    labels = np.array([backend.labels.index(r.label) if r.label in backend.labels else -1 for r in records])
+    top1: dict[str, np.ndarray] = {}
+    out: dict[str, dict] = {}
+    for name, enc in forms.items():
+        feats = [utterance_states(enc.encode(m).host_states(), n, kind) for m, n in zip(mels, lengths)]
+        probs = run_dialogues(backend, tokenizer, groups, feats, [r.text for r in records])["probs"]
+        top1[name] = probs.argmax(axis=1)
+        out[name] = {"utterances": len(records), "accuracy": float(np.mean(top1[name] == labels))}
+    ref = top1.get(CT2_ROW)
+    for name in out:
+        if ref is not None:
+            out[name]["top1_agreement_vs_ct2"] = float(np.mean(top1[name] == ref))
+    return out
+
+
+def run_recogniser_bench(graphs: Path | None, *, threads: int = 2, runs: int = 1, beam: int = 5,
+                         manifest: Path | None = None, model: Path | None = None) -> dict[str, Any]:
     """The three tables on the demo's utterances. ``graphs``: the folder ``hbaf-export asr`` wrote
-    (None: only the CTranslate2 and PyTorch rows)."""
+    (None: only the CTranslate2 and PyTorch rows). With ``manifest`` and the fusion ``model``, the
+    encoder table also says how the model's answers change with each encoder form's states
+    (the manifest's test dialogues)."""
     from edge_runtime.asr import WhisperASR
     from edge_runtime.recogniser import DecodeRules
     from faster_whisper.transcribe import get_suppressed_tokens
@@ -221,7 +260,11 @@ def run_recogniser_bench(graphs: Path | None, *, threads: int = 2, runs: int = 1
     lengths = [u.samples.size for u in utts]
     report: dict[str, Any] = {"utterances": len(utts), "speech": "synthetic (espeak-ng demo conversation)", "runs": runs,
                               "threads": threads}
-    report["encoder"] = bench_encoders(encoder_forms(graphs, threads, whisper_model), mels, lengths, runs)
+    encoders = encoder_forms(graphs, threads, whisper_model)
+    report["encoder"] = bench_encoders(encoders, mels, lengths, runs)
+    if manifest is not None and model is not None:
+        for name, row in fusion_agreement(encoders, manifest, model, threads).items():
+            report["encoder"][name]["fusion"] = row
 
     from edge_runtime.recogniser import Encoded
     from edge_runtime.whisper_decode import SpecialTokens

@@ -174,7 +174,9 @@ def format_recogniser(r: dict[str, Any]) -> str:
     head = (f"{r['utterances']} utterances, {r['speech']}; {r['threads']} threads; p50 / p90 over {r['runs']} run(s) of each; "
             "speed-ups are p50 ratios measured in this run")
     enc = [[name, _ms(row["p50_ms"]), _ms(row["p90_ms"]), _x(row.get("vs_torch")), _x(row.get("vs_ct2")),
-            _parity(row, "vs_torch"), _parity(row, "vs_ct2")] for name, row in r["encoder"].items()]
+            _parity(row, "vs_torch"), _parity(row, "vs_ct2"), _pct(row.get("fusion", {}).get("top1_agreement_vs_ct2")),
+            _pct(row.get("fusion", {}).get("accuracy"))] for name, row in r["encoder"].items()]
+    fusion_n = next((row["fusion"]["utterances"] for row in r["encoder"].values() if "fusion" in row), None)
     dec = []
     for name, row in r["decoder"].items():
         b1, b5 = row["beam1"], row["beam5"]
@@ -186,7 +188,9 @@ def format_recogniser(r: dict[str, Any]) -> str:
         "## Recogniser", "", head, "",
         "### Audio encoder (one 10 s window)", "",
         _md_table(["form", "p50 ms", "p90 ms", "vs PyTorch", "vs CTranslate2", "states vs PyTorch (max / cosine)",
-                   "states vs CTranslate2 (max / cosine)"], enc), "",
+                   "states vs CTranslate2 (max / cosine)", "emotion top-1 = on CTranslate2's states", "emotion accuracy"], enc),
+        *([f"(emotion columns: the fusion model on each form's states, {fusion_n} built-in test utterances, MELD-TTS: "
+           "synthetic speech, reference texts)"] if fusion_n else []), "",
         "### Decoder (the same encoder output for every form)", "",
         _md_table(["form", "beam 1 ms/token", "beam 1 p50 ms", "beam 5 p50 ms", "beam 5 p90 ms", "beam 5 vs PyTorch",
                    "beam 5 vs CTranslate2", "tokens = CTranslate2 (beam 1)", "(beam 5)"], dec), "",

@@ -278,17 +278,20 @@ class WhisperASR:
         tokenizer = self._tokenizer(language)
         prompt = list(tokenizer.sot_sequence) + [tokenizer.no_timestamps]
         max_new = int(TOKENS_PER_SECOND_CAP * window)
+        # what the decoders can give at most (CTranslate2's rule, edge_runtime/whisper_decode.py):
+        # half of max_length, the end token included; a transcript that long ran out, not ended
+        cap = min((len(prompt) + max_new) // 2, len(prompt) + max_new - (len(prompt) - 1))
         suppress = list(get_suppressed_tokens(tokenizer, [-1]))
         for k, temperature in enumerate(self.temperatures):
             rules = DecodeRules(tuple(prompt), len(prompt) + max_new, tuple(suppress), SpecialTokens.of(tokenizer),
                                 beam_size=self.beam_size, patience=self.patience, temperature=temperature, seed=k)
             result = self.text_decoder.generate(encoded, rules)
-            tokens = result.tokens
+            tokens = [t for t in result.tokens if t < tokenizer.eot]  # text tokens only, whichever decoder
             text = tokenizer.decode(tokens).strip()
             avg_logprob = result.score * len(tokens) / (len(tokens) + 1) if temperature == 0 else None
             if temperature == 0 and result.no_speech_prob > NO_SPEECH_PROB and avg_logprob < -1.0:
                 return "", language
-            loops = len(tokens) >= max_new or bool(text and compression_ratio(text) > COMPRESSION_RATIO_LIMIT)
+            loops = len(tokens) >= cap or bool(text and compression_ratio(text) > COMPRESSION_RATIO_LIMIT)
             unsure = avg_logprob is not None and avg_logprob < LOGPROB_THRESHOLD
             if not loops and not unsure:
                 return text, language

@@ -265,15 +265,16 @@ class CT2Decoder:
         if rules.temperature > 0:
             import ctranslate2
 
-            ctranslate2.set_random_seed(rules.seed)  # reproducible sampling
+            # seeds only a worker thread's first draw (CTranslate2 seeds each thread once); the graph
+            # decoders restart from the seed on every call
+            ctranslate2.set_random_seed(rules.seed)
             options = {"beam_size": 1, "sampling_topk": 0, "sampling_temperature": rules.temperature}
         result = self.model.model.generate(
             encoded.storage_view(), [list(rules.prompt)], max_length=rules.max_length, return_scores=True,
             return_no_speech_prob=True, suppress_blank=rules.suppress_blank, suppress_tokens=list(rules.suppress_tokens),
             **options,
         )[0]
-        tokens = [t for t in result.sequences_ids[0] if t < rules.special.eot]
-        return Generated(tokens, float(result.scores[0]), float(result.no_speech_prob))
+        return Generated(list(result.sequences_ids[0]), float(result.scores[0]), float(result.no_speech_prob))
 
 
 class GraphDecoder:

@@ -117,6 +117,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--recogniser", choices=("auto", "on", "off"), default="auto",
                    help="the audio encoder, decoder and recognition tables (CTranslate2, PyTorch, ONNX Runtime FP32/INT8, "
                         "CUDA where present) on the demo's utterances; auto = on with no arguments or with --asr-graphs")
+    r.add_argument("--asr-clips", choices=("demo", "meld"), default="demo",
+                   help="the recogniser's utterances: the demo's 12 turns (default) or those and the turns of 6 min of MELD "
+                        "dialogues (synthetic speech; minutes longer)")
     r.add_argument("--asr-graphs", metavar="DIR", default=None,
                    help="the recogniser's graphs (hbaf-export asr --out DIR); default with no arguments: exported into --out/asr")
     p.add_argument("--out", default=DEFAULT_OUT, help=f"output folder (default {DEFAULT_OUT})")
@@ -329,7 +332,7 @@ def run_bench(args: argparse.Namespace, argv: Sequence[str]) -> int:
 
         report["recogniser"] = run_recogniser_bench(asr_graphs, threads=args.threads, runs=1 if quick else 3,
                                                     beam=args.asr_beam or DEFAULT_BEAM_SIZE, manifest=manifest,
-                                                    model=_e2e_model(args) if manifest else None)
+                                                    model=_e2e_model(args) if manifest else None, clips=args.asr_clips)
     if args.e2e:
         report["e2e"] = run_e2e(args.e2e, _e2e_model(args), threads=args.threads, asr_model=args.asr,
                                 asr_device=args.asr_device, asr_beam=args.asr_beam, realtime=bool(args.e2e_realtime),

@@ -3,7 +3,8 @@ in one run on the same utterances.
 
 Utterances: the demo conversation's twelve turns (edge_runtime/demo.py; **synthetic speech**,
 espeak-ng), cut at the script's turn boundaries with the VAD's 64 ms pad, each with its
-reference text. Three tables:
+reference text; or (``--asr-clips meld``) those and the turns of a 60 s and a 300 s MELD
+conversation (MELD-TTS voices, also synthetic). Three tables:
 
 - **Audio encoder**: one 10 s window (log-mel -> states), per form; parity of the utterance's
   own frames with PyTorch FP32 and with CTranslate2 int8 (what the shipped models trained on).
@@ -55,6 +56,25 @@ def demo_utterances() -> list[Utterance]:
         a = max(0, int((turn["start"] - PAD_S) * SAMPLE_RATE))
         b = min(audio.size, int((turn["end"] + PAD_S) * SAMPLE_RATE))
         out.append(Utterance(audio[a:b].copy(), turn["text"]))
+    return out
+
+
+def meld_utterances(folder: Path) -> list[Utterance]:
+    """The demo's turns, then the turns of a 60 s and a 300 s MELD conversation rendered into
+    ``folder`` (MELD's real texts, MELD-TTS voices: synthetic speech), cut 0.1 s around each
+    turn: the clips docs/LATENCY.md measures the recogniser's WER on."""
+    from edge_runtime.demo import meld_conversation
+    from hbaf.features import load_audio
+
+    out = demo_utterances()
+    for seconds in (60.0, 300.0):
+        sub = folder / f"meld-{seconds:.0f}"
+        sub.mkdir(parents=True, exist_ok=True)
+        wav, turns, _ = meld_conversation(sub, min_seconds=seconds)
+        audio = load_audio(wav)
+        for t in turns:
+            a, b = max(0, int((t["start"] - 0.1) * SAMPLE_RATE)), int((t["end"] + 0.1) * SAMPLE_RATE)
+            out.append(Utterance(audio[a:b].copy(), t["text"]))
     return out
 
 
@@ -240,8 +260,11 @@ def fusion_agreement(forms: dict[str, Any], manifest: Path, model: Path, threads
     return out
 
 
+CLIP_SETS = ("demo", "meld")
+
+
 def run_recogniser_bench(graphs: Path | None, *, threads: int = 2, runs: int = 1, beam: int = 5,
-                         manifest: Path | None = None, model: Path | None = None) -> dict[str, Any]:
+                         manifest: Path | None = None, model: Path | None = None, clips: str = "demo") -> dict[str, Any]:
     """The three tables on the demo's utterances. ``graphs``: the folder ``hbaf-export asr`` wrote
     (None: only the CTranslate2 and PyTorch rows). With ``manifest`` and the fusion ``model``, the
     encoder table also says how the model's answers change with each encoder form's states
@@ -253,13 +276,17 @@ def run_recogniser_bench(graphs: Path | None, *, threads: int = 2, runs: int = 1
     from hbaf.whisper import load_whisper_torch
     import torch
 
+    import tempfile
+
     t0 = time.perf_counter()
-    utts = demo_utterances()
+    tmp = tempfile.TemporaryDirectory(prefix="hbaf-asr-clips-")
+    utts = demo_utterances() if clips == "demo" else meld_utterances(Path(tmp.name))
     whisper_model = load_whisper(cpu_threads=threads)
     mels = [window_mel(u.samples, WINDOW_S, whisper_model.feature_extractor) for u in utts]
     lengths = [u.samples.size for u in utts]
-    report: dict[str, Any] = {"utterances": len(utts), "speech": "synthetic (espeak-ng demo conversation)", "runs": runs,
-                              "threads": threads}
+    speech = ("synthetic (espeak-ng demo conversation)" if clips == "demo" else
+              "synthetic (the demo's turns and 60 s + 300 s of MELD dialogues in MELD-TTS voices)")
+    report: dict[str, Any] = {"utterances": len(utts), "speech": speech, "runs": runs, "threads": threads}
     encoders = encoder_forms(graphs, threads, whisper_model)
     report["encoder"] = bench_encoders(encoders, mels, lengths, runs)
     if manifest is not None and model is not None:
@@ -295,4 +322,5 @@ def run_recogniser_bench(graphs: Path | None, *, threads: int = 2, runs: int = 1
     report["recognition"] = bench_recognition(asrs, utts, runs)
     report["beam"] = beam
     report["seconds"] = time.perf_counter() - t0
+    tmp.cleanup()
     return report

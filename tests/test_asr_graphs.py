@@ -161,3 +161,32 @@ def test_run_refuses_a_decoder_given_as_the_encoder_in_one_line(graphs, tmp_path
                            "--asr-encoder", str(graphs / asr_graph_name("tiny.en", ASR_DECODER_STEP, "fp32"))],
                           capture_output=True, text=True)
     assert_one_line_error(proc, "decoder-step graph, not its encoder", "hbaf-export asr")
+
+
+def test_bench_tables_put_every_form_side_by_side(graphs, speech):
+    from bench.recogniser import CT2_ROW, TORCH_ROW, bench_decoders, bench_encoders, decoder_forms, encoder_forms
+    from bench.report import format_recogniser
+    from edge_runtime.recogniser import DecodeRules, Encoded
+    from edge_runtime.whisper_decode import SpecialTokens
+    from faster_whisper.tokenizer import Tokenizer
+    from faster_whisper.transcribe import get_suppressed_tokens
+    from hbaf.encoder import load_whisper, window_mel
+
+    whisper_model = load_whisper(cpu_threads=2)
+    clips = [speech, speech[: speech.size // 2]]
+    mels = [window_mel(c) for c in clips]
+    encoders = encoder_forms(graphs, 2, whisper_model)
+    assert {CT2_ROW, TORCH_ROW, "onnxruntime fp32 (cpu)", "onnxruntime int8-cpu (cpu)"} <= set(encoders)
+    enc = bench_encoders(encoders, mels, [c.size for c in clips], runs=1)
+    assert enc["onnxruntime fp32 (cpu)"]["cosine_vs_torch"] > 0.9999 and enc[TORCH_ROW]["vs_torch"] == 1.0
+    tok = Tokenizer(whisper_model.hf_tokenizer, False, task="transcribe", language=None)
+    prompt = tuple(tok.sot_sequence) + (tok.no_timestamps,)
+    rules = lambda beam: DecodeRules(prompt, len(prompt) + 60, tuple(get_suppressed_tokens(tok, [-1])),  # noqa: E731
+                                     SpecialTokens.of(tok), beam_size=beam)
+    encoded = [Encoded(states=encoders[TORCH_ROW].encode(m).host_states()) for m in mels]
+    dec = bench_decoders({k: v for k, v in decoder_forms(graphs, 2, whisper_model).items() if k != "onnxruntime int8-cpu (cpu)"}, encoded,
+                         rules, runs=1)
+    assert dec[TORCH_ROW]["beam1"]["identical_to_ct2"] == "2/2"  # our decoder on the same states: CTranslate2's tokens
+    table = format_recogniser({"utterances": 2, "speech": "synthetic", "runs": 1, "threads": 2, "beam": 5, "encoder": enc,
+                               "decoder": dec, "recognition": {}})
+    assert "### Audio encoder" in table and "onnxruntime int8-cpu (cpu)" in table and "### Decoder" in table

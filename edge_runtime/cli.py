@@ -125,6 +125,9 @@ def build_parser(extra_commands: dict[str, str] | None = None) -> argparse.Argum
     vad.add_argument("--min-silence-ms", type=int, default=d.min_silence_ms, help="silence that ends an utterance (default %(default)d)")
     vad.add_argument("--speech-pad-ms", type=int, default=d.speech_pad_ms, help="audio kept around each utterance (default %(default)d)")
     vad.add_argument("--max-utterance-s", type=float, default=d.max_utterance_s, help="longer speech is cut (default %(default)g, the model's limit)")
+    vad.add_argument("--sentence-end-ms", type=int, default=d.sentence_end_ms, metavar="N",
+                     help="end an utterance after N ms of silence (less than --min-silence-ms) when its speculative transcript "
+                          "ends a sentence (. ? !); live input only; 0 = off (default %(default)d; docs/LATENCY.md)")
     vad.add_argument("--speculate", action=argparse.BooleanOptionalAction, default=d.speculate,
                      help="recognise each utterance while the VAD waits for the silence to confirm its end "
                           "(default on; --no-speculate waits for the decision)")
@@ -259,7 +262,8 @@ def run_options(args: argparse.Namespace) -> Any:
         asr_decoder=args.asr_decoder, context=args.context,
         reset_after=args.reset_after, min_confidence=args.min_confidence, vad_threshold=args.vad_threshold,
         min_speech_ms=args.min_speech_ms, min_silence_ms=args.min_silence_ms, speech_pad_ms=args.speech_pad_ms,
-        max_utterance_s=args.max_utterance_s, speculate=args.speculate, summary_line=not args.no_summary_line,
+        max_utterance_s=args.max_utterance_s, sentence_end_ms=args.sentence_end_ms, speculate=args.speculate,
+        summary_line=not args.no_summary_line,
     )
 
 

@@ -176,7 +176,13 @@ class Pipeline:
         self._speech_end_latencies: list[float] = []
         self._arrivals = _Arrivals()
         # a file read faster than real time has no hangover to hide work in: speculate only when live
-        self.speculator = Speculator(self._recognise) if speculate and self.live else None
+        self.speculator = Speculator(self._recognise, text_of=lambda heard: heard[0]) if speculate and self.live else None
+        if getattr(segmenter, "sentence_end", 0):  # --sentence-end-ms: the speculative transcript ends utterances early
+            if self.speculator is not None:
+                segmenter.heard_sentence = self.speculator.heard_sentence
+            else:
+                log.warning("--sentence-end-ms acts only on live input (a microphone, a paced file) with speculation on; "
+                            "here every utterance ends after --min-silence-ms")
         self._nan_warned = False
 
     # -- control
@@ -469,6 +475,8 @@ class Pipeline:
     def _summarize(self, wall: float) -> Summary:
         audio_s = self.audio_samples / SAMPLE_RATE
         speculation = self.speculator.stats.to_dict() if self.speculator is not None else None
+        if speculation is not None:
+            speculation["sentence_ends"] = int(getattr(self.segmenter, "sentence_cuts", 0))  # ended by --sentence-end-ms
         compute_ms = {"vad": 1000.0 * float(self.segmenter.vad_seconds), **{k: 1000.0 * v for k, v in self._compute.items()}}
         if speculation is not None:
             compute_ms["speculation_discarded"] = 1000.0 * speculation["wasted_s"]
@@ -529,6 +537,7 @@ class RunOptions:
     min_silence_ms: int = vad.MIN_SILENCE_MS
     speech_pad_ms: int = vad.SPEECH_PAD_MS
     max_utterance_s: float = vad.MAX_SECONDS
+    sentence_end_ms: int = vad.SENTENCE_END_MS  # shorter silence ending a speculative transcript's sentence; 0 = off
     speculate: bool = True  # recognise during the VAD's hangover (edge_runtime/speculate.py)
     summary_line: bool = True
 
@@ -546,8 +555,11 @@ def build_pipeline(source: Any, writer: EventWriter, options: RunOptions, *, bac
         raise HBAFError(f"--asr-beam {options.asr_beam}: the beam size must be >= 1 (1 = greedy)")
     if options.context is not None and options.context < 0:
         raise HBAFError(f"--context must be >= 0, got {options.context}")
+    if options.sentence_end_ms and not options.speculate:
+        raise HBAFError(f"--sentence-end-ms {options.sentence_end_ms} reads the speculative transcript, which --no-speculate "
+                        "turns off; drop --no-speculate, or use --sentence-end-ms 0")
     segmenter = vad.Segmenter(options.vad_threshold, options.min_speech_ms, options.min_silence_ms,
-                              options.speech_pad_ms, options.max_utterance_s)
+                              options.speech_pad_ms, options.max_utterance_s, sentence_end_ms=options.sentence_end_ms)
     if backend is None:
         model = Path(options.model).expanduser() if options.model else default_model_path()
         backend = open_backend(model, device=options.model_device, fp16=options.fp16, threads=options.threads)

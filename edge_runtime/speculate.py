@@ -13,6 +13,10 @@ counted), ``offer`` never blocks (the audio path only hands over a copy of the s
 every speculation ends as exactly one of used / discarded, with its compute time counted.
 Because the speculation transcribes exactly the samples the final utterance holds, the
 transcript is the one the non-speculative path would produce.
+
+The finished transcript can also end the utterance early (``--sentence-end-ms``): when it ends a
+sentence (``ends_sentence``), ``heard_sentence(key)`` says so to the segmenter, which then closes
+the utterance after that shorter silence instead of the full ``--min-silence-ms``.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import logging
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout  # not the built-in one before Python 3.11
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -29,6 +34,14 @@ import numpy as np
 log = logging.getLogger(__name__)
 
 Key = tuple[int, int]  # (first, last) stream sample of the utterance
+_CLOSERS = "\"')]}\u00bb\u201d\u2019"  # closing quotes and brackets after a sentence's mark
+
+
+def ends_sentence(text: str) -> bool:
+    """True when ``text`` ends a sentence: its last mark, after any closing quotes or brackets,
+    is ``.``, ``?`` or ``!``. An ellipsis (``...``) is a thought trailing off, not an end."""
+    t = text.rstrip().rstrip(_CLOSERS).rstrip()
+    return bool(t) and t[-1] in ".?!" and not t.endswith("..")
 
 
 @dataclass
@@ -58,10 +71,14 @@ class SpeculationStats:
 
 
 class Speculator:
-    """Runs ``work(samples) -> result`` ahead of the VAD's decision, one job at a time."""
+    """Runs ``work(samples) -> result`` ahead of the VAD's decision, one job at a time.
 
-    def __init__(self, work: Callable[[np.ndarray], Any]) -> None:
+    ``text_of(result)`` is the transcript in a result (default: the result is the text); only
+    ``heard_sentence`` reads it."""
+
+    def __init__(self, work: Callable[[np.ndarray], Any], *, text_of: Callable[[Any], str] | None = None) -> None:
         self._work = work
+        self._text_of = text_of if text_of is not None else str
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hbaf-speculate")
         self._lock = threading.RLock()  # a done-callback may run inside a locked section
         self._current: Speculation | None = None
@@ -88,6 +105,30 @@ class Speculator:
             self._current = Speculation(key, self._pool.submit(self._timed, samples), time.perf_counter())
             self.stats.offered += 1
             return True
+
+    def heard_sentence(self, key: Key) -> bool:
+        """True when the speculation on ``key`` has finished and its transcript ends a sentence
+        (never waits: False while it runs, or when none runs on ``key``). The segmenter asks it
+        once per silent VAD window from ``--sentence-end-ms`` on."""
+        with self._lock:
+            cur = self._current
+        if cur is None or cur.key != key or not cur.future.done() or cur.future.exception() is not None:
+            return False
+        result, _, _ = cur.future.result()
+        return ends_sentence(self._text_of(result))
+
+    def settle(self, timeout: float | None = None) -> bool:
+        """Wait until the running speculation has finished (a recogniser that always keeps up:
+        the offline endpoint analysis and tests). True when none is left running."""
+        with self._lock:
+            cur = self._current
+        if cur is None:
+            return True
+        try:
+            cur.future.exception(timeout)
+        except FutureTimeout:
+            return False
+        return True
 
     def claim(self, key: Key) -> None:
         """The segmenter emitted utterance ``key``: keep its speculation for the worker, whatever

@@ -10,7 +10,9 @@ speech starts when the probability reaches ``threshold``, and ends after
 ``min_silence_ms`` below ``threshold - 0.15`` (hysteresis, as in Silero's own
 iterator); bursts shorter than ``min_speech_ms`` are ignored; each utterance is
 padded by ``speech_pad_ms`` of audio on both sides; speech running longer than
-``max_utterance_s`` is cut at the least speech-like window of its last second.
+``max_utterance_s`` is cut at the least speech-like window of its last second. With
+``sentence_end_ms`` (and ``heard_sentence``, the speculative recogniser's verdict on the pending
+utterance) an utterance whose transcript ends a sentence ends after that shorter silence.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -35,6 +38,7 @@ THRESHOLD = 0.5  # speech probability that starts an utterance
 MIN_SPEECH_MS = 250  # shorter bursts are ignored
 MIN_SILENCE_MS = 300  # silence that ends an utterance
 SPEECH_PAD_MS = 64  # audio kept around each utterance (64 vs 100: same WER, speculation starts 36 ms sooner; docs/LATENCY.md)
+SENTENCE_END_MS = 0  # silence that ends an utterance heard to end a sentence (0 = off; docs/LATENCY.md, release 2.2)
 
 
 def bundled_vad_model() -> Path:
@@ -151,6 +155,8 @@ class Segmenter:
         max_utterance_s: float = MAX_SECONDS,
         *,
         vad: SileroVAD | None = None,
+        sentence_end_ms: int = SENTENCE_END_MS,
+        heard_sentence: Callable[[tuple[int, int]], bool] | None = None,
     ) -> None:
         if not 0.0 < threshold < 1.0:
             raise HBAFError(f"VAD threshold must be between 0 and 1, got {threshold}; 0.5 is a good start")
@@ -172,6 +178,13 @@ class Segmenter:
             raise HBAFError(f"--min-speech-ms {min_speech_ms} is as long as an utterance may be (--max-utterance-s "
                             f"{max_utterance_s:g}), so no speech would ever be kept; use e.g. {MIN_SPEECH_MS} "
                             "(bursts shorter than this are ignored)")
+        if sentence_end_ms < 0:
+            raise HBAFError(f"--sentence-end-ms must not be negative, got {sentence_end_ms}; 0 turns it off")
+        if 0 < sentence_end_ms and sentence_end_ms >= min_silence_ms:
+            raise HBAFError(f"--sentence-end-ms {sentence_end_ms} must be shorter than --min-silence-ms {min_silence_ms} "
+                            "(the silence that ends every utterance anyway); use e.g. 200, or 0 to turn it off")
+        self.sentence_end = int(sentence_end_ms * SAMPLE_RATE / 1000)
+        self.heard_sentence = heard_sentence  # (first, last) sample of the pending utterance -> its transcript ends a sentence
         self.vad = vad if vad is not None else SileroVAD()
         self.reset()
 
@@ -184,6 +197,7 @@ class Segmenter:
         self._clear_speech()
         self.vad_seconds = 0.0
         self.windows = 0
+        self.sentence_cuts = 0  # utterances ended after sentence_end_ms instead of min_silence_ms
 
     def _clear_speech(self) -> None:
         self._speech_start: int | None = None
@@ -272,9 +286,22 @@ class Segmenter:
                 self._temp_end = win_start
             if win_end - self._temp_end >= self.min_silence:
                 return self._finish(self._temp_end, self._temp_end + self.pad)
+            if self._ends_at_sentence(win_end):
+                self.sentence_cuts += 1
+                return self._finish(self._temp_end, self._temp_end + self.pad)
         if win_end - self._padded_start() >= self.max_samples:
             return self._split(win_end)
         return None
+
+    def _ends_at_sentence(self, win_end: int) -> bool:
+        """The early end: ``sentence_end_ms`` of silence so far, and the recogniser heard the pending
+        utterance (the samples ``_finish`` would now return) end a sentence."""
+        if not self.sentence_end or self.heard_sentence is None or self._temp_end is None:
+            return False
+        if win_end - self._temp_end < self.sentence_end:
+            return False
+        key = self.pending_key()
+        return key is not None and bool(self.heard_sentence(key))
 
     def _split(self, now: int) -> Utterance | None:
         """Speech too long: cut in the middle of the least speech-like window of the last second."""

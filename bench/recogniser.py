@@ -22,6 +22,7 @@ same run.
 from __future__ import annotations
 
 import logging
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -275,8 +276,6 @@ def run_recogniser_bench(graphs: Path | None, *, threads: int = 2, runs: int = 1
     from hbaf.encoder import WINDOW_S, load_whisper, window_mel
     from hbaf.whisper import load_whisper_torch
     import torch
-
-    import tempfile
 
     t0 = time.perf_counter()
     tmp = tempfile.TemporaryDirectory(prefix="hbaf-asr-clips-")

@@ -46,7 +46,6 @@ log = logging.getLogger(__name__)
 
 CT2 = "ct2"
 TORCH = "torch"
-FORMS = (CT2, TORCH)  # named forms; anything else is a graph file
 
 
 @dataclass

@@ -230,11 +230,12 @@ def builtin_asr_graphs(out: Path) -> Path:
     from export.asr_export import export_asr, is_current_export
 
     folder = out / "asr"
-    if is_current_export(folder):
+    precisions = ("fp32", "int8-cpu", "int8-trt")
+    if is_current_export(folder, precisions):
         print(f"recogniser graphs: reusing {folder}", file=sys.stderr, flush=True)
     else:
         print(f"recogniser graphs: exporting the bundled Whisper tiny.en -> {folder}", file=sys.stderr, flush=True)
-        export_asr(folder, precisions=("fp32", "int8-cpu"))
+        export_asr(folder, precisions=precisions)
     return folder
 
 

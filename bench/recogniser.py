@@ -114,7 +114,7 @@ def encoder_forms(graphs: Path | None, threads: int, whisper_model: Any) -> dict
 
     forms: dict[str, Any] = {CT2_ROW: CT2Encoder(whisper_model), TORCH_ROW: TorchEncoder(device="cpu", threads=threads)}
     if graphs is not None:
-        for precision in ("fp32", "int8-cpu"):
+        for precision in ("fp32", "int8-cpu", "int8-trt"):  # int8-trt: TensorRT's Q/DQ form, run here for its accuracy
             path = graphs / asr_graph_name("tiny.en", ASR_ENCODER, precision)
             if path.is_file():
                 forms[f"onnxruntime {precision} (cpu)"] = OnnxEncoder(path, threads=threads, providers=["CPUExecutionProvider"])

@@ -10,7 +10,8 @@
 - ``whisper-tiny.en.decoder-step.fp32.onnx``: new tokens after the cache -> logits and the
   grown cache;
 - the same three in ``fp16`` (float16 weights and arithmetic, float32 inputs and outputs, for
-  GPUs), and the INT8 forms (calibration/asr_quantize.py).
+  GPUs) and ``int8-cpu`` (dynamic INT8 for ONNX Runtime on a CPU), and the encoder in
+  ``int8-trt`` (explicit Q/DQ calibrated on real speech, for TensorRT INT8 engines).
 
 Names, dtypes and axes come from ``hbaf.contract.ASR_GRAPHS``; each file carries
 ``AsrGraphInfo`` as metadata (``hbaf_asr``) so the runtime refuses a graph of another role,
@@ -35,6 +36,7 @@ from hbaf.contract import (
     ASR_ENCODER,
     ASR_GRAPHS,
     ASR_METADATA_KEY,
+    SAMPLE_RATE,
     AsrGraphInfo,
     GraphSpec,
     ShapeProfile,
@@ -195,14 +197,18 @@ def engine_profile(role: str, dims, window_s: float = WINDOW_S) -> "ShapeProfile
     return ShapeProfile.from_axes(ASR_GRAPHS[role].inputs, sizes)
 
 
-PRECISIONS = ("fp32", "fp16", "int8-cpu")
+PRECISIONS = ("fp32", "fp16", "int8-cpu", "int8-trt")
+# int8-trt: explicit Q/DQ (symmetric s8 activations calibrated on real speech, s8 per-channel
+# weights), the form TensorRT builds INT8 engines from. The encoder only: a decoder step's
+# inputs depend on the transcript so far, and its GPU form is fp16.
+QDQ_ROLES = (ASR_ENCODER,)
 # Projections left in float32 in the int8-cpu form. The encoder's MLP output projection reads
 # the GELU's output, whose outliers per-tensor dynamic quantization rounds badly: quantized, the
 # emotion model's top-1 answer on the built-in test utterances agreed with CTranslate2's states
 # on 96.9 % of them; kept float, 99.4 % (docs/RECOGNISER.md).
 INT8_KEEP_FLOAT = {ASR_ENCODER: ("mlp.2",)}
 # what a form may differ from PyTorch FP32 by: (max relative difference, lowest cosine)
-PARITY_LIMIT = {"fp32": (1e-4, 0.99999), "fp16": (2e-2, 0.9999), "int8-cpu": (1.0, 0.98)}
+PARITY_LIMIT = {"fp32": (1e-4, 0.99999), "fp16": (2e-2, 0.9999), "int8-cpu": (1.0, 0.98), "int8-trt": (1.0, 0.98)}
 
 
 def weight_matmuls(proto, exclude: tuple[str, ...] = ()) -> list[str]:
@@ -224,6 +230,41 @@ def quantize_cpu(fp32: Path, out: Path, exclude: tuple[str, ...] = ()) -> None:
     with quiet_output(["onnxruntime", ""], "int8 quantization"):
         quantize_dynamic(str(fp32), str(out), weight_type=QuantType.QInt8, per_channel=True, op_types_to_quantize=["MatMul"],
                          nodes_to_quantize=nodes)
+
+
+def calibration_mels(window_s: float = WINDOW_S) -> list[np.ndarray]:
+    """Log-mel windows of real speech for the encoder's INT8 ranges: the demo conversation's
+    turns (espeak-ng, rendered once and cached; synthetic speech)."""
+    from edge_runtime.demo import demo_conversation, demo_script
+    from hbaf.encoder import window_mel
+    from hbaf.features import load_audio
+
+    wav = demo_conversation()
+    audio = load_audio(wav)
+    return [window_mel(audio[int(t["start"] * SAMPLE_RATE):int(t["end"] * SAMPLE_RATE)], window_s)[None]
+            for t in demo_script(wav)]
+
+
+def quantize_qdq(fp32: Path, out: Path, mels: list[np.ndarray], exclude: tuple[str, ...] = ()) -> None:
+    """Explicit Q/DQ INT8 of the weight projections for TensorRT: activations symmetric s8 at the
+    99.9999th percentile of the calibration windows, weights s8 per channel; outputs stay float."""
+    import onnx
+    from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+    class Windows(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.items = iter([{"mel": m} for m in mels])
+
+        def get_next(self) -> dict[str, np.ndarray] | None:
+            return next(self.items, None)
+
+    nodes = weight_matmuls(onnx.load(str(fp32), load_external_data=False), exclude)
+    with quiet_output(["onnxruntime", ""], "int8 calibration"):
+        quantize_static(str(fp32), str(out), Windows(), quant_format=QuantFormat.QDQ, activation_type=QuantType.QInt8,
+                        weight_type=QuantType.QInt8, per_channel=True, nodes_to_quantize=nodes, op_types_to_quantize=["MatMul"],
+                        calibrate_method=CalibrationMethod.Percentile,
+                        extra_options={"ActivationSymmetric": True, "WeightSymmetric": True,
+                                       "OpTypesToExcludeOutputQuantization": ["MatMul"], "CalibPercentile": 99.9999})
 
 
 def export_asr(out_dir: str | os.PathLike, *, asr: str | None = None, precisions: tuple[str, ...] = PRECISIONS,
@@ -268,25 +309,30 @@ def export_asr(out_dir: str | os.PathLike, *, asr: str | None = None, precisions
                 log.info("%s %s: vs PyTorch max %.1e, cosine %.6f", role, precision, err, cos)
 
             for precision in precisions:
+                if precision == "int8-trt" and role not in QDQ_ROLES:
+                    continue
                 target = out / asr_graph_name(name, role, precision)
                 meta = replace(info, precision=precision).to_metadata()
-                if precision == "int8-cpu":
+                if precision.startswith("int8"):
                     with tempfile.TemporaryDirectory() as tmp:
                         src = Path(tmp) / "fp32.onnx"
                         onnx.save_model(fp32, str(src))
                         q = Path(tmp) / "int8.onnx"
-                        quantize_cpu(src, q, INT8_KEEP_FLOAT.get(role, ()))
+                        if precision == "int8-cpu":
+                            quantize_cpu(src, q, INT8_KEEP_FLOAT.get(role, ()))
+                        else:
+                            quantize_qdq(src, q, calibration_mels(window_s), INT8_KEEP_FLOAT.get(role, ()))
                         proto = onnx.load(str(q))
                 else:
                     proto = fp32 if precision == "fp32" else to_fp16(fp32)
                 set_onnx_metadata(proto, meta, ASR_METADATA_KEY)
                 set_graph_profile(proto, asr_engine_graph(role), engine_profile(role, d, window_s))
-                onnx.checker.check_model(proto, full_check=precision != "int8-cpu")
+                onnx.checker.check_model(proto, full_check=not precision.startswith("int8"))
                 written[f"{role}.{precision}"] = save_onnx(proto, target, verify=lambda p, q=precision: verify(p, q))
     return written
 
 
-def is_current_export(folder: Path, asr: str | None = None, precisions: tuple[str, ...] = ("fp32", "int8-cpu")) -> bool:
+def is_current_export(folder: Path, precisions: tuple[str, ...], asr: str | None = None) -> bool:
     """Whether ``folder`` holds every graph of ``precisions`` exported from the Whisper model ``asr``
     as it is now (its model.bin's sha256), so a benchmark may reuse them."""
     import onnx
@@ -301,6 +347,8 @@ def is_current_export(folder: Path, asr: str | None = None, precisions: tuple[st
     name = BUNDLED_MODEL if asr in (None, BUNDLED_MODEL) else Path(path).name
     for role in ASR_GRAPHS:
         for precision in precisions:
+            if precision == "int8-trt" and role not in QDQ_ROLES:
+                continue
             f = Path(folder) / asr_graph_name(name, role, precision)
             if not f.is_file():
                 return False

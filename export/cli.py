@@ -177,8 +177,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("asr", help="the recogniser (Whisper) -> encoder, decoder first-step and decoder-step ONNX graphs")
     p.add_argument("--out", default=str(Path(DEFAULT_OUT) / "asr"), help="output folder (default %(default)s)")
     p.add_argument("--asr", default=None, help="CTranslate2 Whisper model folder (default: the bundled tiny.en)")
-    p.add_argument("--precision", default="fp32,fp16,int8-cpu",
-                   help="comma list of fp32, fp16 (GPUs), int8-cpu (ONNX Runtime on a CPU) (default %(default)s)")
+    p.add_argument("--precision", default="fp32,fp16,int8-cpu,int8-trt",
+                   help="comma list of fp32, fp16 (GPUs), int8-cpu (ONNX Runtime on a CPU), int8-trt (the encoder as Q/DQ "
+                        "for TensorRT INT8) (default %(default)s)")
 
     p = sub.add_parser("torch-trt", help="compile a checkpoint with Torch-TensorRT, saved as an exported program (needs CUDA)")
     p.add_argument("--checkpoint", required=True, help="checkpoint folder (hbaf train/distill --out)")

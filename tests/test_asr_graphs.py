@@ -40,7 +40,7 @@ def graphs(tmp_path_factory) -> Path:
     from export.asr_export import export_asr
 
     out = tmp_path_factory.mktemp("asr-graphs")
-    export_asr(out, precisions=("fp32", "int8-cpu"))
+    export_asr(out, precisions=("fp32", "int8-cpu", "int8-trt"))
     return out
 
 
@@ -100,6 +100,23 @@ def test_export_writes_named_graphs_that_onnx_runtime_runs(graphs, speech):
     (states8,) = run_ort(graphs / asr_graph_name("tiny.en", ASR_ENCODER, "int8-cpu"), {"mel": window_mel(speech)[None]})
     cos = float((states * states8).sum() / np.linalg.norm(states) / np.linalg.norm(states8))
     assert states.shape == (1, 500, 384) and cos > 0.99
+    assert not (graphs / asr_graph_name("tiny.en", "decoder-step", "int8-trt")).exists()  # the encoder only
+
+
+def test_the_tensorrt_int8_encoder_is_explicit_qdq_and_close_to_fp32(graphs, speech):
+    import onnx
+
+    from export.asr_export import is_current_export, run_ort
+    from hbaf.encoder import window_mel
+
+    path = graphs / asr_graph_name("tiny.en", ASR_ENCODER, "int8-trt")
+    proto = onnx.load(str(path))
+    dq = [n for n in proto.graph.node if n.op_type == "DequantizeLinear"]
+    assert len(dq) == 2 * 12  # activation + weight of the 16 projections, less the 4 MLP outputs kept float
+    mel = {"mel": window_mel(speech)[None]}
+    (ref,), (q,) = run_ort(graphs / asr_graph_name("tiny.en", ASR_ENCODER, "fp32"), mel), run_ort(path, mel)
+    assert float((ref * q).sum() / np.linalg.norm(ref) / np.linalg.norm(q)) > 0.99
+    assert is_current_export(graphs, ("fp32", "int8-cpu", "int8-trt")) and not is_current_export(graphs, ("fp16",))
 
 
 def test_encoder_forms_refuse_the_wrong_file_in_one_line(graphs):

@@ -100,9 +100,9 @@ def _speedups(rows: dict[str, dict], key: str = "p50_ms") -> None:
 
 
 def _frames_parity(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
-    a64, b64 = a.astype(np.float64).ravel(), b.astype(np.float64).ravel()
-    cos = float(a64 @ b64 / (np.linalg.norm(a64) * np.linalg.norm(b64) + 1e-12))
-    return float(np.abs(a64 - b64).max()), cos
+    from export.asr_export import cosine
+
+    return float(np.abs(a.astype(np.float64) - b).max()), cosine(a, b)
 
 
 def encoder_forms(graphs: Path | None, threads: int, whisper_model: Any) -> dict[str, Any]:

@@ -217,6 +217,37 @@ def default_providers(available: list[str]) -> list[str]:
     return [p for p in order if p in available] or ["CPUExecutionProvider"]
 
 
+def ort_session(path: Path, *, threads: int | None = None, providers: list[str] | None = None, quiet: bool = False,
+                fix: str) -> Any:
+    """An ONNX Runtime session of ``path``: ``threads`` intra-op threads (0 or None: one per core),
+    the TensorRT, CUDA and CPU providers this build has unless ``providers`` says otherwise (the
+    TensorRT EP caches its engines next to the model, in ``<model>.ort-trt-cache/``), ONNX
+    Runtime's own warnings off when ``quiet``. A file it cannot load is a one-line HBAFError
+    ending in ``fix``."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    if quiet:
+        opts.log_severity_level = 3
+    if threads:
+        opts.intra_op_num_threads = int(threads)
+        opts.inter_op_num_threads = 1
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    chosen = providers or default_providers(ort.get_available_providers())
+    provider_args: list[Any] = []
+    for p in chosen:
+        if p == "TensorrtExecutionProvider":
+            cache = path.with_name(path.name + ".ort-trt-cache")
+            provider_args.append((p, {"trt_engine_cache_enable": True, "trt_engine_cache_path": str(cache)}))
+        else:
+            provider_args.append(p)
+    try:
+        return ort.InferenceSession(str(path), sess_options=opts, providers=provider_args)
+    except Exception as err:  # onnxruntime raises its own Fail/InvalidGraph/... types
+        why = " ".join(first_line(err, 200).split())
+        raise HBAFError(f"ONNX Runtime cannot load {path} ({why}); {fix}") from err
+
+
 class OnnxBackend(Backend):
     """An exported ``.onnx`` through ONNX Runtime.
 
@@ -229,8 +260,6 @@ class OnnxBackend(Backend):
     name = "onnxruntime"
 
     def __init__(self, path: str | Path, *, threads: int | None = None, providers: list[str] | None = None) -> None:
-        import onnxruntime as ort
-
         from hbaf.contract import onnx_metadata
 
         path = Path(path)
@@ -242,24 +271,8 @@ class OnnxBackend(Backend):
         self.precision = "int8" if has_qdq(proto) or _integer_ops(proto) else ("fp16" if fp16_weights else "fp32")
         del proto
 
-        opts = ort.SessionOptions()
-        if threads:
-            opts.intra_op_num_threads = int(threads)
-            opts.inter_op_num_threads = 1
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        chosen = providers or default_providers(ort.get_available_providers())
-        provider_args: list[Any] = []
-        for p in chosen:
-            if p == "TensorrtExecutionProvider":
-                cache = self.path.with_name(self.path.name + ".ort-trt-cache")
-                provider_args.append((p, {"trt_engine_cache_enable": True, "trt_engine_cache_path": str(cache)}))
-            else:
-                provider_args.append(p)
-        try:
-            self.session = ort.InferenceSession(str(self.path), sess_options=opts, providers=provider_args)
-        except Exception as err:  # onnxruntime raises its own Fail/InvalidGraph/... types
-            why = " ".join(first_line(err, 200).split())
-            raise HBAFError(f"ONNX Runtime cannot load {self.path} ({why}); export the model again with `hbaf-export onnx`") from err
+        self.session = ort_session(self.path, threads=threads, providers=providers,
+                                   fix="export the model again with `hbaf-export onnx`")
         self.providers = self.session.get_providers()
         self._dtypes = {i.name: _ORT_TYPES.get(i.type, np.float32) for i in self.session.get_inputs()}
         self.tokenizer_file = resolve_tokenizer(self.path, self.meta, self.spec)

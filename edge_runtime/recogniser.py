@@ -36,7 +36,6 @@ from hbaf.contract import (
     AsrGraphInfo,
     asr_engine_graph,
     asr_graph_name,
-    first_line,
     read_onnx,
 )
 from edge_runtime.whisper_decode import DecoderStep, Generated, SpecialTokens, TorchDecoderStep, generate
@@ -138,23 +137,11 @@ class TorchEncoder:
 
 
 def ort_session(path: Path, *, threads: int | None = None, providers: list[str] | None = None) -> Any:
-    """An ONNX Runtime session of ``path`` (TensorRT, CUDA, then CPU providers, those present),
-    or a one-line HBAFError."""
-    import onnxruntime as ort
+    """An ONNX Runtime session of a recogniser graph (edge_runtime.backends.ort_session)."""
+    from edge_runtime.backends import ort_session as open_session
 
-    from edge_runtime.backends import default_providers
-
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
-    if threads:
-        opts.intra_op_num_threads = int(threads)
-        opts.inter_op_num_threads = 1
-    chosen = providers or default_providers(ort.get_available_providers())
-    try:
-        return ort.InferenceSession(str(path), sess_options=opts, providers=chosen)
-    except Exception as err:  # onnxruntime raises its own Fail/InvalidGraph/... types
-        why = " ".join(first_line(err, 200).split())
-        raise HBAFError(f"ONNX Runtime cannot load {path} ({why}); export it again with `hbaf-export asr --out DIR`") from err
+    return open_session(path, threads=threads, providers=providers, quiet=True,
+                        fix="export it again with `hbaf-export asr --out DIR`")
 
 
 def read_asr_graph(path: str | Path, role: str) -> AsrGraphInfo:

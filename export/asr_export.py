@@ -162,27 +162,28 @@ def _sort_nodes(graph) -> None:
 
 
 def run_ort(path: str | os.PathLike, feeds: dict[str, np.ndarray], threads: int = 2) -> list[np.ndarray]:
-    import onnxruntime as ort
+    from edge_runtime.recogniser import ort_session
 
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = threads
-    so.log_severity_level = 3
-    sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
-    return sess.run(None, feeds)
+    return ort_session(Path(path), threads=threads, providers=["CPUExecutionProvider"]).run(None, feeds)
+
+
+def cosine(a: np.ndarray, b: np.ndarray) -> float:
+    """Cosine similarity of two arrays, flattened, in float64."""
+    a64, b64 = np.asarray(a, np.float64).ravel(), np.asarray(b, np.float64).ravel()
+    return float(a64 @ b64 / (np.linalg.norm(a64) * np.linalg.norm(b64) + 1e-12))
 
 
 def parity(path: Path, reference: list[np.ndarray], feeds: dict[str, np.ndarray]) -> tuple[float, float]:
     """ONNX Runtime vs PyTorch over the graph's outputs: (max |difference| relative to each
     output's scale, lowest cosine similarity)."""
     got = run_ort(path, feeds)
-    worst, cosine = 0.0, 1.0
+    worst, lowest = 0.0, 1.0
     for g, r in zip(got, reference):
         if g.shape != r.shape:
             raise HBAFError(f"{path.name}: ONNX Runtime gives shape {g.shape}, PyTorch {r.shape}; the export is broken")
         worst = max(worst, float(np.abs(g - r).max() / (np.abs(r).max() + 1e-6)))
-        g64, r64 = g.astype(np.float64).ravel(), r.astype(np.float64).ravel()
-        cosine = min(cosine, float(g64 @ r64 / (np.linalg.norm(g64) * np.linalg.norm(r64) + 1e-12)))
-    return worst, cosine
+        lowest = min(lowest, cosine(g, r))
+    return worst, lowest
 
 
 def engine_profile(role: str, dims, window_s: float = WINDOW_S) -> "ShapeProfile":

@@ -18,11 +18,12 @@ import numpy as np
 from edge_runtime.backends import Backend
 from edge_runtime.memory import DialogueMemory
 from edge_runtime.offline import fuse_utterance
+from hbaf.audio import load_audio
 from hbaf.contract import HOP_LENGTH, SAMPLE_RATE, ModelSpec, batch_feeds
 from hbaf.data.records import Record
 from hbaf.data.store import group_dialogues
 from hbaf.errors import HBAFError
-from hbaf.features import load_audio, utterance_features
+from hbaf.features import utterance_features
 from hbaf.text import Tokenizer
 
 SHORTEST_BATCH_ROW = 0.6  # the last row of a batch of L-second clips lasts 0.6 L

@@ -48,7 +48,7 @@ class Utterance:
 def demo_utterances() -> list[Utterance]:
     """The demo conversation's turns with their reference texts (synthetic speech)."""
     from edge_runtime.demo import demo_conversation, demo_script
-    from hbaf.features import load_audio
+    from hbaf.audio import load_audio
 
     wav = demo_conversation()
     audio = load_audio(wav)
@@ -65,7 +65,7 @@ def meld_utterances(folder: Path) -> list[Utterance]:
     ``folder`` (MELD's real texts, MELD-TTS voices: synthetic speech), cut 0.1 s around each
     turn: the clips docs/LATENCY.md measures the recogniser's WER on."""
     from edge_runtime.demo import meld_conversation
-    from hbaf.features import load_audio
+    from hbaf.audio import load_audio
 
     out = demo_utterances()
     for seconds in (60.0, 300.0):
@@ -202,7 +202,7 @@ def bench_decoders(forms: dict[str, Any], encoded: list[Any], rules_for: Callabl
 
 def bench_recognition(asrs: dict[str, Any], utts: list[Utterance], runs: int) -> dict[str, dict]:
     """Per encoder/decoder pair: ``WhisperASR.transcribe`` per utterance, WER, identical transcripts."""
-    from edge_runtime.asr import corpus_wer
+    from hbaf.wer import corpus_wer
 
     rows: dict[str, dict] = {}
     texts: dict[str, list[str]] = {}
@@ -234,7 +234,7 @@ def fusion_agreement(forms: dict[str, Any], manifest: Path, model: Path, threads
     from hbaf.data.manifest import load_manifest
     from hbaf.data.store import group_dialogues
     from hbaf.encoder import window_input, window_mel, utterance_states
-    from hbaf.features import load_audio
+    from hbaf.audio import load_audio
 
     records = [r for r in load_manifest(manifest) if r.split == "test"]
     groups = group_dialogues(records)

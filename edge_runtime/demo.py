@@ -28,8 +28,9 @@ from pathlib import Path
 
 import numpy as np
 
+from hbaf.audio import load_audio
+from hbaf.contract import SAMPLE_RATE
 from hbaf.errors import HBAFError
-from hbaf.features import SAMPLE_RATE, load_audio
 from hbaf.io import atomic_path, hbaf_home, write_json_atomic
 
 log = logging.getLogger(__name__)

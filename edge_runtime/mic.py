@@ -17,9 +17,10 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from edge_runtime.sources import AudioSource, StreamResampler
+from edge_runtime.sources import AudioSource
+from hbaf.audio import StreamResampler, to_mono
+from hbaf.contract import SAMPLE_RATE
 from hbaf.errors import HBAFError
-from hbaf.features import SAMPLE_RATE, to_mono
 
 log = logging.getLogger(__name__)
 

@@ -1,10 +1,11 @@
 """Audio sources for the runtime: each yields float32 mono 16 kHz numpy blocks.
 
 A source is a small object with ``blocks()`` (an iterator of 1-D float32 arrays at
-``hbaf.features.SAMPLE_RATE``), ``close()``, ``name`` and ``dropped_blocks``.
-Three kinds exist:
+``hbaf.contract.SAMPLE_RATE``), ``close()``, ``name`` and ``dropped_blocks``.
+Decoding, down-mixing and resampling are ``hbaf.audio``'s; a source decides where the audio
+comes from and how it is served. Three kinds exist:
 
-- ``FileSource``: any file ``hbaf.features.load_audio`` reads (wav, flac, mp3, ...), decoded
+- ``FileSource``: any file ``hbaf.audio.load_audio`` reads (wav, flac, mp3, ...), decoded
   and resampled block by block (constant memory), optionally paced at wall-clock speed; a
   path that is a stream (a FIFO, ``<(ffmpeg ... -f wav -)``, a character device) is decoded by
   ffmpeg as it arrives.
@@ -13,11 +14,9 @@ Three kinds exist:
   channel count the device supports; the audio callback only copies into a bounded queue
   and counts what it had to drop, it never blocks.
 
-Streams that arrive at another rate are resampled with ``StreamResampler``: the
-same polyphase FIR that ``hbaf.features.resample`` (scipy ``resample_poly``) uses,
-with its filter history carried from block to block, so a stream resampled block
-by block equals the whole signal resampled at once (tested), and 48 kHz -> 16 kHz
-is an exact decimation by 3 behind an anti-alias low-pass.
+Audio that arrives at another rate is resampled with ``hbaf.audio.StreamResampler``, the
+filter ``hbaf.audio.resample`` (and so ``load_audio``) applies to a whole file: a stream
+resampled block by block equals the whole signal resampled at once.
 """
 
 from __future__ import annotations
@@ -26,27 +25,28 @@ import logging
 import os
 import shutil
 import stat
-import subprocess
 import sys
-import tempfile
 import threading
 import time
-from math import gcd
 from pathlib import Path
-from typing import Any, BinaryIO, Iterator
+from typing import BinaryIO, Iterator
 
 import numpy as np
 
-from hbaf.errors import HBAFError
-from hbaf.features import (
-    SAMPLE_RATE,
+from hbaf.audio import (
+    FfmpegReader,
+    SoundfileReader,
+    StreamResampler,
     check_audio_path,
-    ffmpeg_command,
-    ffmpeg_missing,
+    is_mp3,
     open_soundfile,
+    probe_seconds,
+    soundfile_reason,
     to_mono,
     unreadable_audio,
 )
+from hbaf.contract import SAMPLE_RATE
+from hbaf.errors import HBAFError
 
 log = logging.getLogger(__name__)
 
@@ -76,103 +76,6 @@ def check_channels(channels: int, flag: str = "--channels") -> int:
 MODEL_SUFFIXES = (".onnx", ".engine", ".plan", ".trt", ".safetensors", ".pt", ".pth", ".ckpt")
 
 
-def _kaiser_lowpass(numtaps: int, cutoff: float) -> np.ndarray:
-    """``scipy.signal.firwin(numtaps, cutoff, window=("kaiser", 5.0))`` in numpy (equal to ~1e-16):
-    importing scipy.signal would cost a source about 75 MB of resident memory."""
-    m = np.arange(numtaps) - (numtaps - 1) / 2
-    h = cutoff * np.sinc(cutoff * m) * np.kaiser(numtaps, 5.0)
-    return h / h.sum()
-
-
-class StreamResampler:
-    """Block-by-block resampling that matches ``hbaf.features.resample`` on the whole signal.
-
-    Polyphase form of scipy's ``resample_poly`` (Kaiser-windowed sinc, beta 5,
-    ``10 * max(up, down)`` taps each side, output centred on the filter): output
-    sample ``m`` is ``sum_i h[p + up*i] * x[b - i]`` with ``j = m*down + half_len``,
-    ``p = j % up``, ``b = j // up``. The last few input samples are kept between
-    calls, so block boundaries leave no trace; the price is a look-ahead of
-    ``half_len / up`` input samples (0.6 ms at 48 kHz), returned by ``flush()``.
-    """
-
-    def __init__(self, orig_rate: int, target_rate: int = SAMPLE_RATE) -> None:
-        if orig_rate <= 0 or target_rate <= 0:
-            raise HBAFError(f"invalid sample rate {orig_rate} -> {target_rate}; pass a positive rate such as 16000 or 48000")
-        self.orig_rate = int(orig_rate)
-        self.target_rate = int(target_rate)
-        g = gcd(self.orig_rate, self.target_rate)
-        self.up = self.target_rate // g
-        self.down = self.orig_rate // g
-        self.passthrough = self.up == self.down
-        if not self.passthrough:
-            max_rate = max(self.up, self.down)
-            self.half_len = 10 * max_rate
-            h = _kaiser_lowpass(2 * self.half_len + 1, 1.0 / max_rate) * self.up
-            self.taps = -(-h.size // self.up)
-            padded = np.zeros(self.taps * self.up)
-            padded[: h.size] = h
-            # phases[p, i] = h[p + up * i]
-            self.phases = padded.reshape(self.taps, self.up).T.copy()
-            # the same taps oldest input first, to dot with a window of the buffer
-            self._reversed = np.ascontiguousarray(self.phases[:, ::-1])
-        self.reset()
-
-    def reset(self) -> None:
-        """Forget all history (start of a new stream)."""
-        self._n_in = 0
-        self._next_out = 0
-        if not self.passthrough:
-            self._buf = np.zeros(self.taps - 1, dtype=np.float64)
-            self._buf_start = -(self.taps - 1)  # absolute input index of _buf[0]; zeros before the stream
-
-    def _emit(self, m_end: int) -> np.ndarray:
-        count = m_end - self._next_out
-        if count <= 0:
-            return np.zeros(0, dtype=np.float32)
-        # windows[k] = _buf[k : k + taps], a strided view (no copy). Outputs m and m + up use the
-        # same phase and windows `down` apart, so each residue class of m mod up is one
-        # matrix-vector product.
-        windows = np.lib.stride_tricks.sliding_window_view(self._buf, self.taps)
-        y = np.empty(count, dtype=np.float64)
-        for r in range(min(self.up, count)):
-            j = (self._next_out + r) * self.down + self.half_len
-            k0 = j // self.up - (self.taps - 1) - self._buf_start
-            n = len(range(r, count, self.up))
-            y[r :: self.up] = windows[k0 : k0 + self.down * (n - 1) + 1 : self.down] @ self._reversed[j % self.up]
-        self._next_out = m_end
-        next_base = (m_end * self.down + self.half_len) // self.up
-        keep_from = next_base - (self.taps - 1) - self._buf_start
-        if keep_from > 0:
-            self._buf = self._buf[keep_from:]
-            self._buf_start += keep_from
-        return y.astype(np.float32)
-
-    def process(self, x: np.ndarray) -> np.ndarray:
-        """Feed the next mono block; return every output sample that is now fully determined."""
-        x = np.asarray(x, dtype=np.float32).reshape(-1)
-        if self.passthrough:
-            self._n_in += x.size
-            return x
-        self._buf = np.concatenate([self._buf, x.astype(np.float64)])
-        self._n_in += x.size
-        # outputs whose newest tap (input index b) has arrived: m*down + half_len < n_in*up
-        m_end = max(0, -(-(self._n_in * self.up - self.half_len) // self.down))
-        return self._emit(max(m_end, self._next_out))
-
-    def flush(self) -> np.ndarray:
-        """End of stream: the remaining outputs (zeros assumed after the last input), as resample_poly."""
-        if self.passthrough:
-            return np.zeros(0, dtype=np.float32)
-        total = -(-self._n_in * self.up // self.down)
-        if total <= self._next_out:
-            return np.zeros(0, dtype=np.float32)
-        need = ((total - 1) * self.down + self.half_len) // self.up + 1  # inputs up to this index
-        have = self._buf_start + self._buf.size
-        if need > have:
-            self._buf = np.concatenate([self._buf, np.zeros(need - have)])
-        return self._emit(total)
-
-
 class AudioSource:
     """Base: ``blocks()`` yields float32 mono 16 kHz arrays; ``close()`` stops it early."""
 
@@ -200,105 +103,6 @@ class AudioSource:
         self.close()
 
 
-def _reason(err: BaseException) -> str:
-    """libsndfile's message without soundfile's prefix."""
-    return str(getattr(err, "error_string", None) or err)
-
-
-class _SoundfileReader:
-    """Chunks of a file soundfile opened: float32, down-mixed to mono, at the file's own rate."""
-
-    def __init__(self, handle: Any, path: Path, chunk_frames: int) -> None:
-        self.handle = handle
-        self.path = path
-        self.rate = int(handle.samplerate)
-        self.frames = int(handle.frames)
-        self.chunk_frames = chunk_frames
-        self.position = 0
-
-    def read_raw(self) -> np.ndarray:
-        """The next chunk (empty at the end of the file); soundfile's own exception on a read error."""
-        data = self.handle.read(self.chunk_frames, dtype="float32")
-        self.position += len(data)
-        return to_mono(data)
-
-    def read(self) -> np.ndarray:
-        """The next chunk; empty at the end of the file."""
-        try:
-            return self.read_raw()
-        except Exception as err:  # libsndfile gives up past the header (a damaged FLAC frame, ...)
-            where = f"{self.position / max(self.rate, 1):.1f} s into the file"
-            raise unreadable_audio(self.path, f"soundfile: {_reason(err)}, {where}") from err
-
-    def interrupt(self) -> None:
-        """Nothing to do: a read of a local file returns promptly (``close()`` is for the reading thread)."""
-
-    def close(self) -> None:
-        self.handle.close()
-
-
-class _FfmpegReader:
-    """Chunks of any file ffmpeg decodes, through a pipe: float32 mono at 16 kHz (ffmpeg resamples)."""
-
-    rate = SAMPLE_RATE
-
-    def __init__(self, path: Path, soundfile_reason: str | None, chunk_frames: int, *, stream: bool = False) -> None:
-        self.path = path
-        self.soundfile_reason = soundfile_reason
-        self.chunk_bytes = 4 * chunk_frames
-        self._interrupted = False
-        self._stderr = tempfile.TemporaryFile()  # a file, not a pipe: ffmpeg can never block on it
-        # a stream (FIFO, process substitution, device) is opened here and handed to ffmpeg as its
-        # stdin: /dev/fd/N of this process does not exist in the child, and it can be read only once
-        cmd, stdin = ffmpeg_command(path, SAMPLE_RATE), subprocess.DEVNULL
-        if stream:
-            cmd = [("pipe:0" if arg == str(path) else arg) for arg in cmd]
-            try:
-                stdin = open(path, "rb")  # noqa: SIM115 (handed to the child, closed below)
-            except OSError as err:
-                self._stderr.close()
-                raise HBAFError(f"cannot read --source {path} ({err.strerror or err}); check the path and its permissions") from err
-        try:
-            self.proc = subprocess.Popen(cmd, stdin=stdin, stdout=subprocess.PIPE, stderr=self._stderr)
-        except FileNotFoundError as err:
-            self._stderr.close()
-            raise ffmpeg_missing(path, soundfile_reason) from err
-        finally:
-            if stream:
-                stdin.close()
-
-    def read(self) -> np.ndarray:
-        """The next chunk; empty at the end of the stream, after checking how ffmpeg ended."""
-        raw = self.proc.stdout.read(self.chunk_bytes) if self.proc.stdout else b""
-        usable = len(raw) - len(raw) % 4
-        if usable:
-            return np.frombuffer(raw[:usable], dtype="<f4").astype(np.float32)
-        if self.proc.wait() != 0 and not self._interrupted:
-            raise self._failure()
-        return np.zeros(0, np.float32)
-
-    def _failure(self) -> HBAFError:
-        self._stderr.seek(0)
-        detail = self._stderr.read()[-4096:].decode("utf-8", "replace").strip().splitlines()
-        return unreadable_audio(self.path, self.soundfile_reason or (detail[-1] if detail else "no audio stream"))
-
-    def interrupt(self) -> None:
-        """Stop ffmpeg (from any thread): a read blocked on the pipe then returns, as at the end."""
-        self._interrupted = True
-        if self.proc.poll() is None:
-            try:
-                self.proc.kill()
-            except OSError:
-                pass
-
-    def close(self) -> None:
-        self.interrupt()
-        if self.proc.stdout:
-            self.proc.stdout.close()
-        self.proc.wait()
-        self._stderr.close()
-
-
 class FileSource(AudioSource):
     """An audio file, decoded, down-mixed and resampled block by block as it is served: memory
     stays constant whatever the file's length (a 2 h file is never held whole).
@@ -322,13 +126,13 @@ class FileSource(AudioSource):
         self.realtime = realtime
         self.block_size = int(block_size)
         self._lock = threading.Lock()
-        self._active: _SoundfileReader | _FfmpegReader | None = None
+        self._active: SoundfileReader | FfmpegReader | None = None
         self._header_seconds: float | None = None
         self._counted_seconds: float | None = None
         self._probed = False
         self._reader, self._first = self._open()
 
-    def _open(self) -> tuple[_SoundfileReader | _FfmpegReader, np.ndarray]:
+    def _open(self) -> tuple[SoundfileReader | FfmpegReader, np.ndarray]:
         """(reader, its first chunk, non-empty)."""
         try:
             return self._open_reader()
@@ -338,10 +142,10 @@ class FileSource(AudioSource):
                                 "and a recording (wav, flac, mp3, ...) as --source") from err
             raise
 
-    def _open_reader(self) -> tuple[_SoundfileReader | _FfmpegReader, np.ndarray]:
+    def _open_reader(self) -> tuple[SoundfileReader | FfmpegReader, np.ndarray]:
         if _is_stream(self.path):  # FIFO, <(process substitution), character device: read once, through ffmpeg
             self._probed = True  # ffprobe would consume the stream
-            reader = _FfmpegReader(self.path, None, self.CHUNK_FRAMES, stream=True)
+            reader = FfmpegReader(self.path, None, self.CHUNK_FRAMES, stream=True)
             try:
                 first = reader.read()
             except BaseException:
@@ -355,21 +159,21 @@ class FileSource(AudioSource):
         path = check_audio_path(self.path)
         # MP3: ffmpeg when it is there, as libmpg123 (inside soundfile) prints its decoder's complaints
         # about ordinary files (e.g. "part2_3_length ... too large") straight onto stderr
-        handle, reason = (None, None) if _is_mp3(path) and shutil.which("ffmpeg") else open_soundfile(path)
+        handle, reason = (None, None) if is_mp3(path) and shutil.which("ffmpeg") else open_soundfile(path)
         if handle is not None:
-            reader: _SoundfileReader | _FfmpegReader = _SoundfileReader(handle, path, self.CHUNK_FRAMES)
+            reader: SoundfileReader | FfmpegReader = SoundfileReader(handle, path, self.CHUNK_FRAMES)
             try:
                 first = reader.read_raw()
             except Exception as err:  # soundfile knows the container but not this content: ffmpeg may
                 reader.close()
-                reason = f"soundfile: {_reason(err)}"
+                reason = f"soundfile: {soundfile_reason(err)}"
             else:
                 if first.size == 0:
                     reader.close()
                     raise HBAFError(f"audio file {path} holds no audio samples (a header without data); re-record it or pass another --source")
                 self._header_seconds = reader.frames / reader.rate if reader.rate > 0 else None
                 return reader, first
-        reader = _FfmpegReader(path, reason, self.CHUNK_FRAMES)
+        reader = FfmpegReader(path, reason, self.CHUNK_FRAMES)
         try:
             first = reader.read()
         except BaseException:
@@ -388,7 +192,7 @@ class FileSource(AudioSource):
             return self._counted_seconds
         if self._header_seconds is None and not self._probed:
             self._probed = True
-            self._header_seconds = _probe_seconds(self.path)
+            self._header_seconds = probe_seconds(self.path)
         return self._header_seconds
 
     def blocks(self) -> Iterator[np.ndarray]:
@@ -450,16 +254,6 @@ class FileSource(AudioSource):
             active.interrupt()
 
 
-def _is_mp3(path: Path) -> bool:
-    """An MP3 file, by its first bytes (an ID3 tag or an MPEG audio frame header) or its name."""
-    try:
-        with open(path, "rb") as fh:
-            head = fh.read(3)
-    except OSError:
-        return False
-    return head == b"ID3" or (len(head) >= 2 and head[0] == 0xFF and head[1] & 0xE6 == 0xE2) or path.suffix.lower() == ".mp3"
-
-
 def _is_stream(path: Path) -> bool:
     """True for a FIFO, a pipe (process substitution's /dev/fd/N), a character device or a socket;
     a folder is refused here in one line, a missing path left to ``check_audio_path``."""
@@ -480,16 +274,6 @@ def folder_source_error(path: Path) -> str:
         inside = []
     hint = (f" (it holds {len(inside)} audio file(s), e.g. {path / inside[0]})" if inside else " (it holds no audio files)")
     return f"--source {path} is a folder, not an audio file{hint}; pass one audio file, one run per file"
-
-
-def _probe_seconds(path: Path) -> float | None:
-    """Duration from ``ffprobe`` (None when it is missing or does not know)."""
-    cmd = ["ffprobe", "-v", "error", "-show_entries", "format=duration", "-of", "default=nw=1:nk=1", str(path)]
-    try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=30, check=False)
-        return float(proc.stdout.strip())
-    except (OSError, ValueError, subprocess.SubprocessError):
-        return None
 
 
 class StdinSource(AudioSource):

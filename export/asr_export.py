@@ -238,7 +238,7 @@ def calibration_mels(window_s: float = WINDOW_S) -> list[np.ndarray]:
     turns (espeak-ng, rendered once and cached; synthetic speech)."""
     from edge_runtime.demo import demo_conversation, demo_script
     from hbaf.encoder import window_mel
-    from hbaf.features import load_audio
+    from hbaf.audio import load_audio
 
     wav = demo_conversation()
     audio = load_audio(wav)

@@ -1,4 +1,7 @@
-"""Audio in: decoding files, and the one waveform -> model-input call (``utterance_features``).
+"""Model inputs: the one waveform -> model-input call (``utterance_features``), and the log-mel.
+
+Decoding, down-mixing and resampling are ``hbaf.audio``'s; this module starts from 16 kHz mono
+float samples.
 
 A model's input format is a contract fact (``hbaf.contract.FEATURE_FORMATS``): Whisper encoder
 states for new models (hbaf.encoder), or the log-mel below (release 1's models, and the
@@ -15,8 +18,6 @@ emotion cue and must survive into the features.
 from __future__ import annotations
 
 import functools
-import subprocess
-from pathlib import Path
 
 import numpy as np
 
@@ -75,7 +76,7 @@ def log_mel(wave: np.ndarray) -> np.ndarray:
     """16 kHz mono float waveform in [-1, 1] -> float32 log-mel, shape [T, 80], T = 1 + n // 160."""
     wave = np.asarray(wave, dtype=np.float32)
     if wave.ndim != 1:
-        raise HBAFError(f"log_mel expects mono audio of shape [n], got {wave.shape}; down-mix with to_mono() first")
+        raise HBAFError(f"log_mel expects mono audio of shape [n], got {wave.shape}; down-mix with hbaf.audio.to_mono() first")
     wave = np.nan_to_num(wave, nan=0.0, posinf=1.0, neginf=-1.0)
     pad = N_FFT // 2
     padded = np.pad(wave, (pad, pad), mode="reflect" if wave.size > pad else "constant")
@@ -90,121 +91,6 @@ def log_mel(wave: np.ndarray) -> np.ndarray:
     mel = spec.astype(np.float32) @ mel_filterbank().T
     logmel = np.log10(np.maximum(mel, LOG_FLOOR))
     return ((logmel + 4.0) / 4.0).astype(np.float32)
-
-
-def to_mono(wave: np.ndarray) -> np.ndarray:
-    """[n] or [n, channels] -> [n] by averaging channels."""
-    wave = np.asarray(wave, dtype=np.float32)
-    if wave.ndim == 1:
-        return wave
-    if wave.ndim == 2:
-        return wave.mean(axis=1, dtype=np.float32)
-    raise HBAFError(f"audio must be [samples] or [samples, channels], got shape {wave.shape}")
-
-
-def resample(wave: np.ndarray, orig_rate: int, target_rate: int = SAMPLE_RATE) -> np.ndarray:
-    """Band-limited resampling (polyphase FIR, Kaiser window) of a mono float signal."""
-    if orig_rate <= 0:
-        raise HBAFError(f"invalid sample rate {orig_rate}; the audio header is corrupt, re-encode the file")
-    wave = np.asarray(wave, dtype=np.float32)
-    if orig_rate == target_rate or wave.size == 0:
-        return wave
-    from math import gcd
-
-    from scipy.signal import resample_poly
-
-    g = gcd(orig_rate, target_rate)
-    return resample_poly(wave, target_rate // g, orig_rate // g).astype(np.float32)
-
-
-def check_audio_path(path: str | Path) -> Path:
-    """``path`` as a Path; HBAFError naming the file when it is missing or empty."""
-    path = Path(path)
-    if not path.exists():
-        raise HBAFError(f"audio file not found: {path}; check the path")
-    if path.stat().st_size == 0:
-        raise HBAFError(f"audio file is empty (0 bytes): {path}; re-record or remove it")
-    return path
-
-
-def unreadable_audio(path: Path, why: str) -> HBAFError:
-    """The one-line error for a file that is not decodable audio."""
-    why = " ".join(str(why).split()).rstrip(".") or "no audio stream"
-    return HBAFError(f"not a readable audio file: {path} ({why}); convert it to 16 kHz WAV with ffmpeg")
-
-
-def open_soundfile(path: Path) -> tuple[object, str | None]:
-    """Open ``path`` with soundfile (libsndfile) for reading.
-
-    Returns ``(SoundFile, None)`` when it opens; ``(None, None)`` when libsndfile does not
-    recognise the format at all (mp4, m4a, webm, ...: ffmpeg's job); ``(None, reason)`` when
-    libsndfile recognises the container but cannot read it, e.g. a WAV cut inside its header or
-    one whose codec libsndfile lacks (mp2, some ADPCMs). Such a file is offered to ffmpeg as well,
-    but when ffmpeg cannot decode it either (or is not installed) the error gives ``reason``.
-    """
-    import os
-
-    try:
-        import soundfile as sf
-    except (ImportError, OSError):  # no libsndfile: everything goes through ffmpeg
-        return None, None
-    try:
-        # bytes: soundfile would encode a str with the file system encoding, which fails on
-        # names that are not valid UTF-8
-        return sf.SoundFile(os.fsencode(path)), None
-    except Exception as err:  # LibsndfileError (a RuntimeError) or a TypeError/ValueError from odd headers
-        if getattr(err, "code", None) == 1:  # SF_ERR_UNRECOGNISED_FORMAT
-            return None, None
-        reason = getattr(err, "error_string", None) or str(err)
-        return None, f"soundfile: {reason}"
-
-
-def ffmpeg_command(path: Path, rate: int) -> list[str]:
-    """ffmpeg decoding ``path`` to float32 little-endian mono at ``rate`` on stdout."""
-    return ["ffmpeg", "-nostdin", "-v", "error", "-i", str(path), "-ac", "1", "-ar", str(rate), "-f", "f32le", "-"]
-
-
-def ffmpeg_missing(path: Path, soundfile_reason: str | None) -> HBAFError:
-    """The error when a file needs ffmpeg and it is not installed."""
-    if soundfile_reason:  # soundfile recognised the file: its reason is the one that matters
-        return unreadable_audio(path, soundfile_reason)
-    return HBAFError(f"cannot decode {path}: ffmpeg is not installed; apt-get install ffmpeg, or convert it to WAV")
-
-
-def load_audio(path: str | Path, target_rate: int = SAMPLE_RATE) -> np.ndarray:
-    """Any audio file -> float32 mono at ``target_rate`` (the whole file in memory; the
-    runtime's ``FileSource`` streams instead).
-
-    WAV/FLAC/OGG/MP3 go through soundfile; formats it does not know (mp4, m4a, ...) through
-    ffmpeg. Raises HBAFError naming the file when it is missing, empty or not audio; for a
-    file soundfile recognises but cannot read, the error gives soundfile's reason (ffmpeg is
-    tried too, as some WAV codecs are ffmpeg's alone).
-    """
-    path = check_audio_path(path)
-    handle, reason = open_soundfile(path)
-    if handle is not None:
-        try:
-            with handle:
-                rate = handle.samplerate
-                wave = to_mono(handle.read(dtype="float32"))
-        except Exception as err:  # a read error past the header
-            reason = f"soundfile: {getattr(err, 'error_string', None) or err}"
-    if handle is None or reason:
-        wave, rate = _ffmpeg_decode(path, target_rate, reason), target_rate
-    if not np.all(np.isfinite(wave)):
-        wave = np.nan_to_num(wave, nan=0.0, posinf=1.0, neginf=-1.0)
-    return resample(wave, int(rate), target_rate)
-
-
-def _ffmpeg_decode(path: Path, rate: int, soundfile_reason: str | None = None) -> np.ndarray:
-    try:
-        proc = subprocess.run(ffmpeg_command(path, rate), capture_output=True, check=False)
-    except FileNotFoundError as err:
-        raise ffmpeg_missing(path, soundfile_reason) from err
-    if proc.returncode != 0 or not proc.stdout:
-        detail = proc.stderr.decode("utf-8", "replace").strip().splitlines()
-        raise unreadable_audio(path, soundfile_reason or (detail[-1] if detail else "no audio stream"))
-    return np.frombuffer(proc.stdout, dtype=np.float32).copy()
 
 
 def utterance_features(wave: np.ndarray, kind: str = FEATURE_KIND) -> np.ndarray:
@@ -222,11 +108,6 @@ def utterance_features(wave: np.ndarray, kind: str = FEATURE_KIND) -> np.ndarray
     from hbaf.encoder import encoder_states
 
     return encoder_states(wave, fmt.kind)
-
-
-def features_for(path: str | Path, kind: str = FEATURE_KIND) -> np.ndarray:
-    """Audio file -> ``utterance_features``."""
-    return utterance_features(load_audio(path), kind)
 
 
 @functools.lru_cache(maxsize=1024)

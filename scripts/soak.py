@@ -53,7 +53,8 @@ if str(REPO) not in sys.path:
 
 from edge_runtime.demo import PROSODY, SCRIPT, VOICES  # noqa: E402
 from hbaf.errors import ArgumentParser, HBAFError, cli_entry  # noqa: E402
-from hbaf.features import SAMPLE_RATE, load_audio  # noqa: E402
+from hbaf.audio import load_audio  # noqa: E402
+from hbaf.contract import SAMPLE_RATE  # noqa: E402
 from hbaf.io import hbaf_home, write_json_atomic  # noqa: E402
 
 log = logging.getLogger("soak")

@@ -48,7 +48,8 @@ def espeak_conversation(out: Path, turns: list[tuple[str, str]], pause_s: float,
     import numpy as np
     import soundfile as sf
 
-    from hbaf.features import SAMPLE_RATE, load_audio
+    from hbaf.audio import load_audio
+    from hbaf.contract import SAMPLE_RATE
 
     pieces = [np.zeros(SAMPLE_RATE // 2, np.float32)]
     for i, (voice, text) in enumerate(turns):

@@ -21,7 +21,7 @@ from hbaf.errors import HBAFError  # noqa: E402
 
 @pytest.fixture(scope="module")
 def speech(tmp_path_factory) -> np.ndarray:
-    from hbaf.features import load_audio
+    from hbaf.audio import load_audio
 
     wav = tmp_path_factory.mktemp("asr-speech") / "a.wav"
     subprocess.run(["espeak-ng", "-w", str(wav), "I feel bad that I caused all this trouble."], check=True, capture_output=True)
@@ -138,7 +138,8 @@ def test_export_cli_refuses_an_unknown_precision(tmp_path):
 
 
 def test_the_recogniser_runs_on_our_graphs_and_shares_the_encoder_pass(graphs, speech):
-    from edge_runtime.asr import WhisperASR, word_error_rate
+    from edge_runtime.asr import WhisperASR
+    from hbaf.wer import word_error_rate
     from hbaf.contract import FEATURE_KIND
 
     ref_text = "I feel bad that I caused all this trouble."

@@ -258,7 +258,8 @@ def test_int8_rows(quick):
 def test_e2e_quick(models, tmp_path):
     import soundfile as sf
 
-    from hbaf.features import SAMPLE_RATE, load_audio
+    from hbaf.audio import load_audio
+    from hbaf.contract import SAMPLE_RATE
 
     pieces = [np.zeros(int(0.5 * SAMPLE_RATE), np.float32)]
     for k, text in enumerate(["I cannot believe you did that again.", "Well, that is fine, let us go home now."]):

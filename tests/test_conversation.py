@@ -25,9 +25,9 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from edge_runtime.asr import corpus_wer
 from edge_runtime.demo import meld_conversation
 from hbaf.features import SAMPLE_RATE, utterance_features
+from hbaf.wer import corpus_wer
 
 PAUSE_S = 1.2
 MIN_SECONDS = 60.0

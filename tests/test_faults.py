@@ -29,12 +29,13 @@ import pytest
 import soundfile as sf
 import torch
 
-from edge_runtime.asr import word_error_rate
 from hbaf.checkpoint import save_checkpoint
 from helpers import tiny_checkpoint
 from hbaf.errors import HBAFError
-from hbaf.features import SAMPLE_RATE, load_audio, resample
+from hbaf.audio import load_audio, resample
+from hbaf.contract import SAMPLE_RATE
 from hbaf.model import HBAF, preset
+from hbaf.wer import word_error_rate
 
 REPO = Path(__file__).resolve().parents[1]
 LABELS = ["neutral", "joy", "sadness", "anger"]
@@ -469,7 +470,7 @@ def test_microphone_unplugged_mid_utterance(voice, ckpt, tmp_path, monkeypatch, 
     resampler, VAD, ASR, model and writer are the real ones, run through the command's main()."""
     from edge_runtime import cli
     from edge_runtime.mic import MicSource
-    from edge_runtime.sources import StreamResampler
+    from hbaf.audio import StreamResampler
 
     speech = np.concatenate([_silence(0.3), voice["a"], _silence(0.8), voice["b"][: int(0.6 * voice["b"].size)]])
     w48 = resample(0.8 * speech / np.abs(speech).max(), SAMPLE_RATE, 48000)

@@ -2,9 +2,10 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from hbaf.errors import HBAFError
+from hbaf.audio import load_audio, resample, to_mono
 from hbaf.contract import FEATURE_FORMATS, HOP_LENGTH, SAMPLE_RATE
-from hbaf.features import load_audio, log_mel, mel_filterbank, num_frames, resample, to_mono, utterance_features
+from hbaf.errors import HBAFError
+from hbaf.features import log_mel, mel_filterbank, num_frames, utterance_features
 
 
 def tone(freq, seconds=1.0, rate=SAMPLE_RATE):

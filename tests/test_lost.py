@@ -22,7 +22,8 @@ import pytest
 import soundfile as sf
 
 from edge_runtime.long_audio import window_bounds
-from hbaf.features import SAMPLE_RATE, load_audio
+from hbaf.audio import load_audio
+from hbaf.contract import SAMPLE_RATE
 from helpers import tiny_checkpoint
 from test_faults import REPO, _cmd, _env, assert_one_line_error, events_and_summary, jsonl, run_cli
 
@@ -105,7 +106,7 @@ def long_speech(tmp_path_factory) -> tuple[Path, str]:
 def test_long_utterance_keeps_its_words(long_speech, ckpt, tmp_path):
     """``--max-utterance-s`` above Whisper's window: the one event holds the words of the whole
     86 s (it used to hold about two thirds of them: 173 of 258 words, WER 0.37, exit 0)."""
-    from edge_runtime.asr import normalize_words, word_error_rate
+    from hbaf.wer import normalize_words, word_error_rate
 
     path, ref = long_speech
     out = tmp_path / "events.jsonl"

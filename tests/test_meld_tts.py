@@ -10,11 +10,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from hbaf.audio import load_audio
 from hbaf.data import meld_tts as mt
 from hbaf.errors import HBAFError
 from hbaf.contract import SAMPLE_RATE
 from hbaf.data.records import MELD_LABELS
-from hbaf.features import load_audio
 
 needs_tools = pytest.mark.skipif(
     shutil.which("espeak-ng") is None or shutil.which("sox") is None,

@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 import soundfile as sf
 
+from hbaf.audio import load_audio
 from hbaf.contract import SAMPLE_RATE
 from hbaf.data import real_voices as rv
 from hbaf.data.manifest import load_manifest
 from hbaf.errors import HBAFError
-from hbaf.features import load_audio
 
 INSTALLED = rv.find_real_recordings()
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edge_runtime.asr import WhisperASR, normalize_words, word_error_rate
+from edge_runtime.asr import WhisperASR
 from edge_runtime.backends import Backend
 from edge_runtime.model_files import open_backend
 from edge_runtime.cli import NO_MIC, main
@@ -29,7 +29,9 @@ from edge_runtime.sources import FileSource
 from edge_runtime.vad import Segmenter
 from helpers import espeak_conversation, tiny_checkpoint
 from hbaf.errors import HBAFError
-from hbaf.features import SAMPLE_RATE, load_audio, resample
+from hbaf.audio import load_audio, resample
+from hbaf.contract import SAMPLE_RATE
+from hbaf.wer import normalize_words, word_error_rate
 
 REPO = Path(__file__).resolve().parents[1]
 LABELS = ["neutral", "joy", "sadness", "anger"]

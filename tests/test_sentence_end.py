@@ -15,7 +15,8 @@ import pytest
 from edge_runtime.speculate import Speculator, ends_sentence
 from edge_runtime.vad import WINDOW, Segmenter
 from hbaf.errors import HBAFError
-from hbaf.features import SAMPLE_RATE, load_audio
+from hbaf.audio import load_audio
+from hbaf.contract import SAMPLE_RATE
 from helpers import espeak_conversation, tiny_checkpoint
 
 N_MS = 150  # the early end under test

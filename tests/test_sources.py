@@ -15,9 +15,10 @@ import pytest
 import soundfile as sf
 
 from edge_runtime.mic import MicSource, format_devices, list_input_devices
-from edge_runtime.sources import FileSource, StdinSource, StreamResampler
+from edge_runtime.sources import FileSource, StdinSource
+from hbaf.audio import StreamResampler, load_audio, resample, to_mono
+from hbaf.contract import SAMPLE_RATE
 from hbaf.errors import HBAFError
-from hbaf.features import SAMPLE_RATE, load_audio, resample, to_mono
 
 
 def _tone(rate: int, seconds: float, channels: int = 1, freq: float = 440.0) -> np.ndarray:

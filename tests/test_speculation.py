@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edge_runtime.asr import WhisperASR, normalize_words
+from edge_runtime.asr import WhisperASR
 from edge_runtime.model_files import open_backend
 from edge_runtime.events import EventWriter
 from edge_runtime.pipeline import RunOptions, build_pipeline
@@ -19,7 +19,9 @@ from edge_runtime.sources import FileSource
 from edge_runtime.speculate import Speculator
 from edge_runtime.vad import WINDOW, Segmenter
 from helpers import espeak_conversation, tiny_checkpoint
-from hbaf.features import SAMPLE_RATE, load_audio
+from hbaf.audio import load_audio
+from hbaf.contract import SAMPLE_RATE
+from hbaf.wer import normalize_words
 
 TURNS = ["please call me when you get home tonight", "we will meet again next week", "thank you for coming"]
 

@@ -4,12 +4,13 @@ import numpy as np
 import pytest
 import soundfile as sf
 
+from hbaf.audio import load_audio
 from hbaf.contract import SAMPLE_RATE
 from hbaf.data.manifest import load_manifest, write_manifest
 from hbaf.data.records import Record
 from hbaf.data.store import FeatureStore, augment_condition, condition_audio, feature_cache_path, manifest_subset
 from hbaf.errors import HBAFError
-from hbaf.features import load_audio, utterance_features
+from hbaf.features import utterance_features
 
 
 @pytest.fixture

@@ -14,17 +14,14 @@ from edge_runtime.asr import (
     DEFAULT_BEAM_SIZE,
     ASRResult,
     WhisperASR,
-    basic_words,
     compression_ratio,
-    corpus_wer,
-    normalize_words,
-    number_words,
     resolve_model,
-    word_error_rate,
 )
 from edge_runtime.vad import WINDOW, Segmenter, SileroVAD, Utterance
 from hbaf.errors import HBAFError
-from hbaf.features import SAMPLE_RATE, load_audio
+from hbaf.wer import basic_words, corpus_wer, normalize_words, number_words, word_error_rate
+from hbaf.audio import load_audio
+from hbaf.contract import SAMPLE_RATE
 
 SENTENCES = [
     "please call me when you get home tonight",

@@ -43,7 +43,7 @@ def opts(ct2) -> dict:
 def encoded(ct2, tmp_path_factory) -> list:
     """CTranslate2's float32 encoder output of each sentence, spoken by espeak-ng."""
     from hbaf.encoder import window_mel
-    from hbaf.features import load_audio
+    from hbaf.audio import load_audio
 
     out = []
     for i, text in enumerate(SENTENCES):

@@ -230,7 +230,7 @@ def fetch_real_recordings(dest: str | Path, archives: Sequence[str | Path] = (),
     from hbaf.contract import SAMPLE_RATE
     from hbaf.data.manifest import write_manifest
     from hbaf.data.records import Record
-    from hbaf.features import load_audio
+    from hbaf.audio import load_audio
 
     dest = Path(dest).expanduser()
     recs = find_real_recordings(system=system)

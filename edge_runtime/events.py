@@ -19,9 +19,12 @@ import os
 import stat
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from copy import deepcopy
+from dataclasses import asdict, dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any, Sequence, TextIO
+
+import numpy as np
 
 from hbaf.errors import HBAFError
 
@@ -32,40 +35,58 @@ HEAD_BYTES = 65536  # how much of an existing --output is read to check that it 
 FIFO_WAIT_S = 10.0  # how long --output waits for a reader to open its FIFO
 
 
+# an event's latency_ms, per stage: endpoint + queue + asr + features + fusion = speech_end (what a person
+# waits after their last word), total = the same from the VAD's decision; vad_compute is the VAD's
+# compute spent on the utterance's audio while it was spoken (not a wait)
+STAGES = ("endpoint", "queue", "asr", "features", "fusion", "vad_compute")
+
+
+def _digits(n: int) -> dict[str, int]:
+    return {"round": n}
+
+
 @dataclass
 class Event:
-    """What the runtime says about one utterance.
+    """What the runtime says about one utterance: the one event type of the command line's JSON
+    lines and of the Python API (``edge_runtime.EmotionStream``).
 
     ``start``/``end`` are seconds of stream time; ``emotion`` is the top label, or
     ``"uncertain"`` when ``confidence`` (the top probability) is below the configured
     threshold (``uncertain`` is then True and ``probs`` still holds every label).
     ``gate`` is the mean fusion gate of each direction: how much the text flowed into
     the audio stream and how much the audio flowed into the text stream.
-    ``latency_ms`` (edge_runtime/pipeline.py ``STAGES``): endpoint (last voiced sample -> the
-    VAD's decision), queue, asr, features, fusion; speech_end = their sum (what the speaker
-    waits), total = VAD decision -> event, vad_compute = the VAD's compute on the utterance.
+    ``latency_ms`` (``STAGES``): endpoint (last voiced sample -> the VAD's decision), queue, asr,
+    features, fusion; speech_end = their sum (what the speaker waits), total = VAD decision ->
+    event, vad_compute = the VAD's compute on the utterance.
     ``context`` is the number of earlier utterances in the dialogue memory.
+
+    A field's ``round`` metadata is the number of decimals JSON gets for it (for a dict, for each
+    value). An optional field (default None) is left out of the JSON while it is None, so adding
+    one keeps every existing line as it was.
     """
 
     utterance: int
-    start: float
-    end: float
+    start: float = field(metadata=_digits(3))
+    end: float = field(metadata=_digits(3))
     text: str
     emotion: str
-    confidence: float
-    probs: dict[str, float]
-    gate: dict[str, float]
-    latency_ms: dict[str, float]
+    confidence: float = field(metadata=_digits(4))
+    probs: dict[str, float] = field(metadata=_digits(4))
+    gate: dict[str, float] = field(metadata=_digits(4))
+    latency_ms: dict[str, float] = field(metadata=_digits(1))
     uncertain: bool = False
     context: int = 0
 
     def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["start"], d["end"] = round(self.start, 3), round(self.end, 3)
-        d["confidence"] = round(self.confidence, 4)
-        d["probs"] = {k: round(float(v), 4) for k, v in self.probs.items()}
-        d["gate"] = {k: round(float(v), 4) for k, v in self.gate.items()}
-        d["latency_ms"] = {k: round(float(v), 1) for k, v in self.latency_ms.items()}
+        """The event's JSON object: fields in order, numbers rounded, optional fields that are None left out."""
+        d: dict[str, Any] = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if value is None and f.default is None:
+                continue
+            value = asdict(value) if is_dataclass(value) else deepcopy(value)
+            digits = f.metadata.get("round")
+            d[f.name] = _rounded(value, digits) if digits is not None else value
         return d
 
     def to_json(self) -> str:
@@ -82,6 +103,52 @@ class Event:
         gate = f"(text->audio {self.gate.get('text_to_audio', 0.0):.2f}, audio->text {self.gate.get('audio_to_text', 0.0):.2f})"
         waited = self.latency_ms.get("speech_end", self.latency_ms.get("total", 0.0))
         return f"[{format_clock(self.start)}-{format_clock(self.end)}] {label}  \"{self.text}\"  {gate}  {waited:.0f} ms"
+
+
+def _rounded(value: Any, digits: int) -> Any:
+    """Numbers rounded to ``digits`` decimals, also inside dicts; anything else as it is."""
+    if isinstance(value, dict):
+        return {k: _rounded(v, digits) for k, v in value.items()}
+    if isinstance(value, (int, float, np.number)) and not isinstance(value, bool):
+        return round(float(value), digits)
+    return value
+
+
+def latency_ms(stages: dict[str, float], vad_seconds: float, total: float, speech_end: float) -> dict[str, float]:
+    """An event's ``latency_ms`` from seconds: each stage, vad_compute, total and speech_end."""
+    return {**{k: v * 1000.0 for k, v in stages.items()}, "vad_compute": vad_seconds * 1000.0,
+            "total": total * 1000.0, "speech_end": speech_end * 1000.0}
+
+
+def assemble_event(number: int, utterance: Any, text: str, fused: dict[str, Any], labels: Sequence[str], *,
+                   min_confidence: float | None, context: int, latency: dict[str, float]) -> Event:
+    """The event of one utterance from what the fusion call returned (``offline.fuse_utterance``):
+    the top label and its probability, ``"uncertain"`` below ``min_confidence``, ``"invalid"``
+    (confidence 0, probabilities 0) when the model's outputs are not finite."""
+    probs = fused["probs"][0]
+    if fused["finite"]:
+        top = int(np.argmax(probs))
+        confidence, emotion = float(probs[top]), labels[top]
+    else:
+        probs = np.zeros(len(labels), dtype=np.float32)
+        confidence, emotion = 0.0, "invalid"
+    uncertain = emotion == "invalid" or (min_confidence is not None and confidence < min_confidence)
+    if uncertain and emotion != "invalid":
+        emotion = "uncertain"
+    gate = fused["gate"][0]
+    return Event(
+        utterance=number,
+        start=float(utterance.start),
+        end=float(utterance.end),
+        text=text,
+        emotion=emotion,
+        confidence=confidence,
+        probs={label: float(p) for label, p in zip(labels, probs)},
+        gate={"text_to_audio": float(gate[0]), "audio_to_text": float(gate[1])},
+        latency_ms=latency,
+        uncertain=uncertain,
+        context=context,
+    )
 
 
 def format_clock(seconds: float) -> str:

@@ -6,8 +6,12 @@ Three threads joined by two bounded queues, and for live input a fourth that spe
     segmenter thread  audio queue -> Segmenter -> utterance queue
                       during the hangover: the utterance's samples -> speculation thread
     speculation       ASR + features of those samples, ahead of the VAD's decision (speculate.py)
-    worker thread     utterance queue -> ASR + features (or the speculation's result), tokens,
-                      memory -> backend -> Event
+    worker thread     utterance queue -> UtteranceWorker (worker.py: ASR + features or the
+                      speculation's result, memory, fusion -> Event) -> writer, on_event
+
+The pieces live beside what they make: events and their assembly in events.py, the counters
+beside the summary (summary.py ``RunCounters``), the settings and the wiring in options.py
+(``RunOptions``, ``build_pipeline``; imported from here too), the public API in stream.py.
 
 Each event's ``latency_ms`` breaks down what the speaker waits after their last word (``STAGES``);
 the block arrival times turn the VAD's stream position of the last voiced sample into wall time.
@@ -33,33 +37,25 @@ import queue
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
-from edge_runtime import vad
-from edge_runtime.asr import DEFAULT_BEAM_SIZE
 from edge_runtime.backends import Backend
-from edge_runtime.events import Event, EventWriter
-from edge_runtime.memory import DEFAULT_RESET_AFTER, DialogueMemory
-from edge_runtime.offline import fuse_utterance
+from edge_runtime.events import STAGES, Event, EventWriter  # noqa: F401  (STAGES: an event's latency_ms)
+from edge_runtime.memory import DialogueMemory
+from edge_runtime.options import RunOptions, build_pipeline  # noqa: F401  (their home is options.py)
 from edge_runtime.speculate import Speculator
-from edge_runtime.summary import Summary, peak_rss_mb, percentiles
+from edge_runtime.summary import RunCounters, Summary
+from edge_runtime.worker import QueuedUtterance, UtteranceWorker
 from hbaf.errors import HBAFError
-from hbaf.contract import LOG_MEL
-from hbaf.encoder import ENCODER_MODELS
-from hbaf.features import SAMPLE_RATE, utterance_features
+from hbaf.contract import SAMPLE_RATE
 from hbaf.text import Tokenizer
 
+__all__ = ["Pipeline", "RunOptions", "STAGES", "build_pipeline", "is_live"]
 log = logging.getLogger(__name__)
 
 _END = object()  # end-of-stream marker on both queues
-# per-event latency stages; endpoint + queue + asr + features + fusion = speech_end (what a person
-# waits after their last word), total = the same from the VAD's decision; vad_compute is the VAD's
-# compute spent on the utterance's audio while it was spoken (not a wait)
-STAGES = ("endpoint", "queue", "asr", "features", "fusion", "vad_compute")
 STOP_GRACE_S = 0.5  # after stop(), how long the segmenter waits for a source that is stuck in a read
 
 
@@ -68,14 +64,6 @@ def is_live(source: Any) -> bool:
     from edge_runtime.mic import MicSource
 
     return isinstance(source, MicSource) or bool(getattr(source, "realtime", False))
-
-
-@dataclass
-class _Item:
-    utterance: Any
-    vad_seconds: float
-    queued_at: float
-    speech_end_at: float  # perf_counter when the utterance's last voiced sample reached the pipeline
 
 
 class _Arrivals:
@@ -99,12 +87,50 @@ class _Arrivals:
         return self._ends[-1][1] if self._ends else time.perf_counter()
 
 
+def _put(q: queue.Queue, item: Any, *, drop: bool, abort: threading.Event) -> bool:
+    """Put ``item``: with ``drop``, give up at once when ``q`` is full (returns False); else wait
+    for room until ``abort``."""
+    if drop:
+        try:
+            q.put_nowait(item)
+            return True
+        except queue.Full:
+            return False
+    while not abort.is_set():
+        try:
+            q.put(item, timeout=0.1)
+            return True
+        except queue.Full:
+            continue
+    return False
+
+
+def _put_end(q: queue.Queue) -> None:
+    """The end marker always gets in: make room by discarding the oldest item if needed."""
+    while True:
+        try:
+            q.put_nowait(_END)
+            return
+        except queue.Full:
+            try:
+                q.get_nowait()
+            except queue.Empty:
+                pass
+
+
+def _put_end_when_room(q: queue.Queue, abort: threading.Event) -> None:
+    """The end marker after every item already queued (or at once, discarding, after ``abort``)."""
+    if not _put(q, _END, drop=False, abort=abort):
+        _put_end(q)
+
+
 class Pipeline:
     """Wire a source, a segmenter, an ASR, a backend, the dialogue memory and a writer.
 
     ``min_confidence``: below it an event's emotion is ``"uncertain"``.
     ``drop_when_full``: None = decide from the source (live sources drop, files wait).
     ``summary_line``: append ``{"summary": ...}`` to the JSONL file at the end.
+    ``on_event``: called with each event, in the worker thread, once the writer has it.
     """
 
     def __init__(
@@ -123,6 +149,7 @@ class Pipeline:
         drop_when_full: bool | None = None,
         summary_line: bool = True,
         speculate: bool = True,
+        on_event: Callable[[Event], Any] | None = None,
     ) -> None:
         if min_confidence is not None and not 0.0 <= min_confidence <= 1.0:
             raise HBAFError(f"--min-confidence must be between 0 and 1, got {min_confidence}")
@@ -133,57 +160,40 @@ class Pipeline:
                 f"dialogue memory K={memory.context_size}, D={memory.dim} does not match the model "
                 f"(K={backend.context_size}, D={backend.memory_dim}); build the memory from the backend's sizes"
             )
-        self.source = source
-        self.segmenter = segmenter
-        self.asr = asr
-        self.backend = backend
-        self.memory = memory
-        self.writer = writer
-        self.tokenizer = tokenizer
-        self.min_confidence = min_confidence
+        self.source, self.segmenter, self.asr, self.backend = source, segmenter, asr, backend
+        self.memory, self.writer, self.tokenizer = memory, writer, tokenizer
         self.summary_line = summary_line
-        self.feature_kind = backend.spec.feature_kind
-        states_of = getattr(asr, "states_of", None)
-        self._shared_encoder = bool(states_of and states_of(self.feature_kind))
-        if not self._shared_encoder and self.feature_kind != LOG_MEL:
-            log.warning("the recogniser cannot give the model's %s input; its encoder runs a second time per utterance "
-                        "(use the bundled tiny.en recogniser to share one pass)", self.feature_kind)
+        self.on_event = on_event
         self.live = is_live(source) if drop_when_full is None else bool(drop_when_full)
         self.audio_q: queue.Queue = queue.Queue(maxsize=audio_queue_blocks)
         self.utt_q: queue.Queue = queue.Queue(maxsize=utterance_queue)
         self._stop = threading.Event()
         self._stop_time = 0.0
         self._abort = threading.Event()
-        self._reset_requested = threading.Event()
         self._source_done = threading.Event()
         self._errors: list[BaseException] = []
         self.stopped_by: str | None = None
         self.asr_first_seconds: float | None = None
         self.summary: Summary | None = None
-        # counters
-        self.audio_drops = 0
-        self.utterance_drops = 0
-        self.audio_samples = 0
-        self.segmented = 0
-        self.max_audio_q = 0
-        self.max_utt_q = 0
+        self.counters = RunCounters()
+        self.worker = UtteranceWorker(asr, backend, memory, tokenizer, self.counters, min_confidence)
         self.events: list[Event] = []
         self._threads: list[threading.Thread] = []
-        self._stage_seconds: dict[str, list[float]] = {k: [] for k in STAGES}
         self._offered: tuple[int, int] | None = None
-        self._compute = {"asr": 0.0, "features": 0.0, "fusion": 0.0}  # seconds, speculative work of used results included
-        self._latencies: list[float] = []
-        self._speech_end_latencies: list[float] = []
         self._arrivals = _Arrivals()
         # a file read faster than real time has no hangover to hide work in: speculate only when live
-        self.speculator = Speculator(self._recognise, text_of=lambda heard: heard[0]) if speculate and self.live else None
+        self.speculator = Speculator(self.worker.recognise, text_of=lambda heard: heard[0]) if speculate and self.live else None
         if getattr(segmenter, "sentence_end", 0):  # --sentence-end-ms: the speculative transcript ends utterances early
             if self.speculator is not None:
                 segmenter.heard_sentence = self.speculator.heard_sentence
             else:
                 log.warning("--sentence-end-ms acts only on live input (a microphone, a paced file) with speculation on; "
                             "here every utterance ends after --min-silence-ms")
-        self._nan_warned = False
+
+    @property
+    def segmented(self) -> int:
+        """Utterances the VAD cut so far, processed or dropped."""
+        return self.counters.segmented
 
     # -- control
 
@@ -195,6 +205,9 @@ class Pipeline:
         self.stopped_by = reason
         self._stop_time = time.perf_counter()
         self._stop.set()
+        self._close_source()
+
+    def _close_source(self) -> None:
         try:
             self.source.close()
         except Exception:  # a device already gone cannot be closed twice; stopping must not fail
@@ -202,7 +215,7 @@ class Pipeline:
 
     def reset_memory(self) -> None:
         """Start a new dialogue at the next utterance (safe from a signal handler or any thread)."""
-        self._reset_requested.set()
+        self.worker.reset_memory()
 
     def prepare(self) -> None:
         """Warm up the backend and the ASR (first-call costs are reported apart)."""
@@ -220,9 +233,8 @@ class Pipeline:
         self.prepare()
         t0 = time.perf_counter()
         self._threads = threads = [
-            threading.Thread(target=self._guard, args=(self._source_loop,), name="hbaf-source", daemon=True),
-            threading.Thread(target=self._guard, args=(self._segment_loop,), name="hbaf-segmenter", daemon=True),
-            threading.Thread(target=self._guard, args=(self._worker_loop,), name="hbaf-worker", daemon=True),
+            threading.Thread(target=self._guard, args=(loop,), name=f"hbaf-{name}", daemon=True)
+            for name, loop in (("source", self._source_loop), ("segmenter", self._segment_loop), ("worker", self._worker_loop))
         ]
         for t in threads:
             t.start()
@@ -263,68 +275,29 @@ class Pipeline:
             graceful = loop == self._source_loop and isinstance(err, HBAFError)
             if not graceful:
                 self._abort.set()
-            try:
-                self.source.close()
-            except Exception:
-                log.debug("closing the source failed", exc_info=True)
+            self._close_source()
             if not graceful:
                 for q in (self.audio_q, self.utt_q):
-                    self._put_end(q)
+                    _put_end(q)
 
     # -- stages
 
-    def _put(self, q: queue.Queue, item: Any) -> bool:
-        """Put ``item``: drop it when live and full (returns False), else wait for room."""
-        if self.live:
-            try:
-                q.put_nowait(item)
-                return True
-            except queue.Full:
-                return False
-        while not self._abort.is_set():
-            try:
-                q.put(item, timeout=0.1)
-                return True
-            except queue.Full:
-                continue
-        return False
-
-    @staticmethod
-    def _put_end(q: queue.Queue) -> None:
-        """The end marker always gets in: make room by discarding the oldest item if needed."""
-        while True:
-            try:
-                q.put_nowait(_END)
-                return
-            except queue.Full:
-                try:
-                    q.get_nowait()
-                except queue.Empty:
-                    pass
-
     def _source_loop(self) -> None:
+        c = self.counters
         try:
             for block in self.source.blocks():
-                if not self._put(self.audio_q, (block, time.perf_counter())):
+                if not _put(self.audio_q, (block, time.perf_counter()), drop=self.live, abort=self._abort):
                     if self._abort.is_set():
                         break
-                    self.audio_drops += 1
-                self.max_audio_q = max(self.max_audio_q, self.audio_q.qsize())
+                    c.audio_drops += 1
+                c.max_audio_q = max(c.max_audio_q, self.audio_q.qsize())
         finally:
             self._source_done.set()
             if not self._abort.is_set():
-                self._put_end_when_room(self.audio_q)
-
-    def _put_end_when_room(self, q: queue.Queue) -> None:
-        while not self._abort.is_set():
-            try:
-                q.put(_END, timeout=0.1)
-                return
-            except queue.Full:
-                continue
-        self._put_end(q)
+                _put_end_when_room(self.audio_q, self._abort)
 
     def _segment_loop(self) -> None:
+        c = self.counters
         vad_mark = self.segmenter.vad_seconds
         while True:
             try:
@@ -343,29 +316,29 @@ class Pipeline:
             else:
                 block, arrived = block
                 n = int(np.asarray(block).size)
-                self.audio_samples += n
+                c.audio_samples += n
                 self._arrivals.add(n, arrived)
                 utterances = self.segmenter.accept(block)
                 if self.speculator is not None and not utterances:
                     self._offer_speculation()
             for utt in utterances:
-                self.segmented += 1
+                c.segmented += 1
                 if self.speculator is not None:
                     self.speculator.claim(utt.key)
                 vad_now = self.segmenter.vad_seconds
                 speech_end = utt.speech_end if utt.speech_end is not None else utt.end
-                item = _Item(utt, vad_now - vad_mark, time.perf_counter(),
+                item = QueuedUtterance(utt, vad_now - vad_mark, time.perf_counter(),
                              self._arrivals.time_of(max(0, round(speech_end * SAMPLE_RATE) - 1)))
                 vad_mark = vad_now
-                if not self._put(self.utt_q, item):
-                    self.utterance_drops += 1
+                if not _put(self.utt_q, item, drop=self.live, abort=self._abort):
+                    c.utterance_drops += 1
                     if self.speculator is not None:
                         self.speculator.release(utt.key)
                     log.debug("utterance at %.2f s dropped: the worker is behind", utt.start)
-                self.max_utt_q = max(self.max_utt_q, self.utt_q.qsize())
+                c.max_utt_q = max(c.max_utt_q, self.utt_q.qsize())
             if block is _END:
                 break
-        self._put_end_when_room(self.utt_q)
+        _put_end_when_room(self.utt_q, self._abort)
 
     def _offer_speculation(self) -> None:
         """During the hangover: hand the samples the utterance will hold to the speculator."""
@@ -377,199 +350,31 @@ class Pipeline:
             if pending is not None:
                 self.speculator.offer(pending.key, pending.samples)
 
-    def _recognise(self, samples: np.ndarray) -> tuple[str, np.ndarray, float, float]:
-        """ASR and features of one utterance: (text, features, asr seconds, feature seconds).
-
-        When the fusion model takes the recogniser's own encoder states, one encoder pass gives
-        both (the feature time is then the copy of the states, inside the ASR time)."""
-        t0 = time.perf_counter()
-        if self._shared_encoder:
-            heard = self.asr.transcribe(samples, states=self.feature_kind)
-            return heard.text, heard.states, time.perf_counter() - t0, 0.0
-        text = self.asr.transcribe(samples).text
-        t1 = time.perf_counter()
-        feats = utterance_features(samples, self.feature_kind)
-        return text, feats, t1 - t0, time.perf_counter() - t1
-
     def _worker_loop(self) -> None:
         while True:
             item = self.utt_q.get()
             if item is _END:
                 return
             if self._abort.is_set():
-                self.utterance_drops += 1
+                self.counters.utterance_drops += 1
                 continue
-            self._process(item)
-
-    # -- one utterance
-
-    def _process(self, item: _Item) -> Event:
-        utt = item.utterance
-        t_start = time.perf_counter()
-        ready = self.speculator.take(utt.key) if self.speculator is not None else None
-        text, feats, asr_s, feat_s = ready if ready is not None else self._recognise(utt.samples)
-        t_feat = time.perf_counter()
-        self._compute["asr"] += asr_s
-        self._compute["features"] += feat_s
-        # with a speculation the wait for it counts as ASR; features were computed with it
-        wait = t_feat - t_start
-        t_asr = t_start + (wait if ready is not None else asr_s)
-        if self._reset_requested.is_set():
-            self._reset_requested.clear()
-            self.memory.reset()
-        out, context = fuse_utterance(self.backend, self.tokenizer, self.memory, feats, text, utt.start, utt.end)
-        t_fuse = time.perf_counter()
-        self._compute["fusion"] += t_fuse - t_feat
-
-        probs = out["probs"][0]
-        labels = self.backend.labels
-        if out["finite"]:
-            top = int(np.argmax(probs))
-            confidence = float(probs[top])
-            emotion = labels[top]
-        else:
-            if not self._nan_warned:
-                self._nan_warned = True
-                log.warning("%s produced non-finite outputs (FP16/INT8 overflow?); try the FP32 model", self.backend.path.name)
-            probs = np.zeros(len(labels), dtype=np.float32)
-            confidence, emotion = 0.0, "invalid"
-        uncertain = emotion == "invalid" or (self.min_confidence is not None and confidence < self.min_confidence)
-        if uncertain and emotion != "invalid":
-            emotion = "uncertain"
-        gate = out["gate"][0]
-        stages = {
-            "endpoint": utt.ended_at - item.speech_end_at,
-            "queue": t_start - item.queued_at,
-            "asr": t_asr - t_start,
-            "features": t_feat - t_asr,
-            "fusion": t_fuse - t_feat,
-        }
-        now = time.perf_counter()
-        total = now - utt.ended_at
-        speech_end_total = now - item.speech_end_at
-        event = Event(
-            utterance=len(self.events) + 1,
-            start=float(utt.start),
-            end=float(utt.end),
-            text=text,
-            emotion=emotion,
-            confidence=confidence,
-            probs={label: float(p) for label, p in zip(labels, probs)},
-            gate={"text_to_audio": float(gate[0]), "audio_to_text": float(gate[1])},
-            latency_ms={**{k: v * 1000.0 for k, v in stages.items()}, "vad_compute": item.vad_seconds * 1000.0,
-                        "total": total * 1000.0, "speech_end": speech_end_total * 1000.0},
-            uncertain=uncertain,
-            context=context,
-        )
-        for k, v in stages.items():
-            self._stage_seconds[k].append(v)
-        self._stage_seconds["vad_compute"].append(item.vad_seconds)
-        self._latencies.append(total)
-        self._speech_end_latencies.append(speech_end_total)
-        self.events.append(event)
-        self.writer.write(event)
-        return event
-
-    # -- summary
+            event = self.worker.process(item, self.speculator)
+            self.events.append(event)
+            self.writer.write(event)
+            if self.on_event is not None:
+                self.on_event(event)
 
     def _summarize(self, wall: float) -> Summary:
-        audio_s = self.audio_samples / SAMPLE_RATE
         speculation = self.speculator.stats.to_dict() if self.speculator is not None else None
         if speculation is not None:
             speculation["sentence_ends"] = int(getattr(self.segmenter, "sentence_cuts", 0))  # ended by --sentence-end-ms
-        compute_ms = {"vad": 1000.0 * float(self.segmenter.vad_seconds), **{k: 1000.0 * v for k, v in self._compute.items()}}
-        if speculation is not None:
-            compute_ms["speculation_discarded"] = 1000.0 * speculation["wasted_s"]
-        compute = sum(compute_ms.values()) / 1000.0
-        stage_ms = {k: 1000.0 * float(np.mean(v)) for k, v in self._stage_seconds.items() if v}
-        return Summary(
-            utterances=len(self.events),
-            audio_seconds=audio_s,
-            wall_seconds=wall,
-            compute_seconds=compute,
-            real_time_factor=compute / audio_s if audio_s > 0 else 0.0,
-            latency_ms=percentiles(self._latencies),
-            speech_end_latency_ms=percentiles(self._speech_end_latencies),
-            stage_ms=stage_ms,
-            speculation=speculation,
-            compute_ms=compute_ms,
-            dropped_blocks=int(getattr(self.source, "dropped_blocks", 0)) + self.audio_drops,
-            dropped_utterances=self.utterance_drops,
-            jsonl_lines_lost=self.writer.stats.jsonl_lines_lost,
-            jsonl_cut_line_found=self.writer.stats.cut_line_found,
-            max_queue={"audio": self.max_audio_q, "utterances": self.max_utt_q},
+        return self.counters.summary(
+            utterances=len(self.events), wall=wall, vad_seconds=self.segmenter.vad_seconds, speculation=speculation,
+            dropped_blocks=int(getattr(self.source, "dropped_blocks", 0)),
+            jsonl_lines_lost=self.writer.stats.jsonl_lines_lost, jsonl_cut_line_found=self.writer.stats.cut_line_found,
             memory_resets=self.memory.resets,
-            cold_start={
-                "model_load_s": self.backend.load_seconds,
-                "first_inference_s": self.backend.first_inference_seconds,
-                "asr_load_s": getattr(self.asr, "load_seconds", None),
-                "asr_first_s": self.asr_first_seconds,
-            },
-            peak_rss_mb=peak_rss_mb(),
-            backend=f"{self.backend.name} {self.backend.precision}",
-            source=str(getattr(self.source, "name", "")),
-            stopped_by=self.stopped_by,
-            live=self.live,
+            cold_start={"model_load_s": self.backend.load_seconds, "first_inference_s": self.backend.first_inference_seconds,
+                        "asr_load_s": getattr(self.asr, "load_seconds", None), "asr_first_s": self.asr_first_seconds},
+            backend=f"{self.backend.name} {self.backend.precision}", source=str(getattr(self.source, "name", "")),
+            stopped_by=self.stopped_by, live=self.live,
         )
-
-
-# ----------------------------------------------------------------------------- wiring
-
-
-@dataclass
-class RunOptions:
-    """Every setting that shapes a pipeline; ``hbaf-edge run`` takes its flags' defaults from here."""
-
-    model: str | Path | None = None  # None: the packaged model (edge_runtime.demo.default_model_path)
-    model_device: str = "cpu"
-    fp16: bool = False
-    threads: int | None = None
-    asr: str | None = None  # None: the bundled Whisper tiny.en
-    asr_device: str = "auto"
-    asr_beam: int = DEFAULT_BEAM_SIZE
-    asr_encoder: str | None = None  # None: CTranslate2 (edge_runtime/recogniser.py lists the forms)
-    asr_decoder: str | None = None
-    context: int | None = None  # None: all K slots the model was trained with
-    reset_after: float = DEFAULT_RESET_AFTER
-    min_confidence: float | None = None
-    vad_threshold: float = vad.THRESHOLD
-    min_speech_ms: int = vad.MIN_SPEECH_MS
-    min_silence_ms: int = vad.MIN_SILENCE_MS
-    speech_pad_ms: int = vad.SPEECH_PAD_MS
-    max_utterance_s: float = vad.MAX_SECONDS
-    sentence_end_ms: int = vad.SENTENCE_END_MS  # shorter silence ending a speculative transcript's sentence; 0 = off
-    speculate: bool = True  # recognise during the VAD's hangover (edge_runtime/speculate.py)
-    summary_line: bool = True
-
-
-def build_pipeline(source: Any, writer: EventWriter, options: RunOptions, *, backend: Backend | None = None,
-                   drop_when_full: bool | None = None) -> Pipeline:
-    """The live pipeline, wired the one way ``hbaf-edge run``, the benchmark's end-to-end run and
-    the soak all use: segmenter, backend (opened from ``options.model`` unless given), dialogue
-    memory, tokenizer and ASR. Cheap checks run before the models load."""
-    from edge_runtime.asr import WhisperASR
-    from edge_runtime.model_files import open_backend
-    from edge_runtime.demo import default_model_path
-
-    if options.asr_beam < 1:
-        raise HBAFError(f"--asr-beam {options.asr_beam}: the beam size must be >= 1 (1 = greedy)")
-    if options.context is not None and options.context < 0:
-        raise HBAFError(f"--context must be >= 0, got {options.context}")
-    if options.sentence_end_ms and not options.speculate:
-        raise HBAFError(f"--sentence-end-ms {options.sentence_end_ms} reads the speculative transcript, which --no-speculate "
-                        "turns off; drop --no-speculate, or use --sentence-end-ms 0")
-    segmenter = vad.Segmenter(options.vad_threshold, options.min_speech_ms, options.min_silence_ms,
-                              options.speech_pad_ms, options.max_utterance_s, sentence_end_ms=options.sentence_end_ms)
-    if backend is None:
-        model = Path(options.model).expanduser() if options.model else default_model_path()
-        backend = open_backend(model, device=options.model_device, fp16=options.fp16, threads=options.threads)
-    memory = DialogueMemory(backend.context_size, backend.memory_dim, window=options.context, reset_after=options.reset_after)
-    tokenizer = backend.tokenizer()
-    asr = WhisperASR(options.asr, device=options.asr_device, cpu_threads=options.threads, beam_size=options.asr_beam,
-                     encoder=options.asr_encoder, decoder=options.asr_decoder)
-    kind = backend.spec.feature_kind
-    if options.asr_encoder not in (None, "ct2") and kind in ENCODER_MODELS and not asr.states_of(kind):
-        raise HBAFError(f"--asr-encoder {options.asr_encoder} does not compute the {kind} states the fusion model reads; "
-                        f"export the encoder of {ENCODER_MODELS[kind]} with `hbaf-export asr`, or leave --asr-encoder at ct2")
-    return Pipeline(source, segmenter, asr, backend, memory, writer, tokenizer, options.min_confidence,
-                    drop_when_full=drop_when_full, summary_line=options.summary_line, speculate=options.speculate)

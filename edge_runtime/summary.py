@@ -9,6 +9,9 @@ from typing import Any
 
 import numpy as np
 
+from edge_runtime.events import STAGES
+from hbaf.contract import SAMPLE_RATE
+
 
 @dataclass
 class Summary:
@@ -95,6 +98,58 @@ class Summary:
             lines.append("  the events file ended inside a line (an earlier run cut short, or an edit): that line stays as it was, "
                          "new events start on the next line")
         return "\n".join(lines)
+
+
+@dataclass
+class RunCounters:
+    """What the live pipeline counts while it runs (samples, utterances, drops, queue depths,
+    compute and latency per stage); ``summary()`` turns it into the run's ``Summary``."""
+
+    audio_samples: int = 0
+    segmented: int = 0  # utterances the VAD cut, processed or dropped
+    audio_drops: int = 0  # blocks the pipeline's own audio queue dropped (a live source's own drops are its)
+    utterance_drops: int = 0
+    max_audio_q: int = 0
+    max_utt_q: int = 0
+    stage_seconds: dict[str, list[float]] = field(default_factory=lambda: {k: [] for k in STAGES})
+    compute: dict[str, float] = field(default_factory=lambda: {"asr": 0.0, "features": 0.0, "fusion": 0.0})  # seconds
+    latencies: list[float] = field(default_factory=list)  # VAD decision -> event
+    speech_end_latencies: list[float] = field(default_factory=list)  # last voiced sample -> event
+
+    def add_event(self, stages: dict[str, float], vad_seconds: float, total: float, speech_end: float) -> None:
+        """One event's stage times, VAD compute and latencies, in seconds."""
+        for k, v in stages.items():
+            self.stage_seconds[k].append(v)
+        self.stage_seconds["vad_compute"].append(vad_seconds)
+        self.latencies.append(total)
+        self.speech_end_latencies.append(speech_end)
+
+    def summary(self, *, utterances: int, wall: float, vad_seconds: float, speculation: dict[str, Any] | None,
+                **report: Any) -> Summary:
+        """The run's Summary: the counted figures, plus ``report``'s fields as they are (backend,
+        source, cold_start, dropped_blocks of the source, memory_resets, ...)."""
+        audio_s = self.audio_samples / SAMPLE_RATE
+        compute_ms = {"vad": 1000.0 * float(vad_seconds), **{k: 1000.0 * v for k, v in self.compute.items()}}
+        if speculation is not None:
+            compute_ms["speculation_discarded"] = 1000.0 * speculation["wasted_s"]
+        compute = sum(compute_ms.values()) / 1000.0
+        report["dropped_blocks"] = int(report.get("dropped_blocks", 0)) + self.audio_drops
+        return Summary(
+            utterances=utterances,
+            audio_seconds=audio_s,
+            wall_seconds=wall,
+            compute_seconds=compute,
+            real_time_factor=compute / audio_s if audio_s > 0 else 0.0,
+            latency_ms=percentiles(self.latencies),
+            speech_end_latency_ms=percentiles(self.speech_end_latencies),
+            stage_ms={k: 1000.0 * float(np.mean(v)) for k, v in self.stage_seconds.items() if v},
+            speculation=speculation,
+            compute_ms=compute_ms,
+            dropped_utterances=self.utterance_drops,
+            max_queue={"audio": self.max_audio_q, "utterances": self.max_utt_q},
+            peak_rss_mb=peak_rss_mb(),
+            **report,
+        )
 
 
 def peak_rss_mb() -> float:

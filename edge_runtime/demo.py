@@ -146,14 +146,16 @@ def meld_conversation(out_dir: str | Path, *, min_seconds: float = 60.0, pause_s
     """
     import soundfile as sf
 
-    from hbaf.data import meld_tts as mt
+    from hbaf.data.meld_text import read_meld_csv
+    from hbaf.data.prosody import render_params
+    from hbaf.data.synth import synthesize
 
-    utts = [u for u in mt.read_meld_csv("test") if len(u["text"].split()) >= 4]
+    utts = [u for u in read_meld_csv("test") if len(u["text"].split()) >= 4]
     rng = np.random.default_rng(0)
     pieces, turns, waves, t = [np.zeros(int(0.5 * SAMPLE_RATE), np.float32)], [], [], 0.5
     for u in utts:
-        params = mt.render_params(u, seed=0, strength=0.5, noise_snr_db=(30.0, 30.0), intensity=intensity)
-        wave = mt.synthesize(u["text"], params, noise_seed=int(rng.integers(1 << 30)))
+        params = render_params(u, seed=0, strength=0.5, noise_snr_db=(30.0, 30.0), intensity=intensity)
+        wave = synthesize(u["text"], params, noise_seed=int(rng.integers(1 << 30)))
         pieces += [wave, np.zeros(int(pause_s * SAMPLE_RATE), np.float32)]
         waves.append(wave)
         turns.append({"start": t, "end": t + wave.size / SAMPLE_RATE, "text": u["text"], "label": u["label"],

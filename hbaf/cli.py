@@ -370,7 +370,7 @@ def cmd_distill(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from hbaf.data.meld_tts import DEFAULT_STRENGTH
+    from hbaf.data.prosody import DEFAULT_STRENGTH
     from hbaf.train import TrainConfig
 
     d = TrainConfig()

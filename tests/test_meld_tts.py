@@ -11,7 +11,9 @@ import numpy as np
 import pytest
 
 from hbaf.audio import load_audio
+from hbaf.data import meld_text, prosody, synth
 from hbaf.data import meld_tts as mt
+from hbaf.data import voices as vc
 from hbaf.errors import HBAFError
 from hbaf.contract import SAMPLE_RATE
 from hbaf.data.records import MELD_LABELS
@@ -30,7 +32,7 @@ MANIFEST_FIELDS = {"audio", "text", "label", "speaker", "dialogue", "index", "sp
 def test_read_meld_csv_counts_labels_and_order():
     expected = {"train": 9989, "dev": 1109, "test": 2610}
     for split, n in expected.items():
-        rows = mt.read_meld_csv(split)
+        rows = meld_text.read_meld_csv(split)
         assert len(rows) == n
         assert {r["label"] for r in rows} == set(MELD_LABELS)
         keys = [(r["dialogue_id"], r["utterance_id"]) for r in rows]
@@ -39,32 +41,32 @@ def test_read_meld_csv_counts_labels_and_order():
             assert r["split"] == split and isinstance(r["utterance_id"], int)
             assert "  " not in r["text"] and r["text"] == r["text"].strip()
             assert not any(ch in r["text"] for ch in "\u2018\u2019\u201c\u201d\u2014\u2013\u2026\x92\x85\x96")
-    first = mt.read_meld_csv("train")[0]
+    first = meld_text.read_meld_csv("train")[0]
     assert first["speaker"] == "Chandler" and first["label"] == "neutral"
     assert first["text"] == "also I was the point person on my company's transition from the KL-5 to GR-6 system."
 
 
 def test_normalize_text_fixes_cp1252_and_mojibake():
-    assert mt.normalize_text("I\x92m  \x93here\x94\x85\n ok") == 'I\'m "here"... ok'
-    assert mt.normalize_text("you\u2019re \u201cfine\u201d\u2026 uh\u2014wait") == "you're \"fine\"... uh - wait"
-    assert mt.normalize_text("it\u00e2\u20ac\u2122s") == "it's"
-    assert mt.normalize_text("Caf\u00e9  ok\u00a0") == "Caf\u00e9 ok"
-    assert not mt.is_speakable(mt.normalize_text(" !  ")) and mt.is_speakable("Hm.")
+    assert meld_text.normalize_text("I\x92m  \x93here\x94\x85\n ok") == 'I\'m "here"... ok'
+    assert meld_text.normalize_text("you\u2019re \u201cfine\u201d\u2026 uh\u2014wait") == "you're \"fine\"... uh - wait"
+    assert meld_text.normalize_text("it\u00e2\u20ac\u2122s") == "it's"
+    assert meld_text.normalize_text("Caf\u00e9  ok\u00a0") == "Caf\u00e9 ok"
+    assert not meld_text.is_speakable(meld_text.normalize_text(" !  ")) and meld_text.is_speakable("Hm.")
 
 
 def test_read_meld_csv_user_errors(tmp_path):
     with pytest.raises(HBAFError, match="unknown MELD split"):
-        mt.read_meld_csv("validation")
+        meld_text.read_meld_csv("validation")
     bad = tmp_path / "dev_sent_emo.csv"
     bad.write_text("a,b\n1,2\n", encoding="utf-8")
     with pytest.raises(HBAFError, match="not a MELD CSV"):
-        mt.read_meld_csv("dev", bad)
+        meld_text.read_meld_csv("dev", bad)
     cp = tmp_path / "cp.csv"
     cp.write_bytes(
         b"Sr No.,Utterance,Speaker,Emotion,Sentiment,Dialogue_ID,Utterance_ID\n"
         b"1,I\x92m here\x85,Ross,Joy,positive,4,0\n"
     )
-    (row,) = mt.read_meld_csv("dev", cp)
+    (row,) = meld_text.read_meld_csv("dev", cp)
     assert row["text"] == "I'm here..." and row["label"] == "joy" and row["dialogue_id"] == 4
 
 
@@ -72,7 +74,7 @@ def test_read_meld_csv_user_errors(tmp_path):
 
 
 def test_limit_takes_whole_dialogues_in_seeded_order():
-    utts = mt.read_meld_csv("train")
+    utts = meld_text.read_meld_csv("train")
     sizes = Counter(u["dialogue_id"] for u in utts)
     chosen = mt.select_dialogues(utts, 150, seed=0, split="train")
     assert 140 <= len(chosen) <= 150
@@ -89,24 +91,24 @@ def test_limit_takes_whole_dialogues_in_seeded_order():
 
 @needs_tools
 def test_strength_controls_intensity_and_zero_means_neutral():
-    utts = [u for u in mt.read_meld_csv("dev") if u["label"] != "neutral"]
+    utts = [u for u in meld_text.read_meld_csv("dev") if u["label"] != "neutral"]
     for strength, mean in ((0.25, 0.25), (0.5, 0.5)):
-        vals = [mt.render_params(u, strength=strength).intensity for u in utts]
+        vals = [prosody.render_params(u, strength=strength).intensity for u in utts]
         assert abs(float(np.mean(vals)) - mean) < 0.05
-    full = [mt.render_params(u, strength=1.0).intensity for u in utts]
+    full = [prosody.render_params(u, strength=1.0).intensity for u in utts]
     assert 0.4 < np.mean(np.isclose(full, 1.0)) < 0.6
     u = utts[0]
-    assert mt.render_params(u, strength=0.0) == mt.render_params({**u, "label": "neutral"}, strength=0.7)
-    assert mt.render_params(u, seed=3) == mt.render_params(dict(u), seed=3)
-    assert mt.render_params(u, seed=3) != mt.render_params(u, seed=4)
+    assert prosody.render_params(u, strength=0.0) == prosody.render_params({**u, "label": "neutral"}, strength=0.7)
+    assert prosody.render_params(u, seed=3) == prosody.render_params(dict(u), seed=3)
+    assert prosody.render_params(u, seed=3) != prosody.render_params(u, seed=4)
 
 
 @needs_tools
 def test_speaker_voices_stable_and_main_cast_distinct():
-    cast = [mt.speaker_voice(s, seed=0) for s in mt.MAIN_CAST]
+    cast = [vc.speaker_voice(s, seed=0) for s in vc.MAIN_CAST]
     assert len({v.name.split("+")[1] for v in cast}) == 6
-    assert mt.speaker_voice("Janice", 0) == mt.speaker_voice("Janice", 0)
-    assert mt.speaker_voice("Ross", 0).gender == "m" and mt.speaker_voice("Rachel", 0).gender == "f"
+    assert vc.speaker_voice("Janice", 0) == vc.speaker_voice("Janice", 0)
+    assert vc.speaker_voice("Ross", 0).gender == "m" and vc.speaker_voice("Rachel", 0).gender == "f"
 
 
 # ---------------------------------------------------------------------------------------- rendering
@@ -116,7 +118,7 @@ def _levels(path: Path) -> tuple[float, float, float]:
     x = load_audio(path).astype(np.float64)
     spec = np.abs(np.fft.rfft(x)) ** 2
     freqs = np.fft.rfftfreq(x.size, 1.0 / SAMPLE_RATE)
-    rms_db = 20 * np.log10(mt._active_rms(x))
+    rms_db = 20 * np.log10(synth.active_rms(x))
     return rms_db, float((spec * freqs).sum() / spec.sum()), x.size / SAMPLE_RATE
 
 
@@ -128,9 +130,9 @@ def test_prosody_differs_by_label(tmp_path):
     out = {}
     for label in ("anger", "sadness", "neutral"):
         u = {**base, "label": label}
-        p = mt.render_params(u, strength=1.0, intensity=1.0, noise_snr_db=(30.0, 30.0))
+        p = prosody.render_params(u, strength=1.0, intensity=1.0, noise_snr_db=(30.0, 30.0))
         path = tmp_path / f"{label}.wav"
-        mt.render_utterance(u, path, p)
+        synth.render_utterance(u, path, p)
         out[label] = _levels(path)
     (a_db, a_cent, a_dur), (s_db, s_cent, s_dur), (n_db, _, _) = out["anger"], out["sadness"], out["neutral"]
     assert a_db > s_db + 8.0  # louder
@@ -162,9 +164,9 @@ def test_manifest_and_card_are_valid(small_corpus):
         assert not Path(r["audio"]).is_absolute() and r["audio"].startswith("wav/dev/")
         assert r["label"] in MELD_LABELS and r["split"] == "dev" and isinstance(r["index"], int)
         assert r["dialogue"].startswith("dev-") and r["text"]
-        assert mt.wav_duration(small_corpus / r["audio"]) > 0.3
+        assert synth.wav_duration(small_corpus / r["audio"]) > 0.3
         by_dia[r["dialogue"]].append(r["index"])
-        assert r["family"] in mt.FAMILIES and r["voice"]
+        assert r["family"] in vc.FAMILIES and r["voice"]
     fams, voices = defaultdict(set), defaultdict(dict)
     for r in recs:
         fams[r["dialogue"]].add(r["family"])
@@ -172,7 +174,7 @@ def test_manifest_and_card_are_valid(small_corpus):
     assert all(len(f) == 1 for f in fams.values()), "a dialogue mixes synthesizer families"
     for dia, spk in voices.items():
         assert len(set(spk.values())) == len(spk), f"speakers of {dia} share a voice"
-    sizes = Counter(u["dialogue_id"] for u in mt.read_meld_csv("dev"))
+    sizes = Counter(u["dialogue_id"] for u in meld_text.read_meld_csv("dev"))
     for dia, idx in by_dia.items():
         assert len(idx) == sizes[int(dia.split("-")[1])] and idx == sorted(idx)
     wav = load_audio(small_corpus / recs[0]["audio"])
@@ -198,8 +200,8 @@ def test_same_seed_same_bytes_any_worker_count(small_corpus, tmp_path):
     assert (tmp_path / "again" / "manifest.jsonl").read_bytes() == (small_corpus / "manifest.jsonl").read_bytes()
     first = json.loads((small_corpus / "manifest.jsonl").read_text().splitlines()[0])
     dia, idx = int(first["dialogue"].split("-")[1]), first["index"]
-    (u,) = [u for u in mt.read_meld_csv("dev") if (u["dialogue_id"], u["utterance_id"]) == (dia, idx)]
-    mt.render_utterance(u, tmp_path / "seed5.wav", mt.render_params(u, seed=5), seed=5)
+    (u,) = [u for u in meld_text.read_meld_csv("dev") if (u["dialogue_id"], u["utterance_id"]) == (dia, idx)]
+    synth.render_utterance(u, tmp_path / "seed5.wav", prosody.render_params(u, seed=5), seed=5)
     assert (tmp_path / "seed5.wav").read_bytes() != (small_corpus / first["audio"]).read_bytes()
 
 
@@ -252,12 +254,11 @@ def test_default_corpus_dir(monkeypatch, tmp_path):
 
 # ---------------------------------------------------------------------------------------- families
 
-from hbaf.data import voices as vc  # noqa: E402
 
 
 def test_family_assignment_per_dialogue_and_deterministic():
     fams = ("espeak-ng", "flite", "festival")
-    dias = sorted({u["dialogue_id"] for u in mt.read_meld_csv("train")})
+    dias = sorted({u["dialogue_id"] for u in meld_text.read_meld_csv("train")})
     got = [vc.dialogue_family(0, "train", d, fams) for d in dias]
     assert got == [vc.dialogue_family(0, "train", d, list(fams)) for d in dias]
     shares = Counter(got)
@@ -305,20 +306,20 @@ def _pitch_hz(x: np.ndarray) -> float:
     return float(np.median(out)) if out else 0.0
 
 
-@pytest.mark.parametrize("family", mt.FAMILIES)
+@pytest.mark.parametrize("family", vc.FAMILIES)
 def test_each_family_renders_and_anger_is_higher_and_louder_than_sadness(family):
     if not vc.family_installed(family):
-        pytest.skip(f"{family} not installed (apt-get install {mt.FAMILY_PACKAGES[family]})")
+        pytest.skip(f"{family} not installed (apt-get install {vc.FAMILY_PACKAGES[family]})")
     base = {"split": "dev", "dialogue_id": 3, "utterance_id": 1, "speaker": "Rachel",
             "text": "Why would you ever say that to me?"}
     got = {}
     for label in ("anger", "sadness"):
         u = {**base, "label": label}
-        p = mt.render_params(u, intensity=1.0, family=family, noise_snr_db=(40.0, 40.0))
+        p = prosody.render_params(u, intensity=1.0, family=family, noise_snr_db=(40.0, 40.0))
         assert p.family == family
-        x = mt.synthesize(u["text"], p, noise_seed=1).astype(np.float64)
+        x = synth.synthesize(u["text"], p, noise_seed=1).astype(np.float64)
         assert x.dtype == np.float64 and x.size > 0.5 * SAMPLE_RATE and np.abs(x).max() <= 1.0
-        got[label] = (20 * np.log10(mt._active_rms(x)), _pitch_hz(x), x.size)
+        got[label] = (20 * np.log10(synth.active_rms(x)), _pitch_hz(x), x.size)
     (a_db, a_f0, a_n), (s_db, s_f0, s_n) = got["anger"], got["sadness"]
     assert a_db > s_db + 6.0
     assert a_f0 > 1.1 * s_f0 > 0

@@ -372,8 +372,9 @@ main = cli_entry(bench_cli)
 @cli_entry
 def hbaf_edge(argv: list[str] | None = None) -> int:
     """The ``hbaf-edge`` console script: ``bench`` runs the benchmark with the rest of the
-    arguments, ``doctor`` the machine check (edge_runtime.doctor); ``run``, ``devices`` and
-    ``--help`` go to the runtime's command line."""
+    arguments, ``doctor`` the machine check (edge_runtime.doctor), ``transcribe`` the recogniser
+    over a corpus split (edge_runtime.transcribe); ``run``, ``devices`` and ``--help`` go to the
+    runtime's command line."""
     from edge_runtime.cli import run_cli
 
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -386,7 +387,13 @@ def hbaf_edge(argv: list[str] | None = None) -> int:
         from edge_runtime.doctor import doctor_cli
 
         return doctor_cli(argv[lead + 1 :])
-    return run_cli(argv, extra_commands={"bench": BENCH_HELP, "doctor": DOCTOR_HELP})
+    if argv[lead : lead + 1] == ["transcribe"]:
+        from edge_runtime.transcribe import transcribe_cli
+
+        return transcribe_cli(argv[lead + 1 :])
+    from edge_runtime.transcribe import HELP as TRANSCRIBE_HELP
+
+    return run_cli(argv, extra_commands={"bench": BENCH_HELP, "doctor": DOCTOR_HELP, "transcribe": TRANSCRIBE_HELP})
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ ratio above 2.4, or the token cap reached) is redone on the standard 30 s path.
 ``encoder_window_s=None`` always uses the standard path. ``window_bucket_s`` sizes the
 window to the utterance instead: its length rounded up to a multiple of the bucket (at
 least ``MIN_WINDOW_S``, at most ``encoder_window_s``), so a 2 s utterance is encoded as
-4 s, not 10 (scripts/latency_analysis.py measures what that does to WER and time).
+4 s, not 10 (studies/latency_analysis.py measures what that does to WER and time).
 """
 
 from __future__ import annotations

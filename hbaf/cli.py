@@ -60,7 +60,7 @@ def _add_train_args(p: argparse.ArgumentParser, d: TrainConfig) -> None:
                         "what the runtime's recogniser never writes (default %(default)s): the --asr-transcripts entry, "
                         "else the reference rewritten by rule (no '!')")
     p.add_argument("--asr-transcripts", default=None, metavar="JSONL",
-                   help="recogniser transcripts of the training clips (scripts/transcribe_corpus.py)")
+                   help="recogniser transcripts of the training clips (hbaf-edge transcribe)")
     p.add_argument("--features", default=FEATURE_KIND, choices=tuple(FEATURE_FORMATS),
                    help="audio input: the recogniser's Whisper encoder states, or release 1's log-mel (default %(default)s)")
     p.add_argument("--augment", type=int, default=1, metavar="N",
@@ -300,7 +300,7 @@ def cmd_evaluate(args) -> int:
         missing = [r.audio for r in chosen if args.asr_transcripts and r.audio not in heard]
         if missing:
             raise HBAFError(f"{args.asr_transcripts} has no transcript for {len(missing)} {args.split} clip(s) (e.g. {missing[0]}); "
-                            f"run scripts/transcribe_corpus.py --split {args.split}")
+                            f"run hbaf-edge transcribe --split {args.split}")
         chosen = [replace(r, text=heard[r.audio] if heard else asr_style(r.text)) for r in chosen]
     report, _ = evaluate(model, chosen, store, tok, blank_text=args.blank_text)
     write_eval_outputs(out, name, report, f"{args.split}, weighted F1 {100 * report['weighted_f1']:.1f}")
@@ -407,7 +407,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--blank-text", action="store_true", help="evaluate with empty transcripts (audio must carry it)")
     p.add_argument("--asr-text", action="store_true", help="evaluate with the reference transcripts rewritten as the ASR writes them (no '!')")
     p.add_argument("--asr-transcripts", default=None, metavar="JSONL",
-                   help="evaluate with these recogniser transcripts of the clips (scripts/transcribe_corpus.py)")
+                   help="evaluate with these recogniser transcripts of the clips (hbaf-edge transcribe)")
     p.add_argument("--family", default=None, help="only the utterances of this voice family (e.g. flite)")
     p.add_argument("--limit", type=int, default=None, help="at most N utterances of the split (whole dialogues, a seeded draw)")
     p.add_argument("--condition", default="clean",

@@ -222,12 +222,12 @@ def _param_groups(model: HBAF, tc: TrainConfig) -> list[dict]:
 
 def load_transcripts(path: str | Path) -> dict[str, str]:
     """{audio path: transcript} from a JSONL file of {"audio": ..., "asr": ...} lines
-    (scripts/transcribe_corpus.py writes them)."""
+    (`hbaf-edge transcribe` writes them)."""
     import json
 
     p = Path(path).expanduser()
     if not p.is_file():
-        raise HBAFError(f"transcript file not found: {p}; make one with scripts/transcribe_corpus.py")
+        raise HBAFError(f"transcript file not found: {p}; make one with hbaf-edge transcribe")
     out: dict[str, str] = {}
     for n, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1):
         if not line.strip():
@@ -237,9 +237,9 @@ def load_transcripts(path: str | Path) -> dict[str, str]:
             out[str(row["audio"])] = str(row["asr"])
         except (ValueError, KeyError, TypeError) as err:
             raise HBAFError(f"{p} line {n} is not a {{\"audio\": ..., \"asr\": ...}} JSON object ({err}); "
-                            "write it again with scripts/transcribe_corpus.py") from err
+                            "write it again with hbaf-edge transcribe") from err
     if not out:
-        raise HBAFError(f"transcript file {p} is empty; make one with scripts/transcribe_corpus.py")
+        raise HBAFError(f"transcript file {p} is empty; make one with hbaf-edge transcribe")
     return out
 
 

@@ -7,7 +7,7 @@ dialogue: the recogniser (Whisper tiny.en, beam 5) gives the transcript and, for
 Whisper-state model, the encoder states of the same pass; ``fuse_utterance`` with a fresh
 dialogue memory gives the emotion. The audio alone is measured too (blank transcript).
 
-    python scripts/real_voices.py --model hbaf/assets/default.onnx [--model other.onnx ...]
+    python -m studies.real_voices --model hbaf/assets/default.onnx [--model other.onnx ...]
         [--archives DIR_WITH_PIP_SOURCE_ARCHIVES] [--out docs/real_voices.json]
 
 Prints a markdown table (one row per recording and model) and a count of what each model
@@ -16,23 +16,21 @@ says; ``--out`` writes the rows as JSON.
 
 from __future__ import annotations
 
-import argparse
 import json
-import sys
 import tempfile
 from collections import Counter
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from edge_runtime.asr import WhisperASR  # noqa: E402
-from edge_runtime.memory import DialogueMemory  # noqa: E402
-from edge_runtime.model_files import open_backend  # noqa: E402
-from edge_runtime.offline import fuse_utterance  # noqa: E402
-from hbaf.data.manifest import load_manifest  # noqa: E402
-from hbaf.data.real_voices import fetch_real_recordings  # noqa: E402
-from hbaf.errors import cli_entry  # noqa: E402
-from hbaf.features import SAMPLE_RATE, load_audio, utterance_features  # noqa: E402
+from edge_runtime.asr import WhisperASR
+from edge_runtime.memory import DialogueMemory
+from edge_runtime.model_files import open_backend
+from edge_runtime.offline import fuse_utterance
+from hbaf.data.manifest import load_manifest
+from hbaf.data.real_voices import fetch_real_recordings
+from hbaf.audio import load_audio
+from hbaf.contract import SAMPLE_RATE
+from hbaf.errors import ArgumentParser, cli_entry
+from hbaf.features import utterance_features
 
 
 def _say(backend, tok, feats, text: str, seconds: float) -> tuple[str, float, dict]:
@@ -45,7 +43,7 @@ def _say(backend, tok, feats, text: str, seconds: float) -> tuple[str, float, di
 
 @cli_entry
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap = ArgumentParser(prog="python -m studies.real_voices", description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", action="append", required=True, help="fusion model (ONNX, engine or checkpoint); repeatable")
     ap.add_argument("--archives", default=None, help="folder of downloaded pip source archives holding recordings")
     ap.add_argument("--threads", type=int, default=2)
@@ -89,4 +87,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    raise SystemExit(main())

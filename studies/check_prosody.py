@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """Check MELD-TTS emotion rendering against known acoustics of emotional speech.
 
 Renders N MELD dev utterances once per emotion per synthesizer family at full intensity (or
@@ -6,13 +5,12 @@ reads the WAVs of a corpus manifest with --manifest), extracts openSMILE eGeMAPS
 functionals and prints a markdown table by family x emotion: each measure as the
 difference from that family's neutral mean, and PASS/FAIL against the expected direction.
 
-    .venv/bin/python scripts/check_prosody.py --n 12
-    .venv/bin/python scripts/check_prosody.py --manifest ~/.cache/hbaf/corpora/meld-tts/manifest.jsonl
+    python -m studies.check_prosody --n 12
+    python -m studies.check_prosody --manifest ~/.cache/hbaf/corpora/meld-tts/manifest.jsonl
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import tempfile
@@ -22,11 +20,12 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from hbaf.data import meld_tts as mt  # noqa: E402
-from hbaf.data.records import MELD_LABELS  # noqa: E402
-from hbaf.data.voices import check_families, dialogue_voices  # noqa: E402
+from hbaf.data.meld_text import is_speakable, read_meld_csv
+from hbaf.data.prosody import render_params
+from hbaf.data.records import MELD_LABELS
+from hbaf.data.synth import render_utterance, utterance_name
+from hbaf.data.voices import check_families, dialogue_voices
+from hbaf.errors import ArgumentParser, cli_entry
 
 F0 = "F0semitoneFrom27.5Hz_sma3nz_amean"
 MEASURES = {  # short name -> eGeMAPS functional
@@ -54,7 +53,7 @@ def _render(families: tuple[str, ...], n: int, seed: int, out: Path) -> list[dic
     """Each of n MELD dev utterances (spread over the split) rendered once per emotion, so
     text, speaker, voice, pauses and noise are the same across emotions and only the
     label-driven prosody differs."""
-    utts = [u for u in mt.read_meld_csv("dev") if mt.is_speakable(u["text"]) and len(u["text"].split()) >= 5]
+    utts = [u for u in read_meld_csv("dev") if is_speakable(u["text"]) and len(u["text"].split()) >= 5]
     picked = [utts[int(j)] for j in np.linspace(0, len(utts) - 1, n)]
     rows = []
     for fam in families:
@@ -63,9 +62,9 @@ def _render(families: tuple[str, ...], n: int, seed: int, out: Path) -> list[dic
             voice = dialogue_voices([u0["speaker"]], seed, fam)[u0["speaker"]]
             for lab in MELD_LABELS:
                 u = {**u0, "label": lab}
-                p = mt.render_params(u, seed=seed, strength=1.0, intensity=1.0, voice=voice, noise_snr_db=(30.0, 30.0))
-                path = out / f"{fam}_{lab}_{mt._utt_name(u)}.wav"
-                mt.render_utterance(u, path, p, seed=seed)
+                p = render_params(u, seed=seed, strength=1.0, intensity=1.0, voice=voice, noise_snr_db=(30.0, 30.0))
+                path = out / f"{fam}_{lab}_{utterance_name(u)}.wav"
+                render_utterance(u, path, p, seed=seed)
                 rows.append({"path": str(path), "family": fam, "label": lab})
                 count += 1
         dt = time.perf_counter() - t0
@@ -116,8 +115,9 @@ def table(rows: list[dict]) -> tuple[str, int, int]:
     return "\n".join(lines), passed, total
 
 
+@cli_entry
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap = ArgumentParser(prog="python -m studies.check_prosody", description=__doc__.split("\n\n")[0])
     ap.add_argument("--n", type=int, default=12, help="utterances per emotion per family (default %(default)s)")
     ap.add_argument("--families", default=None, help="comma-separated families (default: all installed)")
     ap.add_argument("--seed", type=int, default=0)
@@ -136,4 +136,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    raise SystemExit(main())

@@ -1,7 +1,7 @@
 """The latency a person feels: endpoint (hangover) vs utterance splits, and last voiced sample
 -> event of the live pipeline with and without speculative recognition, by ASR beam size.
 
-    python scripts/latency_analysis.py --out runs/latency [--threads 2] [--quick]
+    python -m studies.latency_analysis --out runs/latency [--threads 2] [--quick]
 
 1. Endpoint table (VAD only, fast): every ``--min-silence-ms`` in MIN_SILENCE_MS over the demo
    conversation, the 60 s MELD conversation of tests/test_conversation.py and a longer MELD
@@ -20,7 +20,6 @@ All audio is synthetic speech (espeak-ng). Writes ``latency.json`` and ``latency
 
 from __future__ import annotations
 
-import sys
 import tempfile
 import threading
 import time
@@ -28,18 +27,18 @@ from pathlib import Path
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 
-from edge_runtime.asr import WhisperASR, corpus_wer  # noqa: E402
-from edge_runtime.demo import demo_conversation, demo_script, meld_conversation  # noqa: E402
-from edge_runtime.events import EventWriter  # noqa: E402
-from edge_runtime.pipeline import RunOptions, build_pipeline  # noqa: E402
-from edge_runtime.sources import FileSource  # noqa: E402
-from edge_runtime.vad import WINDOW, Segmenter  # noqa: E402
-from hbaf.errors import ArgumentParser, cli_entry  # noqa: E402
-from hbaf.features import load_audio  # noqa: E402
-from hbaf.io import write_json_atomic, write_text_atomic  # noqa: E402
+from edge_runtime.asr import WhisperASR
+from edge_runtime.demo import demo_conversation, demo_script, meld_conversation
+from edge_runtime.events import EventWriter
+from edge_runtime.options import RunOptions, build_pipeline
+from edge_runtime.sources import FileSource
+from edge_runtime.vad import WINDOW, Segmenter
+from hbaf.audio import load_audio, resample
+from hbaf.contract import SAMPLE_RATE
+from hbaf.errors import ArgumentParser, cli_entry
+from hbaf.io import write_json_atomic, write_text_atomic
+from hbaf.wer import corpus_wer
 
 MIN_SILENCE_MS = (100, 150, 200, 250, 300, 400)
 WINDOW_POLICIES = (("fixed 10 s", None), ("bucketed, 2 s steps (min 4 s)", 2.0), ("bucketed, 1 s steps (min 4 s)", 1.0))
@@ -102,9 +101,7 @@ class PacedCallback:
     active = True
 
     def __init__(self, mic, wav: Path) -> None:
-        from hbaf.features import resample
-
-        wave = resample(load_audio(wav), 16000, 48000)
+        wave = resample(load_audio(wav), SAMPLE_RATE, 48000)
         self.frames, self.mic = np.stack([wave, 0.9 * wave], axis=1).astype(np.float32), mic
         mic._stream = self
         threading.Thread(target=self._play, daemon=True).start()
@@ -183,7 +180,7 @@ def markdown(report: dict) -> str:
 
 @cli_entry
 def main(argv: list[str] | None = None) -> int:
-    p = ArgumentParser(prog="scripts/latency_analysis.py", description=__doc__.split("\n\n")[0])
+    p = ArgumentParser(prog="python -m studies.latency_analysis", description=__doc__.split("\n\n")[0])
     p.add_argument("--out", default="runs/latency", help="output folder (default %(default)s)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--quick", action="store_true", help="the first two configurations on the demo only")
@@ -216,7 +213,7 @@ def main(argv: list[str] | None = None) -> int:
         for wav, turns in sources.values():
             wave = load_audio(wav)
             for t in turns:
-                a, b = int((t["start"] - 0.1) * 16000), int((t["end"] + 0.1) * 16000)
+                a, b = int((t["start"] - 0.1) * SAMPLE_RATE), int((t["end"] + 0.1) * SAMPLE_RATE)
                 clips.append(wave[max(0, a):b])
                 texts.append(t["text"])
         report["asr_windows"] = [] if args.skip_windows else asr_window_table(

@@ -1,6 +1,6 @@
 """Ending at the sentence (``--sentence-end-ms N``): turns split or merged, WER and the felt latency.
 
-    python scripts/sentence_end_analysis.py --out runs/sentence-end [--threads 2] [--rounds 1]
+    python -m studies.sentence_end_analysis --out runs/sentence-end [--threads 2] [--rounds 1]
 
 1. Endpoint table (offline): the demo, the 60 s and the 300 s MELD conversations (known turns),
    each cut by the real ``Segmenter`` with ``sentence_end_ms=N``, fed 512 samples at a time; the
@@ -29,19 +29,17 @@ import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "scripts"))
 
-from edge_runtime.asr import WhisperASR, corpus_wer  # noqa: E402
-from edge_runtime.demo import demo_conversation, demo_script, meld_conversation  # noqa: E402
-from edge_runtime.speculate import Speculator  # noqa: E402
-from edge_runtime.vad import WINDOW, Segmenter  # noqa: E402
-from hbaf.errors import ArgumentParser, cli_entry  # noqa: E402
-from hbaf.features import load_audio  # noqa: E402
-from hbaf.io import write_json_atomic, write_text_atomic  # noqa: E402
-from latency_analysis import endpoint_table as hangover_table  # noqa: E402
-from latency_analysis import match_turns  # noqa: E402
+from edge_runtime.asr import WhisperASR
+from edge_runtime.demo import demo_conversation, demo_script, meld_conversation
+from edge_runtime.speculate import Speculator
+from edge_runtime.vad import WINDOW, Segmenter
+from hbaf.audio import load_audio
+from hbaf.errors import ArgumentParser, cli_entry
+from hbaf.io import write_json_atomic, write_text_atomic
+from hbaf.wer import corpus_wer
+from studies.latency_analysis import endpoint_table as hangover_table
+from studies.latency_analysis import match_turns
 
 SENTENCE_END_MS = (0, 100, 150, 200, 250)  # 0: today's rule (every utterance ends after --min-silence-ms)
 BEAMS = (1, 5)
@@ -116,7 +114,7 @@ def live_demo(beam: int, ms: int, threads: int, out: Path, turns: list[dict], so
     and the events from its JSONL."""
     jsonl = out / f"{Path(source).stem}-beam{beam}-n{ms}-{time.strftime('%H%M%S')}.jsonl"
     paced = [] if source == "demo" else ["--realtime"]
-    cmd = [str(REPO / ".venv" / "bin" / "hbaf-edge"), "run", "--source", source, *paced, "--threads", str(threads),
+    cmd = [str(Path(sys.executable).with_name("hbaf-edge")), "run", "--source", source, *paced, "--threads", str(threads),
            "--asr-beam", str(beam), "--sentence-end-ms", str(ms), "--format", "none", "--output", str(jsonl)]
     load_before = load_1min()
     proc = subprocess.run(cmd, capture_output=True, text=True)
@@ -160,7 +158,7 @@ def markdown(report: dict) -> str:
 
 @cli_entry
 def main(argv: list[str] | None = None) -> int:
-    p = ArgumentParser(prog="scripts/sentence_end_analysis.py", description=__doc__.split("\n\n")[0])
+    p = ArgumentParser(prog="python -m studies.sentence_end_analysis", description=__doc__.split("\n\n")[0])
     p.add_argument("--out", default="runs/sentence-end", help="output folder (default %(default)s)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--long-seconds", type=float, default=300.0, help="length of the long MELD conversation")

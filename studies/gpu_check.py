@@ -4,9 +4,9 @@ Two steps, because the GPU machine need not have the recogniser that computes th
 input (CTranslate2 Whisper) or the corpus:
 
     # here: whole test dialogues with their cached encoder states (float16), texts and labels
-    python scripts/gpu_check.py pack --corpus meld-tts --limit 60 --out gpu-check/test.npz
+    python -m studies.gpu_check pack --corpus meld-tts --limit 60 --out gpu-check/test.npz
     # on the GPU machine (torch with CUDA; onnxruntime for the INT8 row)
-    python scripts/gpu_check.py run --data gpu-check/test.npz --checkpoint hbaf/assets/student \
+    python -m studies.gpu_check run --data gpu-check/test.npz --checkpoint hbaf/assets/student \
         --int8 hbaf/assets/default.onnx --out gpu-report
 
 ``run`` replays every dialogue through the runtime's own call (``edge_runtime.offline``) on
@@ -22,15 +22,12 @@ from __future__ import annotations
 import json
 import platform
 import statistics
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from hbaf.errors import ArgumentParser, HBAFError, cli_entry  # noqa: E402
+from hbaf.errors import ArgumentParser, HBAFError, cli_entry
 
 LENGTHS_S = (1.0, 3.0, 8.0)
 BATCHES = (1, 8)
@@ -152,7 +149,7 @@ def run(args) -> int:
 
 @cli_entry
 def main(argv: list[str] | None = None) -> int:
-    ap = ArgumentParser(description=__doc__.splitlines()[0])
+    ap = ArgumentParser(prog="python -m studies.gpu_check", description=__doc__.splitlines()[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
     p = sub.add_parser("pack", help="test dialogues with their cached encoder states, for a GPU machine")
     src = p.add_mutually_exclusive_group(required=True)

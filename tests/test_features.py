@@ -84,6 +84,21 @@ def test_resample_and_downmix(tmp_path):
     assert to_mono(stereo).shape == (48000,)
 
 
+def test_resample_is_scipys_polyphase_filter():
+    """The one resampler (files and streams) is scipy's resample_poly filter, down and up."""
+    from math import gcd
+
+    from scipy.signal import resample_poly
+
+    x = (0.3 * np.random.default_rng(2).standard_normal(20000)).astype(np.float32)
+    for orig, target in ((48000, SAMPLE_RATE), (44100, SAMPLE_RATE), (8000, SAMPLE_RATE), (SAMPLE_RATE, 48000)):
+        g = gcd(orig, target)
+        ref = resample_poly(x.astype(np.float64), target // g, orig // g)
+        y = resample(x, orig, target)
+        assert y.dtype == np.float32 and y.shape == ref.shape
+        assert np.max(np.abs(y - ref)) < 1e-6, (orig, target)
+
+
 def test_bad_files(tmp_path):
     with pytest.raises(HBAFError, match="not found"):
         load_audio(tmp_path / "missing.wav")

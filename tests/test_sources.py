@@ -212,6 +212,7 @@ def test_file_source_memory_stays_constant(tmp_path: Path) -> None:
 
 
 def test_stream_resampler_matches_whole_signal_resample() -> None:
+    """Blocks of any size give the samples of the whole signal resampled at once (what load_audio does)."""
     rng = np.random.default_rng(1)
     for rate in (48000, 44100, 22050, 8000):
         x = (0.3 * rng.standard_normal(rate + 77)).astype(np.float32)

@@ -8,9 +8,12 @@ from pathlib import Path
 
 import pytest
 
-from bench.cli import hbaf_edge
+from edge_runtime.transcribe import transcribe_cli
 from helpers import espeak_conversation
+from hbaf.errors import cli_entry
 from hbaf.wer import word_error_rate
+
+main = cli_entry(transcribe_cli)  # as `hbaf-edge transcribe` runs it: a user error is one line, exit 2
 
 SAY = ["please call me when you get home tonight", "we will meet again next week"]
 
@@ -29,15 +32,15 @@ def _manifest(folder: Path) -> Path:
 @pytest.mark.skipif(not shutil.which("espeak-ng"), reason="espeak-ng renders the clips; run scripts/install.sh")
 def test_transcribes_a_split_and_resumes(tmp_path, capsys):
     manifest, out = _manifest(tmp_path), tmp_path / "asr.jsonl"
-    argv = ["transcribe", "--manifest", str(manifest), "--split", "train", "--workers", "1", "--out", str(out)]
-    assert hbaf_edge(argv) == 0
+    argv = ["--manifest", str(manifest), "--split", "train", "--workers", "1", "--out", str(out)]
+    assert main(argv) == 0
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert sorted(Path(r["audio"]).name for r in rows) == ["turns-t0.wav", "turns-t1.wav"]  # train only
     heard = {Path(r["audio"]).name: r["asr"] for r in rows}
     for i, text in enumerate(SAY):
         assert word_error_rate(text, heard[f"turns-t{i}.wav"]) <= 0.25, heard
     capsys.readouterr()
-    assert hbaf_edge(argv) == 0  # a second run finds everything done
+    assert main(argv) == 0  # a second run finds everything done
     assert "2 clips in train, 2 already transcribed, 0 to go" in capsys.readouterr().out
     assert len(out.read_text().splitlines()) == 2
 
@@ -52,7 +55,7 @@ def test_transcribes_a_split_and_resumes(tmp_path, capsys):
 ])
 def test_bad_input_is_one_line(tmp_path, capsys, args, words):
     args = [a.replace("{tmp}", str(tmp_path)) for a in args]
-    assert hbaf_edge(["transcribe", *args, "--out", str(tmp_path / "asr.jsonl")]) == 2
+    assert main([*args, "--out", str(tmp_path / "asr.jsonl")]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and words in err, err
 
@@ -64,8 +67,8 @@ def test_out_that_is_not_a_transcript_file_is_refused(tmp_path, capsys):
                                     "index": 0, "split": "train"}) + "\n")
     out = tmp_path / "asr.jsonl"
     out.write_text("not json\n")
-    assert hbaf_edge(["transcribe", "--manifest", str(manifest), "--out", str(out)]) == 2
+    assert main(["--manifest", str(manifest), "--out", str(out)]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "line 1 is not a transcript line" in err, err
-    assert hbaf_edge(["transcribe", "--manifest", str(manifest), "--out", str(tmp_path)]) == 2
+    assert main(["--manifest", str(manifest), "--out", str(tmp_path)]) == 2
     assert "is a folder" in capsys.readouterr().err

@@ -32,7 +32,9 @@ import numpy as np
 from edge_runtime.long_audio import join_texts, window_bounds
 from edge_runtime.recogniser import DecodeRules, Encoded, open_decoder, open_encoder
 from edge_runtime.whisper_decode import SpecialTokens
-from hbaf.encoder import BUNDLED_MODEL, ENCODER_MODELS, WINDOW_S, computes_kind, resolve_model, utterance_states, window_input, window_mel
+from hbaf.contract import FEATURE_FORMATS
+from hbaf.encoder import (BUNDLED_MODEL, ENCODER_MODELS, WINDOW_S, computes_kind, inner_layer, resolve_model, utterance_states,
+                          window_input, window_mel)
 from hbaf.errors import HBAFError
 from hbaf.features import SAMPLE_RATE
 
@@ -90,6 +92,8 @@ class WhisperASR:
         patience: float = 1.0,
         encoder: str | None = None,
         decoder: str | None = None,
+        states: str | None = None,
+        graph_dirs: list | None = None,
     ) -> None:
         from faster_whisper import WhisperModel
 
@@ -150,8 +154,14 @@ class WhisperASR:
             raise self._load_error(local, err) from err
         self._tokenizers: dict[str | None, object] = {}
         self._states_of: dict[str, bool] = {}
+        # ``states``: the feature kind the emotion model reads. An inner layer (whisper-tiny.en:block2)
+        # needs an encoder of ours: with no --asr-encoder one is picked (open_encoder), so the one
+        # pass still serves the decoder and the model
+        layers = (FEATURE_FORMATS[states].encoder_output,) if states and inner_layer(states) is not None \
+            and computes_kind(self.model_path, states) else ()
         self.audio_encoder = open_encoder(encoder, whisper_model=self.model, model=self.model_path, device=self.device,
-                                          threads=self.cpu_threads)
+                                          threads=self.cpu_threads, layers=layers, whisper_name=self.model_name,
+                                          graph_dirs=graph_dirs)
         self.text_decoder = open_decoder(decoder, whisper_model=self.model, model=self.model_path, device=self.device,
                                          threads=self.cpu_threads)
         window = getattr(self.audio_encoder, "window_s", None)
@@ -184,9 +194,11 @@ class WhisperASR:
         serves both."""
         if kind not in self._states_of:  # asked per utterance: resolve the model name once
             graph_model = getattr(self.audio_encoder, "whisper_name", None)  # an encoder graph's own Whisper model
+            layer = FEATURE_FORMATS[kind].encoder_output if kind in FEATURE_FORMATS else "states"
             self._states_of[kind] = (computes_kind(self.model_path, kind) and self.encoder_window_s == WINDOW_S
                                      and self.window_bucket_s is None and self.pad_s == 0
-                                     and graph_model in (None, ENCODER_MODELS.get(kind)))
+                                     and graph_model in (None, ENCODER_MODELS.get(kind))
+                                     and (layer == "states" or layer in self.audio_encoder.inner_layers))
         return self._states_of[kind]
 
     def transcribe(self, samples: np.ndarray, states: str | None = None) -> ASRResult:
@@ -204,8 +216,9 @@ class WhisperASR:
             pad = np.zeros(int(self.pad_s * SAMPLE_RATE), dtype=np.float32)
             samples = np.concatenate([pad, samples, pad])
         if self.encoder_window_s is not None and samples.size <= self.encoder_window_s * SAMPLE_RATE:
-            encoded = self._encode(samples)
-            feats = utterance_states(encoded.host_states(), n, states) if states else None
+            layer = FEATURE_FORMATS[states].encoder_output if states else "states"
+            encoded = self._encode(samples, () if layer == "states" else (layer,))
+            feats = utterance_states(encoded.host_layer(layer), n, states) if states else None
             short = self._decode_window(samples, encoded)
             if short[2]:
                 return ASRResult(_clean(short[0]), short[1], time.perf_counter() - t0, feats)
@@ -260,17 +273,20 @@ class WhisperASR:
                 raise HBAFError(f"unknown ASR language {language!r}; pass a Whisper language code such as en, de, fr") from err
         return self._tokenizers[language]
 
-    def _encode(self, samples: np.ndarray) -> Encoded:
-        """One encoder pass over ``samples`` in the window ``window_for`` gives them."""
+    def _encode(self, samples: np.ndarray, layers: tuple[str, ...] = ()) -> Encoded:
+        """One encoder pass over ``samples`` in the window ``window_for`` gives them (and the inner
+        ``layers`` from the same pass)."""
         window = self.window_for(samples.size / SAMPLE_RATE)
-        return self.audio_encoder.encode(window_mel(samples, window, self.model.feature_extractor))
+        return self.audio_encoder.encode(window_mel(samples, window, self.model.feature_extractor), layers)
 
     def _states(self, samples: np.ndarray, kind: str) -> np.ndarray:
         """The utterance's encoder states [T, width] for ``kind`` (too short or too long for the
         one-pass path): at most its first 10 s, at least two frames, in the fixed window."""
         wave, n = window_input(samples, kind)
         mel = window_mel(wave, WINDOW_S, self.model.feature_extractor)
-        return utterance_states(self.audio_encoder.encode(mel).host_states(), n, kind)
+        layer = FEATURE_FORMATS[kind].encoder_output
+        encoded = self.audio_encoder.encode(mel, () if layer == "states" else (layer,))
+        return utterance_states(encoded.host_layer(layer), n, kind)
 
     def _decode_window(self, samples: np.ndarray, encoded: Encoded) -> tuple[str, str | None, bool]:
         """Greedy/beam decode of the short-window encoder output: (text, language, settled);

@@ -16,13 +16,20 @@ The graphs come from ``hbaf-export asr`` (export/asr_export.py); their names and
 checked at load, so a fusion model or a decoder given as the encoder is refused in one line.
 Every form decodes with the same rules (edge_runtime/whisper_decode.py reproduces
 CTranslate2's), so a change of form changes the speed, not the transcript.
+
+An encoder pass also gives the inner layers the emotion model may read (``encode(mel,
+layers=("block2",))``: the decoder's input and the model's from the same pass). Our forms can
+(PyTorch: every layer; an encoder graph or engine: the ``inner`` outputs its metadata lists, all of
+them since they were added); CTranslate2 cannot, so ``encoder_for_layers`` picks one of ours when
+the model reads an inner layer and no encoder form was asked for.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -35,6 +42,7 @@ from hbaf.contract import (
     ASR_GRAPHS,
     AsrGraphInfo,
     asr_engine_graph,
+    encoder_layer_name,
     asr_graph_name,
     read_onnx,
 )
@@ -54,6 +62,19 @@ class Encoded:
 
     states: Any = None  # numpy [1, T, W] or a torch tensor
     native: Any = None  # a CTranslate2 StorageView when a CTranslate2 encoder made it
+    inner: dict[str, Any] = field(default_factory=dict)  # inner layers asked for, by name ("block2"): [1, T, W]
+
+    def host_layer(self, name: str) -> np.ndarray:
+        """An inner layer asked for in ``encode(..., layers=...)`` (``"states"``: the final one) as
+        float32 numpy [1, T, W]."""
+        if name == "states":
+            return self.host_states()
+        if name not in self.inner:
+            raise HBAFError(f"the encoder pass was not asked for its {name} layer; pass layers=({name!r},) to encode")
+        value = self.inner[name]
+        if hasattr(value, "detach"):  # a torch tensor
+            value = self.inner[name] = value.detach().float().cpu().numpy()
+        return value
 
     def host_states(self) -> np.ndarray:
         """The states as float32 numpy [1, T, W]."""
@@ -79,10 +100,20 @@ class Encoded:
 
 class AudioEncoder(Protocol):
     name: str
+    inner_layers: tuple[str, ...]  # the inner layers an encode call can give ("conv", "block1", ...); () for CTranslate2
 
-    def encode(self, mel: np.ndarray) -> Encoded:
-        """Whisper log-mel of one window [80, F] -> the encoder output."""
+    def encode(self, mel: np.ndarray, layers: tuple[str, ...] = ()) -> Encoded:
+        """Whisper log-mel of one window [80, F] -> the encoder output, and the inner ``layers``
+        (names from ``inner_layers``) from the same pass."""
         ...
+
+
+def _check_layers(encoder: Any, layers: tuple[str, ...]) -> None:
+    missing = [name for name in layers if name not in encoder.inner_layers]
+    if missing:
+        raise HBAFError(f"the recogniser's encoder {encoder.name} cannot give its {missing[0]} layer; "
+                        + ("CTranslate2 gives only the last one: use --asr-encoder torch or an encoder graph from `hbaf-export asr`"
+                           if encoder.name == CT2 else "export the encoder graph again with `hbaf-export asr --out DIR`"))
 
 
 # ----------------------------------------------------------------------------- encoders
@@ -92,11 +123,13 @@ class CT2Encoder:
     """CTranslate2's encoder of a loaded faster-whisper model."""
 
     name = CT2
+    inner_layers: tuple[str, ...] = ()  # CTranslate2 returns the last layer only
 
     def __init__(self, whisper_model: Any) -> None:
         self.model = whisper_model
 
-    def encode(self, mel: np.ndarray) -> Encoded:
+    def encode(self, mel: np.ndarray, layers: tuple[str, ...] = ()) -> Encoded:
+        _check_layers(self, layers)
         return Encoded(native=self.model.encode(mel))
 
 
@@ -124,16 +157,18 @@ class TorchEncoder:
         self.fp16 = bool(fp16) if fp16 is not None else device == "cuda"
         self.whisper = load_torch_whisper(model, device, self.fp16, threads)
         self.name = f"{TORCH}-{device}-{'fp16' if self.fp16 else 'fp32'}"
+        self.inner_layers = tuple(encoder_layer_name(i) for i in range(self.whisper.dims.encoder_layers))
 
-    def encode(self, mel: np.ndarray) -> Encoded:
+    def encode(self, mel: np.ndarray, layers: tuple[str, ...] = ()) -> Encoded:
         import torch
 
+        _check_layers(self, layers)
         with torch.inference_mode():
             x = torch.from_numpy(np.ascontiguousarray(mel, dtype=np.float32))[None].to(self.device)
             if self.fp16:
                 x = x.half()
-            states, _ = self.whisper.encoder(x)
-        return Encoded(states=states)
+            states, inner = self.whisper.encoder(x, layers=tuple(self.inner_layers.index(n) for n in layers))
+        return Encoded(states=states, inner=dict(zip(layers, inner)))
 
 
 def ort_session(path: Path, *, threads: int | None = None, providers: list[str] | None = None) -> Any:
@@ -168,14 +203,17 @@ class OnnxEncoder:
         self.session = ort_session(self.path, threads=threads, providers=providers)
         self.name = f"onnx-{self.info.precision}"
         self.window_s, self.whisper_name = self.info.window_s, self.info.model
+        outputs = {o.name for o in self.session.get_outputs()}
+        self.inner_layers = tuple(n for n in self.info.inner if n in outputs)
 
-    def encode(self, mel: np.ndarray) -> Encoded:
+    def encode(self, mel: np.ndarray, layers: tuple[str, ...] = ()) -> Encoded:
         frames = int(round(self.info.window_s * 100))
         if mel.shape[-1] != frames:
             raise HBAFError(f"{self.path.name} takes a {self.info.window_s:g} s window ({frames} mel frames), got "
                             f"{mel.shape[-1]}; use the recogniser's default window or export the graph for this one")
-        (states,) = self.session.run(None, {"mel": np.ascontiguousarray(mel[None], dtype=np.float32)})
-        return Encoded(states=states)
+        _check_layers(self, layers)
+        states, *inner = self.session.run(["states", *layers], {"mel": np.ascontiguousarray(mel[None], dtype=np.float32)})
+        return Encoded(states=states, inner=dict(zip(layers, inner)))
 
 
 class EngineEncoder:
@@ -188,17 +226,71 @@ class EngineEncoder:
                                    shape_fix="the recogniser feeds one fixed window; rebuild the engine from its encoder graph")
         self.window_s = self.runner.profile_shapes["mel"][2][-1] / 100
         self.name = f"tensorrt-{self.runner.sidecar.precision}"
+        self.inner_layers = tuple(n for n in self.runner.output_names if n != "states")
 
-    def encode(self, mel: np.ndarray) -> Encoded:
-        return Encoded(states=self.runner.run({"mel": np.ascontiguousarray(mel[None], dtype=np.float32)})["states"])
+    def encode(self, mel: np.ndarray, layers: tuple[str, ...] = ()) -> Encoded:
+        _check_layers(self, layers)
+        out = self.runner.run({"mel": np.ascontiguousarray(mel[None], dtype=np.float32)})
+        return Encoded(states=out["states"], inner={n: out[n] for n in layers})
 
+
+
+def default_graph_dirs() -> list[Path]:
+    """Where ``hbaf-export asr`` puts the recogniser's graphs unless told otherwise: ``$HBAF_HOME/asr``
+    and ``hbaf-models/asr`` under the working directory."""
+    from hbaf.io import hbaf_home
+
+    return [hbaf_home() / "asr", Path("hbaf-models") / "asr"]
+
+
+def find_encoder_graph(whisper_name: str, layers: tuple[str, ...], dirs: list[Path]) -> Path | None:
+    """The first ONNX Runtime CPU INT8 encoder graph of ``whisper_name`` in ``dirs`` that gives
+    ``layers``; None when there is none (a graph exported before the inner outputs is passed over)."""
+    for folder in dirs:
+        path = Path(folder).expanduser() / asr_graph_name(whisper_name, ASR_ENCODER, "int8-cpu")
+        if not path.is_file():
+            continue
+        try:
+            info = read_asr_graph(path, ASR_ENCODER)
+        except HBAFError as err:
+            log.debug("passing over %s: %s", path, err)
+            continue
+        if info.model == whisper_name and all(name in info.inner for name in layers):
+            return path
+    return None
+
+
+def encoder_for_layers(layers: tuple[str, ...], *, whisper_name: str, device: str = "cpu",
+                       graph_dirs: list[Path] | None = None) -> str:
+    """The encoder form to use when the emotion model reads inner ``layers`` and no form was asked
+    for (CTranslate2, the default, gives the last layer only): on a CPU the exported INT8 encoder
+    graph when one that gives them is at hand (beside the fusion model, in ``$HBAF_HOME/asr`` or
+    ``hbaf-models/asr``: the fastest of our forms there, docs/RECOGNISER.md), else PyTorch (which
+    runs on CUDA too). Says what it picked in one log line."""
+    graph = find_encoder_graph(whisper_name, layers, list(graph_dirs or []) + default_graph_dirs()) if device == "cpu" else None
+    form = str(graph) if graph is not None else TORCH
+    log.info("the emotion model reads the encoder's %s layer, which CTranslate2 does not give: the recogniser's encoder is %s "
+             "(one pass for both; --asr-encoder chooses another)", "/".join(layers),
+             f"the ONNX Runtime INT8 graph {graph}" if graph is not None else
+             f"PyTorch ({device}; export the INT8 graph with `hbaf-export asr --out {default_graph_dirs()[0]}` for a faster one)")
+    return form
 
 
 def open_encoder(form: str | None, *, whisper_model: Any, model: str | None = None, device: str = "cpu",
-                 threads: int | None = None) -> AudioEncoder:
-    """The ``AudioEncoder`` that ``form`` names: "ct2" (or None), "torch", or an encoder graph file."""
+                 threads: int | None = None, layers: tuple[str, ...] = (), whisper_name: str | None = None,
+                 graph_dirs: list[Path] | None = None) -> AudioEncoder:
+    """The ``AudioEncoder`` that ``form`` names: "ct2", "torch", or an encoder graph file. None is
+    CTranslate2, unless the emotion model reads inner ``layers``: then one of ours
+    (``encoder_for_layers``). A form asked for that cannot give ``layers`` is a one-line error."""
     t0 = time.perf_counter()
+    if form is None and layers:
+        form = encoder_for_layers(layers, whisper_name=whisper_name or os.path.basename(str(model or "tiny.en")),
+                                  device=device, graph_dirs=graph_dirs)
     if form in (None, CT2):
+        if layers:
+            raise HBAFError(f"--asr-encoder ct2 cannot give the encoder's {'/'.join(layers)} layer that the emotion model reads "
+                            "(CTranslate2 returns the last layer only); leave --asr-encoder out to run ours once for both, "
+                            "or pass torch or an encoder graph from `hbaf-export asr`")
         return CT2Encoder(whisper_model)
     if form == TORCH:
         enc: AudioEncoder = TorchEncoder(model, device=device, threads=threads)
@@ -210,6 +302,10 @@ def open_encoder(form: str | None, *, whisper_model: Any, model: str | None = No
             enc = OnnxEncoder(path, threads=threads)
         else:
             raise HBAFError(f"--asr-encoder {form!r}: not ct2, torch or an encoder graph file; export one with `hbaf-export asr --out DIR`")
+    missing = [name for name in layers if name not in enc.inner_layers]
+    if missing:
+        raise HBAFError(f"the encoder graph {form} has no {missing[0]} output, which the emotion model reads (it was exported "
+                        "before the inner layers were); export it again with `hbaf-export asr --out DIR`")
     log.info("ASR encoder %s loaded in %.2f s", enc.name, time.perf_counter() - t0)
     return enc
 

@@ -3,7 +3,9 @@
 ``hbaf-export asr --out DIR`` writes, for the bundled Whisper tiny.en (or ``--asr PATH``):
 
 - ``whisper-tiny.en.encoder.fp32.onnx``: log-mel of the fixed window (10 s: ``mel [B, 80,
-  1000]``) -> ``states [B, 500, 384]`` (what the decoder and the emotion model read);
+  1000]``) -> ``states [B, 500, 384]`` (what the decoder reads, and models of feature kind
+  ``whisper-tiny.en``) and, from the same pass, every inner layer: ``conv``, ``block1`` ..
+  ``block4`` (each [B, 500, 384]; models of kind ``whisper-tiny.en:block2`` read ``block2``);
 - ``whisper-tiny.en.decoder-first.fp32.onnx``: the prompt's tokens and the states -> logits, the
   self-attention cache and ``cross_kv`` (every decoder block's cross-attention keys and
   values, computed once per utterance so no later step recomputes them);
@@ -37,6 +39,7 @@ from hbaf.contract import (
     ASR_GRAPHS,
     ASR_METADATA_KEY,
     SAMPLE_RATE,
+    encoder_graph_spec,
     AsrGraphInfo,
     GraphSpec,
     ShapeProfile,
@@ -56,6 +59,11 @@ OPSET = 17
 PROMPT_TOKENS = 3  # sot, no-timestamps... an example length for tracing; the axis is dynamic
 
 
+def graph_specs(whisper) -> dict[str, GraphSpec]:
+    """The three graphs' specs for ``whisper``: the encoder's inner outputs follow its block count."""
+    return {**ASR_GRAPHS, ASR_ENCODER: encoder_graph_spec(whisper.dims.n_audio_layer)}
+
+
 def _modules(whisper):
     """The three graphs as torch modules over ``whisper`` (hbaf.whisper.Whisper)."""
     import torch
@@ -64,9 +72,11 @@ def _modules(whisper):
         def __init__(self) -> None:
             super().__init__()
             self.w = whisper
+            self.layers = tuple(range(whisper.dims.encoder_layers))
 
         def forward(self, mel):
-            return self.w.encoder(mel)[0]
+            states, inner = self.w.encoder(mel, layers=self.layers)
+            return (states, *inner)
 
     class DecoderFirst(torch.nn.Module):
         def __init__(self) -> None:
@@ -292,14 +302,16 @@ def export_asr(out_dir: str | os.PathLike, *, asr: str | None = None, precisions
     out.mkdir(parents=True, exist_ok=True)
     feeds = example_inputs(whisper, window_s)
     written: dict[str, Path] = {}
+    specs = graph_specs(whisper)
     with torch.no_grad():
         for role, module in _modules(whisper).items():
-            spec = ASR_GRAPHS[role]
+            spec = specs[role]
             outputs = module(*(torch.from_numpy(feeds[role][n]) for n in spec.input_names))
             reference = [t.numpy() for t in (outputs if isinstance(outputs, tuple) else (outputs,))]
             fp32 = _trace(module, spec, feeds[role])
             info = AsrGraphInfo(role=role, model=name, precision="fp32", window_s=float(window_s), width=d.n_text_state,
-                                layers=d.n_text_layer, vocab=d.n_vocab, source_sha256=sha)
+                                layers=d.n_text_layer, vocab=d.n_vocab, source_sha256=sha,
+                                inner=spec.output_names[1:] if role == ASR_ENCODER else ())
 
             def verify(p: Path, precision: str, role: str = role, reference: list = reference) -> None:
                 err, cos = parity(p, reference, feeds[role])
@@ -358,6 +370,8 @@ def is_current_export(folder: Path, precisions: tuple[str, ...], asr: str | None
             except Exception:  # a damaged file is simply exported again
                 return False
             if meta.get("source_sha256") != sha:
+                return False
+            if role == ASR_ENCODER and not meta.get("inner"):  # exported before the inner layers were outputs
                 return False
     return True
 

@@ -38,7 +38,7 @@ import logging
 import os
 import re
 import shlex
-from dataclasses import asdict, dataclass, fields
+from dataclasses import MISSING, asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, Callable, Mapping, NamedTuple, Sequence
 
@@ -62,6 +62,12 @@ class FeatureFormat:
     dim: int  # F
     hop: int  # samples per frame
     subsample: int  # the audio encoder's conv stride (every format reaches 25 frames/s inside the model)
+    layer: int | None = None  # an inner encoder layer (0: the convolution stem, i: block i); None: the final layer norm
+
+    @property
+    def encoder_output(self) -> str:
+        """The recogniser's encoder-graph output that holds this input (``states``: the final one)."""
+        return "states" if self.layer is None else encoder_layer_name(self.layer)
 
     @property
     def max_frames(self) -> int:
@@ -79,11 +85,27 @@ class FeatureFormat:
         return min(self.max_frames, max(1, -(-num_samples // self.hop)))
 
 
+def encoder_layer_name(layer: int) -> str:
+    """An inner encoder layer's name: ``conv`` (the convolution stem, layer 0) or ``block<i>``
+    (after block i). It is both the suffix of the feature kind that reads the layer
+    (``whisper-tiny.en:block2``) and the name of the encoder graph's output that carries it."""
+    return "conv" if layer == 0 else f"block{layer}"
+
+
 LOG_MEL = "log-mel"  # 80 mel bins every 10 ms (release 1's input)
 WHISPER_TINY_EN = "whisper-tiny.en"  # the ASR's own encoder output: 384-d every 20 ms (hbaf.encoder)
+WHISPER_TINY_EN_BLOCKS = 4  # tiny.en's encoder blocks: inner layers 0 (conv stem) .. 4
+# Inner layers of the same encoder pass (``whisper-tiny.en:block2``): the residual stream after a
+# block, before the final layer norm, computed by our PyTorch/ONNX/TensorRT encoder (CTranslate2
+# gives only the last layer). On real acted speech the middle block carries the most emotion
+# (docs/VOICES.md, "Which encoder layer").
+WHISPER_TINY_EN_LAYERS = {
+    f"{WHISPER_TINY_EN}:{encoder_layer_name(i)}": i for i in range(WHISPER_TINY_EN_BLOCKS + 1)
+}
 FEATURE_FORMATS = {
     LOG_MEL: FeatureFormat(LOG_MEL, 80, 160, 4),
     WHISPER_TINY_EN: FeatureFormat(WHISPER_TINY_EN, 384, 320, 2),
+    **{kind: FeatureFormat(kind, 384, 320, 2, layer) for kind, layer in WHISPER_TINY_EN_LAYERS.items()},
 }
 FEATURE_KIND = WHISPER_TINY_EN  # what new models take
 LEGACY_FEATURE_KIND = LOG_MEL  # what a checkpoint or export that names no kind was trained on
@@ -937,8 +959,20 @@ _STATES = TensorSpec("states", "float32", ("B", "T", "W"))
 _TOKENS = TensorSpec("tokens", "int64", ("B", "L"))
 _LOGITS = TensorSpec("logits", "float32", ("B", "L", "V"))
 _CROSS = TensorSpec("cross_kv", "float32", ("N", 2, "B", "T", "W"))
+
+
+def encoder_graph_spec(blocks: int) -> GraphSpec:
+    """The encoder graph of a Whisper model with ``blocks`` encoder blocks: ``mel`` -> ``states``
+    (the final layer norm: the decoder's input, and the input of ``whisper-tiny.en`` models) and
+    every inner layer from the same pass, ``conv``, ``block1`` .. ``block<blocks>`` (each [B, T, W]:
+    the input of the models whose feature kind names it). Graphs exported before the inner
+    outputs existed have ``states`` alone; their metadata lists no ``inner``."""
+    inner = tuple(TensorSpec(encoder_layer_name(i), "float32", ("B", "T", "W")) for i in range(blocks + 1))
+    return GraphSpec(ASR_ENCODER, (TensorSpec("mel", "float32", ("B", "M", "F")),), (_STATES, *inner), {"B": "batch"})
+
+
 ASR_GRAPHS = {
-    ASR_ENCODER: GraphSpec(ASR_ENCODER, (TensorSpec("mel", "float32", ("B", "M", "F")),), (_STATES,), {"B": "batch"}),
+    ASR_ENCODER: encoder_graph_spec(WHISPER_TINY_EN_BLOCKS),
     ASR_DECODER_FIRST: GraphSpec(
         ASR_DECODER_FIRST,
         (_TOKENS, _STATES),
@@ -966,9 +1000,15 @@ class AsrGraphInfo:
     layers: int  # decoder blocks (N)
     vocab: int
     source_sha256: str  # of the CTranslate2 model.bin the weights came from
+    inner: tuple[str, ...] = ()  # an encoder graph's inner-layer outputs (``encoder_graph_spec``); () before they existed
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "inner", tuple(str(x) for x in self.inner))
 
     def to_metadata(self) -> dict[str, Any]:
-        return dict(self.__dict__)
+        data = dict(self.__dict__)
+        data["inner"] = list(self.inner)
+        return data
 
     @classmethod
     def from_proto(cls, proto, source: str) -> "AsrGraphInfo":
@@ -977,7 +1017,7 @@ class AsrGraphInfo:
             role = "an HBAF fusion model" if onnx_metadata(proto) else "not one of ours"
             raise HBAFError(f"{source} is not a recogniser graph ({role}); export the Whisper graphs with `hbaf-export asr --out DIR`")
         try:
-            info = cls(**{k: meta[k] for k in cls.__dataclass_fields__})
+            info = cls(**{k: meta[k] for k, f in cls.__dataclass_fields__.items() if k in meta or f.default is MISSING})
         except (KeyError, TypeError) as err:
             raise HBAFError(f"{source}: recogniser metadata is incomplete ({err}); export it again with `hbaf-export asr`") from err
         if info.role not in ASR_GRAPHS:

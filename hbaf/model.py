@@ -237,13 +237,17 @@ class AudioEncoder(nn.Module):
     """Input frames -> strided convs down to 25 frames/s -> pre-LN transformer.
 
     log-mel (100 frames/s): two stride-2 convs. Whisper encoder states (50 frames/s, already a
-    deep real-speech representation): one stride-2 conv.
+    deep real-speech representation): one stride-2 conv. An inner encoder layer (the residual
+    stream after a block, ``whisper-tiny.en:block2``) is not layer-normalised like the final
+    states, and a few of its dimensions are much larger than the rest: a LayerNorm over each
+    frame (``in_norm``) comes first.
     """
 
     def __init__(self, cfg: HBAFConfig):
         super().__init__()
         d = cfg.d_model
         fmt = feature_format(cfg.feature_kind)
+        self.in_norm = nn.LayerNorm(fmt.dim) if fmt.layer is not None else None
         self.conv1 = nn.Conv1d(fmt.dim, d, kernel_size=3, stride=2, padding=1)
         self.conv2 = nn.Conv1d(d, d, kernel_size=3, stride=2, padding=1) if fmt.subsample == 4 else None
         self.register_buffer("pos", sinusoids(fmt.max_frames // fmt.subsample + 8, d), persistent=False)
@@ -253,6 +257,8 @@ class AudioEncoder(nn.Module):
     def forward(self, feats: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """feats [B, T, F], mask [B, T] -> frames [B, ceil(T/s), d], mask [B, ceil(T/s)] (s = 4 or 2)."""
         m = mask.to(feats.dtype)
+        if self.in_norm is not None:
+            feats = self.in_norm(feats)
         x = F.gelu(self.conv1((feats * m[..., None]).transpose(1, 2)))
         m = m[:, ::2]
         if self.conv2 is not None:

@@ -96,8 +96,8 @@ def test_export_writes_named_graphs_that_onnx_runtime_runs(graphs, speech):
     for role in ("encoder", "decoder-first", "decoder-step"):
         for precision in ("fp32", "int8-cpu"):
             assert (graphs / asr_graph_name("tiny.en", role, precision)).is_file()
-    (states,) = run_ort(graphs / asr_graph_name("tiny.en", ASR_ENCODER, "fp32"), {"mel": window_mel(speech)[None]})
-    (states8,) = run_ort(graphs / asr_graph_name("tiny.en", ASR_ENCODER, "int8-cpu"), {"mel": window_mel(speech)[None]})
+    states = run_ort(graphs / asr_graph_name("tiny.en", ASR_ENCODER, "fp32"), {"mel": window_mel(speech)[None]})[0]
+    states8 = run_ort(graphs / asr_graph_name("tiny.en", ASR_ENCODER, "int8-cpu"), {"mel": window_mel(speech)[None]})[0]
     cos = float((states * states8).sum() / np.linalg.norm(states) / np.linalg.norm(states8))
     assert states.shape == (1, 500, 384) and cos > 0.99
     assert not (graphs / asr_graph_name("tiny.en", "decoder-step", "int8-trt")).exists()  # the encoder only
@@ -114,9 +114,65 @@ def test_the_tensorrt_int8_encoder_is_explicit_qdq_and_close_to_fp32(graphs, spe
     dq = [n for n in proto.graph.node if n.op_type == "DequantizeLinear"]
     assert len(dq) == 2 * 12  # activation + weight of the 16 projections, less the 4 MLP outputs kept float
     mel = {"mel": window_mel(speech)[None]}
-    (ref,), (q,) = run_ort(graphs / asr_graph_name("tiny.en", ASR_ENCODER, "fp32"), mel), run_ort(path, mel)
+    ref, q = run_ort(graphs / asr_graph_name("tiny.en", ASR_ENCODER, "fp32"), mel)[0], run_ort(path, mel)[0]
     assert float((ref * q).sum() / np.linalg.norm(ref) / np.linalg.norm(q)) > 0.99
     assert is_current_export(graphs, ("fp32", "int8-cpu", "int8-trt")) and not is_current_export(graphs, ("fp16",))
+
+
+def test_the_encoder_graph_gives_every_inner_layer_from_the_same_pass(graphs, speech):
+    import onnx
+    import torch
+
+    from edge_runtime.recogniser import OnnxEncoder, encoder_for_layers
+    from hbaf.contract import ASR_GRAPHS, ASR_METADATA_KEY, onnx_metadata
+    from hbaf.encoder import window_mel
+    from hbaf.whisper import load_whisper_torch
+
+    names = ("conv", "block1", "block2", "block3", "block4")
+    assert ASR_GRAPHS[ASR_ENCODER].output_names == ("states", *names)
+    mel = window_mel(speech)
+    with torch.no_grad():
+        ref_states, ref = load_whisper_torch().encoder(torch.from_numpy(mel)[None], layers=(0, 1, 2, 3, 4))
+    for precision, (limit, cos_min) in (("fp32", (1e-4, 0.99999)), ("int8-cpu", (None, 0.99)), ("int8-trt", (None, 0.99))):
+        path = graphs / asr_graph_name("tiny.en", ASR_ENCODER, precision)
+        proto = onnx.load(str(path), load_external_data=False)
+        assert [o.name for o in proto.graph.output] == ["states", *names]
+        assert onnx_metadata(proto, ASR_METADATA_KEY)["inner"] == list(names)  # the metadata records them
+        enc = OnnxEncoder(path, threads=2)
+        assert enc.inner_layers == names
+        got = enc.encode(mel, layers=("block2",))  # one session run: the decoder's input and the model's
+        assert set(got.inner) == {"block2"}
+        for ours, theirs in ((got.host_states(), ref_states.numpy()), (got.host_layer("block2"), ref[2].numpy())):
+            cos = float((ours * theirs).sum() / np.linalg.norm(ours) / np.linalg.norm(theirs))
+            assert cos > cos_min, (precision, cos)
+            if limit is not None:
+                assert np.abs(ours - theirs).max() / np.abs(theirs).max() < limit
+    # no --asr-encoder and a model that reads block2: the INT8 graph at hand is picked
+    assert encoder_for_layers(("block2",), whisper_name="tiny.en", graph_dirs=[graphs]) == str(
+        graphs / asr_graph_name("tiny.en", ASR_ENCODER, "int8-cpu"))
+
+
+def test_an_encoder_graph_without_inner_outputs_is_refused_for_an_inner_layer_model(graphs, tmp_path):
+    import onnx
+
+    from edge_runtime.recogniser import find_encoder_graph, open_encoder
+    from hbaf.contract import ASR_METADATA_KEY, onnx_metadata, set_onnx_metadata
+
+    src = graphs / asr_graph_name("tiny.en", ASR_ENCODER, "fp32")
+    proto = onnx.load(str(src))
+    del proto.graph.output[1:]  # what an export before the inner outputs wrote
+    meta = onnx_metadata(proto, ASR_METADATA_KEY)
+    meta.pop("inner")
+    set_onnx_metadata(proto, meta, ASR_METADATA_KEY)
+    old = tmp_path / src.name
+    onnx.save(proto, str(old))
+    enc = open_encoder(str(old), whisper_model=None, threads=2)  # a last-layer model still runs on it
+    assert enc.inner_layers == ()
+    with pytest.raises(HBAFError, match="no block2 output.*hbaf-export asr"):
+        open_encoder(str(old), whisper_model=None, threads=2, layers=("block2",))
+    int8 = tmp_path / asr_graph_name("tiny.en", ASR_ENCODER, "int8-cpu")
+    old.rename(int8)
+    assert find_encoder_graph("tiny.en", ("block2",), [tmp_path]) is None  # passed over when picking one
 
 
 def test_encoder_forms_refuse_the_wrong_file_in_one_line(graphs):

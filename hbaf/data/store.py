@@ -101,6 +101,26 @@ class FeatureStore:
         path = Path(cache_file)
         return store if path.exists() and store._load(path, store._key()) else None
 
+    @classmethod
+    def from_features(cls, records: Sequence[Record], feats: Sequence[np.ndarray], cache_file: str | Path | None = None,
+                      kind: str = FEATURE_KIND, condition: str = CLEAN) -> "FeatureStore":
+        """The store of ``records`` with features computed elsewhere (``feats[i]`` of record i, of
+        ``kind``): one encoder pass gives every layer of a clip, so a study computes them once and
+        files each kind's cache here, where ``hbaf train --features KIND`` finds it."""
+        fmt = feature_format(kind)
+        if len(feats) != len(records):
+            raise HBAFError(f"{len(feats)} feature arrays for {len(records)} records; compute one per record")
+        bad = next((np.shape(f) for f in feats if np.ndim(f) != 2 or np.shape(f)[1] != fmt.dim), None)
+        if bad is not None:
+            raise HBAFError(f"features of shape {bad} are not {kind} features [T, {fmt.dim}]; compute them with utterance_features")
+        store = cls.__new__(cls)
+        store.paths = [r.audio for r in records]
+        store.kind, store.condition = fmt.kind, condition
+        store.feats = [np.ascontiguousarray(f, dtype=np.float32) for f in feats]
+        if cache_file:
+            store._save(Path(cache_file), store._key())
+        return store
+
     def _key(self) -> str:
         h = hashlib.sha256(f"v{FEATURE_CACHE_VERSION}|{self.kind}|{self.condition}".encode())
         for p in self.paths:

@@ -123,6 +123,9 @@ class EmotionStream:
     without it ``events()`` hands them out. ``output``: also append the events as JSON lines to
     this file, as ``hbaf-edge run --output`` does.
 
+    ``source`` (an ``edge_runtime.sources.AudioSource``) is read instead of fed audio, and
+    ``writer`` (an ``EventWriter``) replaces ``output``: ``hbaf-edge run`` passes its own.
+
     ``feed(samples, rate)`` gives it audio; ``close()`` ends the input, waits for the last
     event and returns the ``Summary`` (also ``summary``); ``with`` closes it at the end of the
     block. ``from_file`` and ``from_microphone`` make a stream that reads a source instead;
@@ -204,6 +207,8 @@ class EmotionStream:
                             "make it with EmotionStream(...) to feed it audio")
         if self._closed:
             raise HBAFError("feed() after close(): this stream has ended; make a new EmotionStream for more audio")
+        if self._done.is_set() or self.pipeline.stopped_by is not None:
+            self._raise_ended()
         rate = _sample_rate(rate)
         mono = _mono(samples)
         if not mono.size:
@@ -287,6 +292,8 @@ class EmotionStream:
     def run(self) -> Summary:
         """Read the source to its end (or until ``stop()``) in this thread and return the summary;
         signals reach this thread's handlers meanwhile (``hbaf-edge run`` works this way)."""
+        if self._fed:
+            raise HBAFError("run() reads a source to its end; a stream without one ends at close(): feed() it, then close()")
         with self._lock:
             if self._thread is not None:
                 raise HBAFError("run() on a stream that is already running; call close() to wait for it")

@@ -112,7 +112,7 @@ def test_feed_any_rate_and_channels_gives_the_same_events(first_turn, tmp_path):
 
 def test_file_helpers_read_to_the_end(first_turn, tmp_path):
     """``stream_file`` yields a file's events as they come; a stream closed before its file is
-    read stops there."""
+    read stops there; an error in the program's ``on_event`` ends the run and comes back."""
     wav = tmp_path / "turn.wav"
     sf.write(wav, np.stack([first_turn, first_turn], axis=1), SAMPLE_RATE)  # stereo, converted by the file source
     events = list(stream_file(wav, asr_beam=1))
@@ -122,6 +122,14 @@ def test_file_helpers_read_to_the_end(first_turn, tmp_path):
     assert summary.stopped_by == "close" and summary.utterances == 0 and list(stopped.events()) == []
     with pytest.raises(HBAFError, match="no such file"):
         EmotionStream.from_file(tmp_path / "missing.wav")
+
+    def refuse(event: Event) -> None:
+        raise RuntimeError(f"the program's own handler failed on {event.text!r}")
+
+    failing = EmotionStream.from_file(wav, asr_beam=1, on_event=refuse)
+    with pytest.raises(RuntimeError, match="handler failed on"):  # run() reads the file in this thread
+        failing.run()
+    assert failing.summary is not None and failing.summary.stopped_by == "error"
 
 
 def _one_line(err: pytest.ExceptionInfo) -> str:
@@ -161,6 +169,9 @@ def test_bad_feed_is_one_line_and_the_stream_goes_on(first_turn):
         with pytest.raises(HBAFError) as err:
             list(stream.events())
         assert "on_event" in _one_line(err)
+        with pytest.raises(HBAFError) as err:
+            stream.run()
+        assert "feed() it, then close()" in _one_line(err)
         stream.feed(np.zeros(0, np.int16), SAMPLE_RATE)  # nothing to do
         stream.feed((first_turn * 32767).astype(np.int16), SAMPLE_RATE)  # still works after the errors
     assert stream.summary.utterances == 1

@@ -158,6 +158,7 @@ def _open_source(args: argparse.Namespace) -> tuple[Any, str | None]:
     """(source, demo note) for ``--source``; the default is the microphone when one exists."""
     from edge_runtime.mic import MicSource, list_input_devices
     from edge_runtime.sources import FileSource, StdinSource
+    from hbaf.contract import SAMPLE_RATE
 
     spec = args.source
     if spec is None:
@@ -179,7 +180,7 @@ def _open_source(args: argparse.Namespace) -> tuple[Any, str | None]:
         device = spec[4:] or args.device
         return MicSource(device, samplerate=args.rate, channels=args.channels), None
     if spec == "-":
-        return StdinSource(rate=args.rate or 16000, channels=args.channels or 1), None
+        return StdinSource(rate=args.rate or SAMPLE_RATE, channels=args.channels or 1), None
     if not Path(spec).expanduser().exists():
         raise HBAFError(f"--source {spec}: no such file; pass an audio file, mic, - (stdin) or demo")
     return FileSource(Path(spec).expanduser(), realtime=bool(args.realtime)), None
@@ -189,10 +190,7 @@ def _run(args: argparse.Namespace) -> int:
     from edge_runtime.events import EventWriter
     from edge_runtime.sources import check_channels, check_rate
 
-    if args.context is not None and args.context < 0:
-        raise HBAFError(f"--context must be >= 0, got {args.context}")
-    if args.reset_after < 0:
-        raise HBAFError(f"--reset-after must be >= 0 seconds (0 = never), got {args.reset_after}")
+    run_options(args).check()  # a value no run can use fails before anything is opened
     if args.rate is not None:
         check_rate(args.rate, "--rate")
     if args.channels is not None:
@@ -253,8 +251,8 @@ def _stopped_while_starting(args: argparse.Namespace, writer: Any, name: str) ->
 
 
 def run_options(args: argparse.Namespace) -> Any:
-    """The parsed flags of `run` as the pipeline's RunOptions."""
-    from edge_runtime.pipeline import RunOptions
+    """The parsed flags of `run` as the RunOptions of its EmotionStream."""
+    from edge_runtime.options import RunOptions
 
     return RunOptions(
         model=args.model, model_device=args.model_device, fp16=args.fp16, threads=args.threads,
@@ -268,13 +266,14 @@ def run_options(args: argparse.Namespace) -> Any:
 
 
 def _run_with(args: argparse.Namespace, writer: Any) -> int:
-    from edge_runtime.pipeline import build_pipeline
+    """The run itself: an EmotionStream over the --source, its events to ``writer``, run in this
+    thread so that the signal handlers below stop it."""
+    from edge_runtime.stream import EmotionStream
 
-    options = run_options(args)
     source, note = _open_source(args)
-    pipe = build_pipeline(source, writer, options)
+    stream = EmotionStream(options=run_options(args), source=source, writer=writer)  # models load and warm up here
+    pipe = stream.pipeline
     backend, asr = pipe.backend, pipe.asr
-    pipe.prepare()
     if note:
         print(note, file=sys.stderr)
     print(
@@ -285,17 +284,17 @@ def _run_with(args: argparse.Namespace, writer: Any) -> int:
     )
 
     def on_signal(signum: int, _frame: Any) -> None:
-        pipe.stop(signal.Signals(signum).name)
+        stream.stop(signal.Signals(signum).name)
 
     def on_reset(_signum: int, _frame: Any) -> None:
-        pipe.reset_memory()
+        stream.reset_memory()
 
     previous = {s: signal.signal(s, on_signal) for s in STOP_SIGNALS}
     if hasattr(signal, "SIGUSR1"):
         previous[signal.SIGUSR1] = signal.signal(signal.SIGUSR1, on_reset)
     try:
         try:
-            summary = pipe.run()
+            summary = stream.run()
         except Exception:
             if pipe.summary is not None:
                 print(pipe.summary.format(), file=sys.stderr, flush=True)

@@ -245,7 +245,7 @@ def test_pipeline_one_event_per_utterance(conversation, asr, backend, tmp_path):
         summary = pipe.run()
     events = _lines(path)
     # the model takes Whisper encoder states: the recogniser's one encoder pass gives them
-    assert pipe._shared_encoder and pipe.feature_kind == "whisper-tiny.en"
+    assert pipe.worker.shared_encoder and pipe.worker.feature_kind == "whisper-tiny.en"
     assert all(e["latency_ms"]["features"] < 1.0 for e in events[:-1])
     assert [e["utterance"] for e in events[:-1]] == [1, 2, 3, 4]
     assert summary.utterances == 4 and summary.dropped_utterances == 0 and summary.dropped_blocks == 0
@@ -280,7 +280,7 @@ def test_log_mel_model_gets_its_own_features(conversation, asr, tmp_path):
     with EventWriter(tmp_path / "e.jsonl", stdout=io.StringIO()) as writer:
         pipe = _pipeline(FileSource(conversation), asr, mel, writer)
         summary = pipe.run()
-    assert not pipe._shared_encoder and summary.utterances == 4
+    assert not pipe.worker.shared_encoder and summary.utterances == 4
 
 
 def test_mic_path_gives_the_same_events(conversation, asr, backend, tmp_path):
@@ -327,7 +327,7 @@ def test_backpressure_bounded_queue_and_drops(conversation, asr, backend, tmp_pa
     with EventWriter(path, stdout_format="none") as w:
         pipe = _pipeline(FileSource(conversation), asr, slow, w, drop_when_full=True, utterance_queue=1, audio_queue_blocks=1024)
         summary = pipe.run()
-    assert pipe.max_utt_q <= 1 and summary.max_queue["utterances"] <= 1
+    assert pipe.counters.max_utt_q <= 1 and summary.max_queue["utterances"] <= 1
     assert summary.dropped_utterances >= 1
     assert summary.utterances + summary.dropped_utterances == pipe.segmented == 4
     assert _lines(path)[-1]["summary"]["dropped_utterances"] == summary.dropped_utterances

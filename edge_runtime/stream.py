@@ -115,7 +115,7 @@ def _mono(samples: Any) -> np.ndarray:
 class EmotionStream:
     """Speech in, one ``Event`` per utterance out.
 
-    ``EmotionStream(model=None, asr=None, *, options=None, on_event=None, output=None, **options)``:
+    ``EmotionStream(model=None, asr=None, *, options=None, on_event=None, output=None, **fields)``:
     ``model`` and ``asr`` (None: the packaged ones) and any other field of ``RunOptions`` as a
     keyword (``asr_beam=1``, ``min_confidence=0.5``, ...), over ``options`` when given. The models
     load and warm up here. ``on_event(event)`` is called in the pipeline's worker thread as each
@@ -136,9 +136,14 @@ class EmotionStream:
                  on_event: Callable[[Event], Any] | None = None, output: str | Path | None = None,
                  source: AudioSource | None = None, writer: EventWriter | None = None, **overrides: Any) -> None:
         named = {k: v for k, v in (("model", model), ("asr", asr)) if v is not None}
-        self.options = RunOptions.with_overrides(options, **named, **overrides).check()
-        if on_event is not None and not callable(on_event):
-            raise HBAFError(f"on_event must be a function that takes an Event, got {type(on_event).__name__}")
+        try:
+            self.options = RunOptions.with_overrides(options, **named, **overrides).check()
+            if on_event is not None and not callable(on_event):
+                raise HBAFError(f"on_event must be a function that takes an Event, got {type(on_event).__name__}")
+        except HBAFError:
+            if source is not None:  # opened by from_file / from_microphone: release it
+                source.close()
+            raise
         self._on_event = on_event
         self._fed = source is None
         self.source: AudioSource = _FedSource() if source is None else source

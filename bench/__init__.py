@@ -49,10 +49,16 @@ Outputs in ``--out`` (written atomically): ``bench.json`` (everything), ``bench.
 header and tables that are also printed) and ``bench_latency.png`` (latency distribution per
 backend; ``e2e_latency.png`` for the end-to-end mode).
 
-The package sits above the runtime, export and calibration layers (it opens every form of
-a model). Modules, by job: ``cli`` (flags, ``run_bench``, the ``hbaf-edge`` dispatcher),
-``machine`` (machine facts, memory, threads), ``backends`` (the backends under test and
-their input limits), ``lineup`` (which rows a run has and opening them), ``cases`` (inputs),
-``timing`` (warm latency per input), ``cold_start``, ``evaluation`` (accuracy and
-agreement), ``fusion`` (one fusion benchmark, start to end), ``e2e`` and ``report``.
+``--soak MINUTES`` runs the soak instead (``bench.soak``): the runtime's own pipeline over a
+long generated stream of speech, read unpaced, watched for lost events, drops, memory growth
+and latency drift; ``soak.json`` and ``soak.events.jsonl`` in ``--out``, exit 1 when an event
+was lost.
+
+The package sits above the runtime, calibration and export layers (it opens every form of a
+model) and plugs ``bench`` into the runtime's ``hbaf-edge`` command (``bench.cli.COMMAND``,
+entry-point group ``hbaf_edge.commands``). Modules, by job: ``cli`` (flags, ``run_bench``,
+``run_soak``), ``machine`` (machine facts, memory, threads), ``backends`` (the backends under
+test and their input limits), ``lineup`` (which rows a run has and opening them), ``cases``
+(inputs), ``timing`` (warm latency per input), ``cold_start``, ``evaluation`` (accuracy and
+agreement), ``fusion`` (one fusion benchmark, start to end), ``e2e``, ``soak`` and ``report``.
 """

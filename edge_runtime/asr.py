@@ -32,7 +32,7 @@ import numpy as np
 from edge_runtime.long_audio import join_texts, window_bounds
 from edge_runtime.recogniser import DecodeRules, Encoded, open_decoder, open_encoder
 from edge_runtime.whisper_decode import SpecialTokens
-from hbaf.contract import FEATURE_FORMATS
+from hbaf.contract import FEATURE_FORMATS, WHISPER_WINDOW_S
 from hbaf.encoder import (BUNDLED_MODEL, ENCODER_MODELS, WINDOW_S, computes_kind, inner_layer, resolve_model, utterance_states,
                           window_input, window_mel)
 from hbaf.errors import HBAFError
@@ -41,7 +41,7 @@ from hbaf.features import SAMPLE_RATE
 log = logging.getLogger(__name__)
 
 DEFAULT_BEAM_SIZE = 5  # beam 5 vs greedy: WER 21.7 vs 24.2 % (normalised) on 300 MELD-TTS utterances, +10-35 ms
-FULL_WINDOW_S = 30.0  # what Whisper was trained on
+FULL_WINDOW_S = WHISPER_WINDOW_S  # what Whisper was trained on
 COMPRESSION_RATIO_LIMIT = 2.4  # above this a transcript is repeating itself
 NO_SPEECH_PROB = 0.6  # with a mean log-prob under -1: treat as no speech (faster-whisper's rule)
 TOKENS_PER_SECOND_CAP = 12  # generous: fast speech is about 4 tokens/s
@@ -85,7 +85,7 @@ class WhisperASR:
         language: str | None = "en",
         beam_size: int = DEFAULT_BEAM_SIZE,
         cpu_threads: int | None = None,
-        encoder_window_s: float | None = 10.0,
+        encoder_window_s: float | None = WINDOW_S,
         window_bucket_s: float | None = None,
         pad_s: float = 0.0,
         temperatures: tuple[float, ...] = (0.0,),
@@ -118,10 +118,11 @@ class WhisperASR:
         self.beam_size = int(beam_size)
         self.cpu_threads = int(cpu_threads) if cpu_threads is not None else min(4, os.cpu_count() or 1)
         if encoder_window_s is not None and not 1.0 <= encoder_window_s <= FULL_WINDOW_S:
-            raise HBAFError(f"ASR encoder window must be between 1 and 30 s, got {encoder_window_s}; 10 matches the utterance limit")
+            raise HBAFError(f"ASR encoder window must be between 1 and {FULL_WINDOW_S:g} s, got {encoder_window_s}; "
+                            f"{WINDOW_S:g} matches the utterance limit")
         self.encoder_window_s = encoder_window_s
-        if window_bucket_s is not None and not 0.5 <= window_bucket_s <= 10.0:
-            raise HBAFError(f"ASR window bucket must be between 0.5 and 10 s, got {window_bucket_s}")
+        if window_bucket_s is not None and not 0.5 <= window_bucket_s <= WINDOW_S:
+            raise HBAFError(f"ASR window bucket must be between 0.5 and {WINDOW_S:g} s, got {window_bucket_s}")
         self.window_bucket_s = window_bucket_s
         if not 0.0 <= pad_s <= 1.0:
             raise HBAFError(f"ASR silence padding must be between 0 and 1 s, got {pad_s}")

@@ -285,6 +285,15 @@ class OnnxBackend(Backend):
         return check_outputs(dict(zip(OUTPUT_NAMES, values)), str(self.path))
 
 
+CPU_PROVIDERS = ["CPUExecutionProvider"]
+
+
+def onnx_cpu(path: str | Path, threads: int | None = 2) -> OnnxBackend:
+    """An ONNX model on ONNX Runtime's CPU kernels, whatever other providers are installed (every
+    offline parity, accuracy and CPU latency number of export and calibration is measured there)."""
+    return OnnxBackend(path, threads=threads, providers=CPU_PROVIDERS)
+
+
 def _integer_ops(proto) -> bool:
     """Integer kernels that dynamic quantization leaves without Q/DQ pairs."""
     ops = {"QLinearMatMul", "MatMulInteger", "DynamicQuantizeLinear", "QLinearConv"}

@@ -2,8 +2,14 @@
 
     hbaf-edge run [--source mic|mic:N|FILE|-|demo] [--model FILE] [--output events.jsonl] ...
     hbaf-edge devices
-    hbaf-edge bench ...        (the latency benchmark: the top-level bench package, which also
-                                provides the `hbaf-edge` entry point that dispatches here)
+    hbaf-edge doctor ...       (what this machine has and lacks: edge_runtime.doctor)
+    hbaf-edge transcribe ...   (the recogniser over a corpus split: edge_runtime.transcribe)
+    hbaf-edge bench ...        (the benchmark and the soak: a plug-in of the bench package)
+
+``main`` is the `hbaf-edge` console script. Subcommands of layers above the runtime plug in
+through the entry-point group ``hbaf_edge.commands`` (pyproject.toml: ``bench =
+"bench.cli:COMMAND"``, a ``Command``), read with importlib.metadata, so the runtime never
+imports them; a plug-in that is not installed is a one-line error naming the fix.
 
 ``run`` prints one line per utterance on stdout (``--format json`` for JSON lines),
 appends JSON lines to ``--output``, and prints a summary on stderr at exit. Ctrl-C, SIGTERM or
@@ -17,10 +23,12 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import re
 import signal
 import sys
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from hbaf.errors import ArgumentParser, HBAFError, cli_entry
 
@@ -31,6 +39,9 @@ NO_MIC = (
     "or try `hbaf-edge run --source demo`"
 )
 EXIT_CODES = {"SIGINT": 130, "SIGTERM": 143, "SIGHUP": 129}  # 128 + the signal's number
+COMMAND_GROUP = "hbaf_edge.commands"  # entry points: hbaf-edge subcommands of the layers above
+PLUGINS = {"bench": "the benchmark and the soak"}  # the plug-ins this project ships, for the error when one is missing
+DOCTOR_HELP = "what this machine has and lacks for hbaf-edge, with the fix for each (see `hbaf-edge doctor --help`)"
 STOP_SIGNALS = tuple(getattr(signal, name) for name in EXIT_CODES if hasattr(signal, name))
 
 
@@ -75,6 +86,7 @@ def build_parser(extra_commands: dict[str, str] | None = None) -> argparse.Argum
     """The `hbaf-edge` parser; ``extra_commands`` (name -> help) are listed for commands that a
     higher layer runs with their own flags (the benchmark)."""
     from edge_runtime.pipeline import RunOptions
+    from hbaf.contract import SAMPLE_RATE
 
     d = RunOptions()
     p = ArgumentParser(prog="hbaf-edge", description="On-device speech emotion recognition: mic -> VAD -> ASR -> HBAF -> events.")
@@ -88,7 +100,7 @@ def build_parser(extra_commands: dict[str, str] | None = None) -> argparse.Argum
                           "default: the microphone, if there is one")
     src.add_argument("--device", default=None, help="microphone: input device index or name (see `hbaf-edge devices`)")
     src.add_argument("--rate", type=_positive_int, default=None,
-                     help="capture rate in Hz: stdin's PCM rate (default 16000) or a forced microphone rate")
+                     help=f"capture rate in Hz: stdin's PCM rate (default {SAMPLE_RATE}) or a forced microphone rate")
     src.add_argument("--channels", type=_positive_int, default=None,
                      help="channel count: stdin's (default 1) or a forced microphone channel count")
     src.add_argument("--realtime", action=argparse.BooleanOptionalAction, default=None,
@@ -207,7 +219,7 @@ def _run(args: argparse.Namespace) -> int:
 
 def _protected(args: argparse.Namespace) -> list[tuple[str, Path]]:
     """The run's own inputs, which --output must not be: (what, path) pairs."""
-    from edge_runtime.demo import default_model_path
+    from edge_runtime.model_files import default_model_path
 
     found: list[tuple[str, Path]] = []
     if args.model:
@@ -317,7 +329,7 @@ def _run_with(args: argparse.Namespace, writer: Any) -> int:
     return code
 
 
-# ----------------------------------------------------------------------------- devices, bench
+# ----------------------------------------------------------------------------- devices, plug-ins, main
 
 
 def _devices() -> int:
@@ -351,9 +363,68 @@ def run_cli(argv: list[str] | None = None, extra_commands: dict[str, str] | None
             signal.signal(s, handler)
 
 
+@dataclass(frozen=True)
+class Command:
+    """An `hbaf-edge` subcommand that a layer above the runtime provides (entry-point group
+    ``hbaf_edge.commands``): its one-line help for `hbaf-edge --help`, and ``main(argv)``, run
+    with the arguments after its name (user errors raise HBAFError)."""
+
+    help: str
+    main: Callable[[list[str]], int]
+
+
+def plugin_commands() -> dict[str, Command | str]:
+    """The installed plug-ins by name: their ``Command``, or why one cannot be loaded."""
+    from importlib.metadata import entry_points
+
+    found: dict[str, Command | str] = {}
+    for ep in sorted(entry_points(group=COMMAND_GROUP), key=lambda e: e.name):
+        try:
+            command = ep.load()
+        except Exception as err:  # a broken install: say why, never a traceback
+            found[ep.name] = f"{ep.value} cannot be loaded ({type(err).__name__}: {' '.join(str(err).split())})"
+            continue
+        found[ep.name] = command if isinstance(command, Command) else f"{ep.value} is not an hbaf-edge Command"
+    return found
+
+
+def _plugin(name: str, found: dict[str, Command | str]) -> Command:
+    command = found.get(name)
+    if isinstance(command, Command):
+        return command
+    why = command or f"no '{name}' entry point in the {COMMAND_GROUP} group"
+    raise HBAFError(f"`hbaf-edge {name}` ({PLUGINS.get(name, 'a plug-in')}) is not available: {why}; install this "
+                    "checkout with `pip install -e .` (bash scripts/install.sh does) so its entry points exist")
+
+
 @cli_entry
 def main(argv: list[str] | None = None) -> int:
-    return run_cli(argv)
+    """The `hbaf-edge` console script: ``doctor`` runs the machine check (edge_runtime.doctor),
+    ``transcribe`` the recogniser over a corpus split (edge_runtime.transcribe), a plug-in
+    (``bench``) its own command line with the rest of the arguments (``-v`` before the name
+    included); ``run``, ``devices`` and ``--help`` go to the runtime's parser."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    lead = 0  # -v before the command: a plug-in takes it too
+    while lead < len(argv) and re.fullmatch(r"-v+|--verbose", argv[lead]):
+        lead += 1
+    name = argv[lead] if lead < len(argv) else None
+    if name == "doctor":
+        from edge_runtime.doctor import doctor_cli
+
+        return doctor_cli(argv[lead + 1 :])
+    if name == "transcribe":
+        from edge_runtime.transcribe import transcribe_cli
+
+        return transcribe_cli(argv[lead + 1 :])
+    if name in ("run", "devices"):  # the plug-ins play no part: not even loaded
+        return run_cli(argv)
+    found = plugin_commands()
+    if name is not None and (name in found or name in PLUGINS):
+        return _plugin(name, found).main(argv[:lead] + argv[lead + 1 :])
+    from edge_runtime.transcribe import HELP as TRANSCRIBE_HELP
+
+    listed = {n: c.help if isinstance(c, Command) else f"(not available: {c})" for n, c in found.items()}
+    return run_cli(argv, extra_commands={**listed, "doctor": DOCTOR_HELP, "transcribe": TRANSCRIBE_HELP})
 
 
 if __name__ == "__main__":

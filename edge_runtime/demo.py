@@ -1,4 +1,4 @@
-"""`hbaf-edge run --source demo`: a short synthetic conversation, and the default model's location.
+"""`hbaf-edge run --source demo`: a short synthetic conversation.
 
 ``demo_conversation()`` renders (once; cached under ``$HBAF_HOME/demo`` or
 ``~/.cache/hbaf/demo``) a three-speaker, twelve-turn conversation of about 50 s with
@@ -12,7 +12,8 @@ script (speaker, text, emotion, start and end in seconds).
 with the MELD-TTS voices into one longer recording with known turns: the conversation the
 tests and the latency analysis run the whole pipeline on (also synthetic speech).
 
-``default_model_path()`` is the model ``hbaf-edge run`` uses without ``--model``.
+The model ``hbaf-edge run`` uses without ``--model`` is found by
+``edge_runtime.model_files.default_model_path``.
 """
 
 from __future__ import annotations
@@ -74,23 +75,29 @@ PAUSES = (1.0, 1.2, 1.4)  # seconds of silence after each turn, cycled
 LEAD_IN = 0.5
 
 
-def _espeak() -> str:
+def espeak(why: str = "the demo conversation is rendered with espeak-ng", fix: str = "or pass --source FILE") -> str:
+    """The espeak-ng executable; a one-line error (``why`` ... ``fix``) when it is not installed."""
     exe = shutil.which("espeak-ng")
     if exe is None:
-        raise HBAFError("the demo conversation is rendered with espeak-ng, which is not installed; apt-get install espeak-ng, or pass --source FILE")
+        raise HBAFError(f"{why}, which is not installed; apt-get install espeak-ng, {fix}")
     return exe
 
 
+def espeak_version(exe: str) -> str:
+    return subprocess.run([exe, "--version"], capture_output=True, text=True, check=False).stdout.strip()
+
+
 def _cache_key(exe: str) -> str:
-    version = subprocess.run([exe, "--version"], capture_output=True, text=True, check=False).stdout.strip()
-    spec = json.dumps([[asdict(t) for t in SCRIPT], VOICES, PROSODY, PAUSES, LEAD_IN, version, SAMPLE_RATE])
+    spec = json.dumps([[asdict(t) for t in SCRIPT], VOICES, PROSODY, PAUSES, LEAD_IN, espeak_version(exe), SAMPLE_RATE])
     return hashlib.sha256(spec.encode()).hexdigest()[:12]
 
 
-def _render_turn(exe: str, turn: Turn, tmp: Path) -> np.ndarray:
+def render_turn(exe: str, turn: Turn, tmp: Path, voice: str | None = None) -> np.ndarray:
+    """``turn`` spoken by espeak-ng with its emotion's prosody, in its speaker's voice (or
+    ``voice``): mono float32 at the contract's rate. ``tmp``: a folder for the WAV espeak writes."""
     rate, pitch, amp = PROSODY[turn.emotion]
     out = tmp / "turn.wav"
-    cmd = [exe, "-v", VOICES[turn.speaker], "-s", str(rate), "-p", str(pitch), "-a", str(amp), "-w", str(out), turn.text]
+    cmd = [exe, "-v", voice or VOICES[turn.speaker], "-s", str(rate), "-p", str(pitch), "-a", str(amp), "-w", str(out), turn.text]
     proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if proc.returncode != 0 or not out.exists():
         raise HBAFError(f"espeak-ng failed to render the demo ({proc.stderr.strip()[:120]}); check `espeak-ng --voices=en`, or pass --source FILE")
@@ -101,7 +108,7 @@ def demo_conversation(cache_dir: str | Path | None = None) -> Path:
     """The demo WAV (rendered on first use, then reused); its script is ``<wav>.json``."""
     from tqdm import tqdm
 
-    exe = _espeak()
+    exe = espeak()
     folder = Path(cache_dir) if cache_dir is not None else hbaf_home() / "demo"
     wav = folder / f"conversation-{_cache_key(exe)}.wav"
     script_file = wav.with_suffix(".json")
@@ -116,7 +123,7 @@ def demo_conversation(cache_dir: str | Path | None = None) -> Path:
     turns = []
     with tempfile.TemporaryDirectory(prefix="hbaf-demo-") as tmp:
         for i, turn in enumerate(tqdm(SCRIPT, desc="rendering demo conversation", unit="turn", leave=False)):
-            audio = _render_turn(exe, turn, Path(tmp))
+            audio = render_turn(exe, turn, Path(tmp))
             pause = PAUSES[i % len(PAUSES)]
             turns.append({**asdict(turn), "voice": VOICES[turn.speaker], "start": round(t, 3), "end": round(t + audio.size / SAMPLE_RATE, 3)})
             pieces += [audio, np.zeros(int(pause * SAMPLE_RATE), dtype=np.float32)]
@@ -171,37 +178,3 @@ def meld_conversation(out_dir: str | Path, *, min_seconds: float = 60.0, pause_s
 def demo_script(wav: str | Path) -> list[dict]:
     """The turns (speaker, text, emotion, start, end) of a rendered demo WAV."""
     return json.loads(Path(wav).with_suffix(".json").read_text())["turns"]
-
-
-# ----------------------------------------------------------------------------- default model
-
-
-def _model_in(folder: Path) -> Path | None:
-    """A model inside ``folder``: default.onnx, model.onnx, another .onnx (sorted), or the folder
-    itself when it is a checkpoint (config.json + model.safetensors)."""
-    if not folder.is_dir():
-        return None
-    for name in ("default.onnx", "model.onnx"):
-        if (folder / name).is_file():
-            return folder / name
-    onnx_files = sorted(p for p in folder.glob("*.onnx") if not p.name.startswith("."))  # skip atomic-write temporaries
-    if onnx_files:
-        return onnx_files[0]
-    if (folder / "config.json").is_file() and (folder / "model.safetensors").is_file():
-        return folder
-    return None
-
-
-def default_model_path() -> Path:
-    """The model used when ``--model`` is omitted: one packaged in ``hbaf/assets/``, else
-    ``$HBAF_HOME/models/default`` (``~/.cache/hbaf/models/default``)."""
-    from hbaf import io
-
-    assets = io.ASSETS_DIR
-    home = hbaf_home() / "models" / "default"
-    for folder in (assets, home):
-        found = _model_in(folder)
-        if found is not None:
-            return found
-    raise HBAFError(f"no default model (none packaged in {assets}, none in {home}); reinstall hbaf-edge, "
-                   "or pass --model FILE (a checkpoint from `hbaf train` or an ONNX from `hbaf-export all`)")

@@ -1,4 +1,8 @@
-"""Model files: what a path holds, checked against its name, and the Backend that runs it.
+"""Model files: which model runs when none is named, what a path holds (checked against its
+name), and the Backend that runs it.
+
+``default_model_path()`` is the model ``hbaf-edge run`` (and ``EmotionStream``) uses without
+``--model``: one packaged in ``hbaf/assets/``, else ``$HBAF_HOME/models/default``.
 
 ``open_backend(path)`` is the one way the runtime turns a model path into a Backend
 (``edge_runtime.backends``: PyTorch checkpoint or ONNX Runtime; ``edge_runtime.trt_backend``:
@@ -15,6 +19,7 @@ from pathlib import Path
 from edge_runtime.backends import Backend, OnnxBackend, TorchBackend
 from edge_runtime.trt_backend import TensorRTBackend
 from hbaf.errors import HBAFError
+from hbaf.io import hbaf_home
 
 WHAT_TO_PASS = (
     "pass a checkpoint folder (hbaf train --out), a .onnx model (hbaf-export onnx) "
@@ -169,3 +174,37 @@ def open_backend(
     if kind == "onnx":
         return OnnxBackend(p, threads=threads, providers=providers)
     return TensorRTBackend(p)  # imports TensorRT itself only when it opens the engine
+
+
+# ----------------------------------------------------------------------------- the default model
+
+
+def _model_in(folder: Path) -> Path | None:
+    """A model inside ``folder``: default.onnx, model.onnx, another .onnx (sorted), or the folder
+    itself when it is a checkpoint (config.json + model.safetensors)."""
+    if not folder.is_dir():
+        return None
+    for name in ("default.onnx", "model.onnx"):
+        if (folder / name).is_file():
+            return folder / name
+    onnx_files = sorted(p for p in folder.glob("*.onnx") if not p.name.startswith("."))  # skip atomic-write temporaries
+    if onnx_files:
+        return onnx_files[0]
+    if (folder / "config.json").is_file() and (folder / "model.safetensors").is_file():
+        return folder
+    return None
+
+
+def default_model_path() -> Path:
+    """The model used when ``--model`` is omitted: one packaged in ``hbaf/assets/``, else
+    ``$HBAF_HOME/models/default`` (``~/.cache/hbaf/models/default``)."""
+    from hbaf import io
+
+    assets = io.ASSETS_DIR
+    home = hbaf_home() / "models" / "default"
+    for folder in (assets, home):
+        found = _model_in(folder)
+        if found is not None:
+            return found
+    raise HBAFError(f"no default model (none packaged in {assets}, none in {home}); reinstall hbaf-edge, "
+                   "or pass --model FILE (a checkpoint from `hbaf train` or an ONNX from `hbaf-export all`)")

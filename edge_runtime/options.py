@@ -80,9 +80,8 @@ def build_pipeline(source: Any, writer: EventWriter, options: RunOptions, *, bac
     """The live pipeline: segmenter, backend (opened from ``options.model`` unless given), dialogue
     memory, tokenizer and ASR. Cheap checks run before the models load."""
     from edge_runtime.asr import WhisperASR
-    from edge_runtime.demo import default_model_path
     from edge_runtime.memory import DialogueMemory
-    from edge_runtime.model_files import open_backend
+    from edge_runtime.model_files import default_model_path, open_backend
     from edge_runtime.pipeline import Pipeline
     from hbaf.encoder import ENCODER_MODELS
 

@@ -11,8 +11,8 @@
     hbaf-export torch-trt --checkpoint DIR --precision fp16 --out student.fp16.ep   (on the device: Torch-TensorRT)
     hbaf-export asr --out DIR                                          (the recogniser's encoder and decoder graphs)
 
-This is the only module of export/ that reaches into calibration/ (for int8,
-compare-calibration and all).
+Export sits above calibration: ``int8`` and ``compare-calibration`` run ``calibration.report``,
+``all`` runs ``export.pipeline`` (the export's steps and calibration's, in order).
 """
 
 from __future__ import annotations
@@ -223,8 +223,8 @@ def _build_engines(out: Path, name: str) -> list[Path]:
 
 
 def cmd_all(args) -> int:
-    from calibration.report import export_all
     from edge_runtime.backends import TorchBackend
+    from export.pipeline import export_all
     from hbaf.checkpoint import resolve_checkpoint
 
     t0 = time.time()

@@ -1,4 +1,5 @@
-"""Small ONNX graph rewrites shared by the exporter, the ONNX Runtime CPU graph and calibration.
+"""Small ONNX graph rewrites of the exporter and the ONNX Runtime CPU graph (what calibration
+shares with them, ``consumers`` and ``add_contrib_types``, is in ``hbaf.onnx_graph``).
 
 Each function edits a ``ModelProto`` in place and returns how much it changed; none of them
 changes what the graph computes.
@@ -13,12 +14,12 @@ import numpy as np
 from hbaf.contract import (
     DYNAMIC_AXES,
     INPUTS,
-    MS_DOMAIN,
     OUTPUTS,
     ModelSpec,
     first_line,
 )
 from hbaf.errors import HBAFError
+from hbaf.onnx_graph import consumers
 
 log = logging.getLogger(__name__)
 
@@ -26,15 +27,6 @@ log = logging.getLogger(__name__)
 # `noop_with_empty_axes`; ReduceSum already had both since opset 13.
 _REDUCE_ATTR_OPS = frozenset({"ReduceMean", "ReduceMax", "ReduceMin", "ReduceProd", "ReduceL1", "ReduceL2",
                               "ReduceLogSum", "ReduceLogSumExp", "ReduceSumSquare"})
-
-
-def consumers(graph) -> dict[str, list]:
-    """Tensor name -> the nodes that read it."""
-    users: dict[str, list] = {}
-    for node in graph.node:
-        for name in node.input:
-            users.setdefault(name, []).append(node)
-    return users
 
 
 def drop_index_casts(proto) -> int:
@@ -151,21 +143,3 @@ def fold_weight_packing(proto) -> int:
     for init in [i for i in graph.initializer if i.name not in used]:
         graph.initializer.remove(init)
     return removed
-
-
-def add_contrib_types(proto) -> int:
-    """ONNX shape inference cannot type contrib (com.microsoft) outputs; the quantizer needs every
-    GEMM input's element type, so declare them float. Returns how many were added."""
-    from onnx import TensorProto, helper
-
-    known = {v.name for v in proto.graph.value_info} | {o.name for o in proto.graph.output}
-    added = 0
-    for node in proto.graph.node:
-        if node.domain != MS_DOMAIN:
-            continue
-        for name in node.output:
-            if name and name not in known:
-                proto.graph.value_info.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, None))
-                known.add(name)
-                added += 1
-    return added

@@ -35,12 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from edge_runtime.backends import TorchBackend
-from export.graph_ops import (
-    add_contrib_types,
-    convert_opset,
-    drop_index_casts,
-    name_io_dims,
-)
+from export.graph_ops import convert_opset, drop_index_casts, name_io_dims
 from hbaf import __version__
 from hbaf.contract import (
     DYNAMIC_AXES,
@@ -59,6 +54,7 @@ from hbaf.contract import (
 )
 from hbaf.errors import HBAFError
 from hbaf.io import atomic_path, quiet_output
+from hbaf.onnx_graph import add_contrib_types
 
 log = logging.getLogger(__name__)
 

@@ -14,22 +14,15 @@ import os
 
 import numpy as np
 
-from edge_runtime.backends import Backend, OnnxBackend, TorchBackend
-from export.dialogues import DialogueSet, load_records
+from edge_runtime.backends import Backend, TorchBackend, onnx_cpu
+from edge_runtime.dialogues import DialogueSet, load_records
 from hbaf.contract import batch_feeds
 from hbaf.data.store import take_dialogues
 from hbaf.errors import HBAFError
 
 log = logging.getLogger(__name__)
 
-CPU_PROVIDERS = ["CPUExecutionProvider"]
 SMOKE_TOLERANCE = 1e-3  # max |probs diff| on random inputs before an export counts as broken
-
-
-def onnx_cpu(path: str | os.PathLike, threads: int | None = 2) -> OnnxBackend:
-    """An ONNX model on ONNX Runtime's CPU kernels, whatever other providers are installed (every
-    parity, accuracy and CPU latency number of export and calibration is measured there)."""
-    return OnnxBackend(path, threads=threads, providers=CPU_PROVIDERS)
 
 
 def smoke_parity(reference: Backend, path: str | os.PathLike, *, vocab_size: int, threads: int = 2) -> float:

@@ -51,7 +51,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from edge_runtime.backends import Backend
-from export.dialogues import DialogueSet, calibration_records
+from edge_runtime.dialogues import DialogueSet, calibration_records
 from hbaf.contract import (
     INPUT_DTYPES,
     INPUT_NAMES,

@@ -52,6 +52,7 @@ log = logging.getLogger(__name__)
 
 SAMPLE_RATE = 16000  # Hz, mono: every source is resampled to this
 MAX_SECONDS = 10.0  # the longest utterance a model takes (the segmenter cuts longer speech)
+WHISPER_WINDOW_S = 30.0  # Whisper's own input window: the recogniser's standard path (its short one is MAX_SECONDS)
 
 
 @dataclass(frozen=True)

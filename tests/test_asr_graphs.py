@@ -176,7 +176,7 @@ def test_an_encoder_graph_without_inner_outputs_is_refused_for_an_inner_layer_mo
 
 
 def test_encoder_forms_refuse_the_wrong_file_in_one_line(graphs):
-    from edge_runtime.demo import default_model_path
+    from edge_runtime.model_files import default_model_path
     from edge_runtime.recogniser import OnnxEncoder
 
     with pytest.raises(HBAFError, match="decoder-step graph, not its encoder"):

@@ -323,13 +323,15 @@ def test_latency_stats():
 
 
 def test_hbaf_edge_dispatches_bench_and_the_runtime(capsys):
-    from bench.cli import hbaf_edge
+    """The runtime's console script (edge_runtime.cli.main) finds `bench` through its entry
+    point and hands it the rest of the arguments."""
+    from edge_runtime.cli import main as hbaf_edge
 
     with pytest.raises(SystemExit) as done:
         hbaf_edge(["--help"])
     assert done.value.code == 0
     listing = capsys.readouterr().out
-    assert "bench" in listing and "latency benchmark" in listing and "devices" in listing
+    assert "bench" in listing and "latency benchmark" in listing and "devices" in listing and "doctor" in listing
     with pytest.raises(SystemExit) as done:
         hbaf_edge(["bench", "--help"])
     assert done.value.code == 0 and "usage: hbaf-edge bench" in capsys.readouterr().out
@@ -340,6 +342,21 @@ def test_hbaf_edge_dispatches_bench_and_the_runtime(capsys):
         assert hbaf_edge(argv) == 2, argv
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and err[0].startswith("error: ") and all(w in err[0] for w in words), (argv, err)
+
+
+
+def test_a_missing_bench_plug_in_is_one_line(tmp_path):
+    """The packages on sys.path without an install (no entry points, nothing else either): `hbaf-edge
+    bench` says what is missing and how to install it, before anything heavy is imported."""
+    src = tmp_path / "src"
+    src.mkdir()
+    for pkg in ("hbaf", "edge_runtime", "bench"):
+        (src / pkg).symlink_to(ROOT / pkg)
+    code = f"import sys; sys.path.insert(0, {str(src)!r}); from edge_runtime.cli import main; sys.exit(main(sys.argv[1:]))"
+    for argv in (["bench", "--quick"], ["-v", "bench"]):
+        proc = subprocess.run([sys.executable, "-I", "-S", "-c", code, *argv], capture_output=True, text=True, timeout=120,
+                              cwd=tmp_path)
+        assert_one_line_error(proc, "`hbaf-edge bench`", "no 'bench' entry point", "pip install -e .")
 
 
 def _lineup(models: dict, teacher: bool = True):

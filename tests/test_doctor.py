@@ -225,7 +225,7 @@ def test_doctor_on_this_machine():
     env = {"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin", "HF_HUB_OFFLINE": "1", "HOME": str(Path.home())}
 
     def hbaf_edge(*args: str) -> subprocess.CompletedProcess:
-        code = "import sys; from bench.cli import hbaf_edge; sys.exit(hbaf_edge(sys.argv[1:]))"
+        code = "import sys; from edge_runtime.cli import main; sys.exit(main(sys.argv[1:]))"
         return subprocess.run([sys.executable, "-c", code, *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
 
     text = hbaf_edge("doctor", "--path", "cpu")

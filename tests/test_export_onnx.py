@@ -154,8 +154,7 @@ def test_parity_refuses_an_onnx_of_another_model(exported, tmp_path):
 
 
 def test_dynamic_axes_at_b1_and_b3_with_different_lengths(exported):
-    from edge_runtime.backends import TorchBackend
-    from export.parity import onnx_cpu
+    from edge_runtime.backends import TorchBackend, onnx_cpu
 
     ckpt, _, path = exported
     ort_backend, torch_backend = onnx_cpu(path, threads=1), TorchBackend(ckpt)

@@ -649,7 +649,7 @@ def test_killed_checkpoint_write_is_loaded_whole_or_refused(ckpt, tmp_path, monk
     first, built from the same seed); whatever it leaves is either one of the two whole,
     hash-verified checkpoints or refused in one line, and its temporary files are never taken
     for a model."""
-    from edge_runtime.demo import default_model_path
+    from edge_runtime.model_files import default_model_path
 
     _without_packaged_model(monkeypatch, tmp_path)
     home = tmp_path / "home"
@@ -678,8 +678,7 @@ def test_leftover_temp_files_are_never_taken_for_models(ckpt, onnx_model, tmp_pa
     ``.<name>.<random>.tmp<suffix>`` files, which the default-model search must skip. (A cut
     engine is refused by its sidecar: the ``engine-cut`` case above.)"""
     from edge_runtime.backends import TorchBackend
-    from edge_runtime.model_files import open_backend
-    from edge_runtime.demo import default_model_path
+    from edge_runtime.model_files import default_model_path, open_backend
 
     _without_packaged_model(monkeypatch, tmp_path)
     home = tmp_path / "home"

@@ -49,7 +49,7 @@ def small_builtin(shipped, monkeypatch):
 
 @pytest.mark.slow
 def test_bench_with_no_arguments_runs_the_shipped_model(small_builtin, tmp_path, monkeypatch, capsys):
-    from bench.cli import hbaf_edge
+    from edge_runtime.cli import main as hbaf_edge
 
     monkeypatch.chdir(tmp_path)
     assert hbaf_edge(["bench", "--threads", "1"]) == 0

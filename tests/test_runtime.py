@@ -494,7 +494,7 @@ def test_demo_conversation_cached(tmp_path):
 
 
 def test_default_model_path(tmp_path, monkeypatch, ckpt):
-    from edge_runtime.demo import _model_in, default_model_path
+    from edge_runtime.model_files import _model_in, default_model_path
     from hbaf import io
 
     packaged = _model_in(io.ASSETS_DIR)

@@ -1,9 +1,11 @@
 """Real dialogues of a manifest, replayed on the runtime's offline path.
 
-Parity, INT8 calibration and evaluation, and the Torch-TensorRT calibration batches all take
-whole dialogues of a manifest, their features from the shared feature cache and their texts,
-and run them through ``edge_runtime.offline.run_dialogues`` (a backend, a fresh dialogue
-memory per dialogue, one fusion call per utterance) — the path the device runs.
+Export parity, INT8 calibration and evaluation, the Torch-TensorRT calibration batches and
+the benchmark's accuracy all take whole dialogues of a manifest, their features from the
+shared feature cache and their texts, and run them through
+``edge_runtime.offline.run_dialogues`` (a backend, a fresh dialogue memory per dialogue, one
+fusion call per utterance) — the path the device runs. The live pipeline does not use this
+module; it sits here, below export and calibration, so that both measure on that one path.
 """
 
 from __future__ import annotations

@@ -7,7 +7,9 @@ attention-mask adds, Softmax, LayerNorm, GELU (Erf), residual Adds, the pooling 
 gate means stay float. ONNX Runtime's QDQ quantizer rewires *every* reader of a quantized
 tensor to the dequantized copy (so a residual Add would read INT8-rounded values); we point
 every reader that is not one of the chosen GEMMs back at the float tensor afterwards and
-verify the placement.
+verify the placement. The uni-modal heads (``audio_probs``, ``text_probs``) are graph outputs
+like ``probs``: their Linear is one of the GEMMs, their Softmax stays float, and
+``check_outputs_kept`` fails a run whose INT8 graph lost an output its metadata lists.
 
 Two flavours from one calibration (the tensor ranges are computed once per method):
 
@@ -48,6 +50,7 @@ from hbaf.contract import (
     read_onnx,
     save_onnx,
     set_onnx_metadata,
+    spec_from_onnx,
 )
 from hbaf.errors import HBAFError
 from hbaf.io import atomic_path, quiet_output
@@ -311,6 +314,7 @@ def quantize_flavour(prepared: str | os.PathLike, ranges, flavour: str, out_path
     problems = check_qdq_placement(proto, flavour, set(nodes))
     if problems:
         raise HBAFError(f"INT8 {flavour} model has misplaced Q/DQ ({problems[0]}); this is a quantization bug")
+    check_outputs_kept(proto, f"INT8 {flavour} model")
     onnx.checker.check_model(proto)
     out = save_onnx(proto, out_path)
     return QuantResult(str(out), flavour, method, nodes, excluded, emb, out.stat().st_size / 1e6)
@@ -336,9 +340,20 @@ def quantize_dynamic_cpu(prepared: str | os.PathLike, out_path: str | os.PathLik
         "weight_type": "int8 per-channel", "embedding": emb, "quantized_nodes": len(nodes), "calibration": None,
         "source_onnx_sha256": sha256_file(source) if source else None, "onnxruntime_version": _ort_version(),
     })
+    check_outputs_kept(out_proto, "dynamic INT8 model")
     onnx.checker.check_model(out_proto)
     out = save_onnx(out_proto, out_path)
     return QuantResult(str(out), "cpu-dynamic", "dynamic", nodes, excluded, emb, out.stat().st_size / 1e6)
+
+
+def check_outputs_kept(proto, what: str) -> None:
+    """The INT8 graph has every output its metadata lists (the contract's three and the uni-modal
+    heads ``audio_probs`` / ``text_probs`` of the FP32 graph), each as a float tensor."""
+    spec = spec_from_onnx(proto, source=what)  # a listed output the graph lacks is an error there
+    types = {o.name: o.type.tensor_type.elem_type for o in proto.graph.output}
+    not_float = [n for n in spec.outputs if types.get(n) != 1]  # TensorProto.FLOAT
+    if not_float:
+        raise HBAFError(f"{what}: outputs {not_float} are not float32; this is a quantization bug")
 
 
 def _ort_version() -> str:

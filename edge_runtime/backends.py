@@ -1,7 +1,9 @@
 """Fusion backends: the one Backend interface and its PyTorch and ONNX Runtime implementations.
 
-A backend maps the six input arrays of the export contract (hbaf/contract.py) to its three
-outputs, and carries the model's ``ModelSpec`` (labels, K, D, feature width, limits), read
+A backend maps the six input arrays of the export contract (hbaf/contract.py) to its outputs
+(``probs``, ``utt_emb``, ``gate``, and the uni-modal heads ``audio_probs`` / ``text_probs`` when
+the model's graph has them: ``spec.outputs``; a model exported before them runs without), and
+carries the model's ``ModelSpec`` (labels, K, D, feature width, limits, outputs), read
 from wherever that form of the model keeps it (checkpoint config, ONNX metadata, engine
 sidecar) by the contract's own readers.
 
@@ -37,7 +39,6 @@ from hbaf.contract import (
     INPUT_DTYPES,
     INPUT_NAMES,
     LOG_MEL,
-    OUTPUT_NAMES,
     TOKENIZER_FILE,
     ModelSpec,
     check_outputs,
@@ -55,7 +56,8 @@ from hbaf.text import Tokenizer, resolve_text_encoder
 log = logging.getLogger(__name__)
 
 class Backend:
-    """A stateless fusion model: ``run(feeds) -> {"probs", "utt_emb", "gate"}``.
+    """A stateless fusion model: ``run(feeds) -> {"probs", "utt_emb", "gate"}`` plus the uni-modal
+    heads (``"audio_probs"``, ``"text_probs"``) its model has (``spec.head_outputs``).
 
     Attributes: ``name`` (torch | onnxruntime | tensorrt), ``precision`` (fp32 | fp16 | int8),
     ``spec`` (the contract's ModelSpec; ``labels``, ``context_size`` (K) and ``memory_dim`` (D)
@@ -148,6 +150,7 @@ class Backend:
         utterance would fail. A one-line error at load instead."""
         want = {"probs": (self.spec.num_classes, f"{self.spec.num_classes} labels"),
                 "utt_emb": (self.memory_dim, f"D={self.memory_dim}"), "gate": (2, "2 gates")}
+        want.update({name: (self.spec.num_classes, f"{self.spec.num_classes} labels") for name in self.spec.head_outputs})
         for name, (size, meaning) in want.items():
             got = int(np.shape(out[name])[-1]) if np.ndim(out[name]) else 0
             if got != size:
@@ -202,7 +205,8 @@ class TorchBackend(Backend):
             args.append(t.to(self.dtype) if INPUT_DTYPES[name] == np.float32 else t)
         with torch.inference_mode():
             outputs = self.model(*args)
-        return check_outputs({n: o.float().cpu().numpy() for n, o in zip(OUTPUT_NAMES, outputs)}, str(self.path))
+        named = {n: o.float().cpu().numpy() for n, o in zip(self.model.output_names, outputs)}
+        return check_outputs(named, str(self.path), self.spec.outputs)
 
 
 # ----------------------------------------------------------------------------- ONNX Runtime
@@ -275,14 +279,15 @@ class OnnxBackend(Backend):
                                    fix="export the model again with `hbaf-export onnx`")
         self.providers = self.session.get_providers()
         self._dtypes = {i.name: _ORT_TYPES.get(i.type, np.float32) for i in self.session.get_inputs()}
+        self._outputs = list(self.spec.outputs)  # check_graph_against_spec: the graph has every one
         self.tokenizer_file = resolve_tokenizer(self.path, self.meta, self.spec)
         self.load_seconds = time.perf_counter() - t0
         log.info("ONNX Runtime providers for %s: %s", self.path.name, ", ".join(self.providers))
 
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         inputs = {n: np.ascontiguousarray(feeds[n], dtype=self._dtypes[n]) for n in INPUT_NAMES}
-        values = self.session.run(list(OUTPUT_NAMES), inputs)
-        return check_outputs(dict(zip(OUTPUT_NAMES, values)), str(self.path))
+        values = self.session.run(self._outputs, inputs)
+        return check_outputs(dict(zip(self._outputs, values)), str(self.path), self._outputs)
 
 
 CPU_PROVIDERS = ["CPUExecutionProvider"]

@@ -17,7 +17,6 @@ import numpy as np
 
 from edge_runtime.backends import Backend
 from edge_runtime.memory import DialogueMemory
-from hbaf.contract import OUTPUT_NAMES
 from hbaf.text import Tokenizer
 
 
@@ -62,7 +61,8 @@ def run_dialogues(
     ``dialogues`` holds indices into ``feats``/``texts`` in spoken order; ``feats`` is a sequence
     (e.g. a ``FeatureStore``) or a function of the index. ``window`` limits the memory as
     ``--context`` does. Returns arrays indexed like ``texts``: ``probs`` [N, C], ``utt_emb``
-    [N, D], ``gate`` [N, 2], ``context`` [N] (past utterances seen), and the ``memory`` [N, K, D]
+    [N, D], ``gate`` [N, 2] (and ``audio_probs`` / ``text_probs`` [N, C] when the model has the
+    uni-modal heads), ``context`` [N] (past utterances seen), and the ``memory`` [N, K, D]
     / ``memory_mask`` [N, K] each utterance was given (to replay it, e.g. in a batch).
     """
     from tqdm import tqdm
@@ -80,7 +80,7 @@ def run_dialogues(
                 mem, mem_mask = memory.arrays()
                 res["memory"][i], res["memory_mask"][i] = mem[0], mem_mask[0]
                 out, context = fuse_utterance(backend, tokenizer, memory, get(i), texts[i], 0.0, 0.0)
-                for key in OUTPUT_NAMES:
+                for key in backend.spec.outputs:
                     res[key][i] = out[key][0]
                 res["context"][i] = context
                 bar.update(1)

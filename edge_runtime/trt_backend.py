@@ -1,10 +1,13 @@
-"""The TensorRT fusion backend: a ``.engine`` + its sidecar -> probs, utt_emb, gate.
+"""The TensorRT fusion backend: a ``.engine`` + its sidecar -> probs, utt_emb, gate (and the
+uni-modal heads audio_probs, text_probs when the engine's model has them).
 
 A thin user of the shared engine runner (``edge_runtime.trt_runner.EngineRunner``), which does
 every file, sidecar, stale-ONNX and device check, owns the buffers, the stream and the
 optimization profile, and frees them. What is the fusion model's own lives here: the sidecar
-must describe a fusion engine, the engine's tensors must be the contract's six inputs and three
-outputs, and the engine's profile narrows the frames and tokens the runtime feeds it.
+must describe a fusion engine, the engine's tensors must be the contract's six inputs and the
+outputs its model spec lists (the sidecar's ``model.outputs``; an engine built before the heads
+existed has the three and runs without them), and the engine's profile narrows the frames and
+tokens the runtime feeds it.
 """
 
 from __future__ import annotations
@@ -45,7 +48,8 @@ class TensorRTBackend(Backend):
         t0 = time.perf_counter()
         runner = EngineRunner(engine_path, device=device, graph=GRAPH_FUSION, shape_fix=SHAPE_FIX)
         try:
-            if sorted(runner.input_names) != sorted(INPUT_NAMES) or not set(OUTPUT_NAMES) <= set(runner.output_names):
+            outputs = runner.sidecar.model.outputs if runner.sidecar.model is not None else OUTPUT_NAMES
+            if sorted(runner.input_names) != sorted(INPUT_NAMES) or not set(outputs) <= set(runner.output_names):
                 raise HBAFError(f"{runner.path} has I/O {list(runner.input_names)} -> {list(runner.output_names)}, not the HBAF "
                                 f"contract; rebuild it from an exported HBAF ONNX with `{runner.rebuild}`")
         except BaseException:
@@ -69,7 +73,7 @@ class TensorRTBackend(Backend):
         if missing:
             raise HBAFError(f"TensorRT backend: inputs {missing} are missing; pass all of {list(INPUT_NAMES)}")
         out = self._runner.run({n: feeds[n] for n in INPUT_NAMES})
-        return check_outputs(out, str(self.path))
+        return check_outputs(out, str(self.path), self.spec.outputs)
 
     def close(self) -> None:
         """Free GPU buffers and TensorRT objects (also done at interpreter exit)."""

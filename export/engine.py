@@ -8,7 +8,9 @@
 One builder class (``EngineBuilder``), one job (its command line is in export/cli.py), any graph:
 
 - an HBAF fusion ONNX (the six contract inputs): the profile is over (batch, frames, tokens),
-  by default the model's own (``Profiles.for_spec``), and the sidecar carries its ``ModelSpec``;
+  by default the model's own (``Profiles.for_spec``), and the sidecar carries its ``ModelSpec``
+  (whose ``outputs`` say whether the engine returns the uni-modal heads ``audio_probs`` /
+  ``text_probs``; the parsed network must have every output it lists);
 - any other graph (the recogniser's encoder and decoder): the profile is given by tensor name,
   from ``--shape`` flags, else the graph's own ``hbaf_profile`` metadata (``graph_profile``),
   else the graph's fixed input shapes.
@@ -72,6 +74,17 @@ from hbaf.errors import HBAFError
 from hbaf.io import write_bytes_atomic, write_text_atomic
 
 log = logging.getLogger(__name__)
+
+
+def check_network_outputs(network, spec, onnx_path) -> None:
+    """The parsed network (``trt.INetworkDefinition``) has every output the model's spec lists (the
+    contract's three and the uni-modal heads of a model that has them), so the sidecar promises
+    nothing the engine lacks."""
+    names = {network.get_output(i).name for i in range(network.num_outputs)}
+    missing = [n for n in spec.outputs if n not in names]
+    if missing:
+        raise HBAFError(f"the TensorRT network parsed from {onnx_path} lacks outputs {missing} that its metadata lists; "
+                        "export the ONNX again with `hbaf-export onnx`")
 
 
 def _tqdm_progress_monitor(trt):
@@ -291,6 +304,8 @@ class EngineBuilder:
         logger = trt.Logger(trt.Logger.VERBOSE if self.verbose else trt.Logger.WARNING)
         builder = trt.Builder(logger)
         network, _parser = self._parse(trt, builder, onnx_bytes, strongly_typed)  # the parser owns weights the network uses: keep it alive
+        if info["graph"] == GRAPH_FUSION:
+            check_network_outputs(network, info["spec"], self.onnx_path)
 
         config = builder.create_builder_config()
         config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, self.workspace_mb << 20)

@@ -12,9 +12,9 @@ import logging
 import numpy as np
 
 from hbaf.contract import (
+    ALL_OUTPUTS,
     DYNAMIC_AXES,
     INPUTS,
-    OUTPUTS,
     ModelSpec,
     first_line,
 )
@@ -90,7 +90,7 @@ def name_io_dims(proto, spec: ModelSpec) -> None:
     """Force the contract's shapes on the graph I/O (symbolic batch/frames/tokens, the model's
     fixed K, D, F and C) and use the same symbol names inside the graph."""
     sizes = {"K": spec.context_size, "D": spec.memory_dim, "F": spec.feature_dim, "C": spec.num_classes}
-    axes = {s.name: s.axes for s in INPUTS + OUTPUTS}
+    axes = {s.name: s.axes for s in INPUTS + ALL_OUTPUTS}
     rename: dict[str, str] = {}
     for vi in list(proto.graph.input) + list(proto.graph.output):
         dims = vi.type.tensor_type.shape.dim

@@ -44,8 +44,7 @@ from hbaf.contract import (
     GRAPHS,
     INPUT_NAMES,
     INPUTS,
-    OUTPUT_NAMES,
-    OUTPUTS,
+    OUTPUT_SPECS,
     TOKENIZER_FILE,
     ModelSpec,
     first_line,
@@ -100,6 +99,7 @@ def export_onnx(checkpoint_dir: str | os.PathLike, out_path: str | os.PathLike, 
                                     translations=ort_cpu.translation_table())
     else:
         proto, used = _export_graph(model, example, opset, spec, exporter)
+    _check_output_names(proto, spec)
     drop_index_casts(proto)
     convert_opset(proto, opset)
     name_io_dims(proto, spec)
@@ -183,7 +183,7 @@ def _export_graph(model, example: tuple, opset: int, spec: ModelSpec, exporter: 
                 raise HBAFError(f"the torch.export-based ONNX exporter failed ({why}); pip install onnxscript, use torch>=2.5, or pass --exporter torchscript") from err
             log.warning("torch.export-based exporter failed (%s); falling back to the TorchScript exporter", why)
     try:
-        return _export_torchscript(model, example, opset), "torchscript"
+        return _export_torchscript(model, example, opset, spec), "torchscript"
     except Exception as err:
         failures.append(f"torchscript: {first_line(err)}")
         raise HBAFError(f"ONNX export failed ({'; '.join(failures)}); install a torch with an ONNX exporter (pip install onnxscript) "
@@ -214,7 +214,7 @@ def _export_dynamo(model, example: tuple, opset: int, spec: ModelSpec, translati
         raise RuntimeError(f"torch {torch.__version__}'s ONNX exporter has no custom_translation_table")
     with _quiet():
         program = torch.onnx.export(
-            model, example, input_names=list(INPUT_NAMES), output_names=list(OUTPUT_NAMES),
+            model, example, input_names=list(INPUT_NAMES), output_names=list(spec.outputs),
             opset_version=max(opset, 18), dynamo=True, dynamic_shapes=dynamic, **optional,
         )
         if "optimize" not in params and hasattr(program, "optimize"):
@@ -222,12 +222,13 @@ def _export_dynamo(model, example: tuple, opset: int, spec: ModelSpec, translati
     return program.model_proto
 
 
-def _export_torchscript(model, example: tuple, opset: int):
+def _export_torchscript(model, example: tuple, opset: int, spec: ModelSpec):
     import onnx
     import torch
 
-    axes = {s.name: {i: DYNAMIC_AXES[a] for i, a in enumerate(s.axes) if a in DYNAMIC_AXES} for s in INPUTS + OUTPUTS}
-    kwargs = dict(input_names=list(INPUT_NAMES), output_names=list(OUTPUT_NAMES), dynamic_axes=axes,
+    specs = INPUTS + tuple(OUTPUT_SPECS[n] for n in spec.outputs)
+    axes = {s.name: {i: DYNAMIC_AXES[a] for i, a in enumerate(s.axes) if a in DYNAMIC_AXES} for s in specs}
+    kwargs = dict(input_names=list(INPUT_NAMES), output_names=list(spec.outputs), dynamic_axes=axes,
                   opset_version=opset, do_constant_folding=True)
     if "dynamo" in inspect.signature(torch.onnx.export).parameters:
         kwargs["dynamo"] = False
@@ -236,6 +237,14 @@ def _export_torchscript(model, example: tuple, opset: int):
         with _quiet():
             torch.onnx.export(model, example, str(path), **kwargs)
         return onnx.load(str(path))
+
+
+def _check_output_names(proto, spec: ModelSpec) -> None:
+    """The graph's outputs are the model's (``spec.outputs``: the contract's three, then the uni-modal
+    heads it has), in that order."""
+    got = [o.name for o in proto.graph.output]
+    if got != list(spec.outputs):
+        raise HBAFError(f"the exported graph's outputs are {got}, the model's are {list(spec.outputs)}; this is an export bug")
 
 
 def _quiet():

@@ -1,8 +1,10 @@
 """Second engine path: compile the PyTorch student directly with Torch-TensorRT (dynamo IR).
 
 The module must take the six contract tensors positionally — ``audio_feats, audio_mask,
-input_ids, attention_mask, memory, memory_mask`` — and return ``(probs, utt_emb, gate)``,
-the same module ``export/onnx`` traces.
+input_ids, attention_mask, memory, memory_mask`` — and return the model's outputs in
+``spec.outputs`` order: ``(probs, utt_emb, gate)`` and then the uni-modal heads it has
+(``audio_probs``, ``text_probs``), the same module ``export/onnx`` traces. ``named_outputs`` turns
+what the compiled program returns back into the contract's names.
 
 Why ``torch.export`` first and then ``torch_tensorrt.dynamo.compile`` rather than
 ``torch_tensorrt.compile(model, ir="dynamo", inputs=...)``: the latter traces every
@@ -197,12 +199,26 @@ def export_student(model, profiles: Profiles, spec: ModelSpec, device: str = "cp
     args = example_inputs(profiles, spec, device)
     try:
         with torch.no_grad():
-            return torch.export.export(model, args, dynamic_shapes=dynamic_shapes(profiles, auto), strict=False)
+            program = torch.export.export(model, args, dynamic_shapes=dynamic_shapes(profiles, auto), strict=False)
     except Exception as err:
         raise HBAFError(
             f"torch.export could not trace the student with dynamic batch/frames/tokens ({first_line(err)}); with torch < 2.7 "
             "give frames a fixed size (equal min/opt/max FRAMES) or build from ONNX with hbaf-export engine"
         ) from err
+    returned = len(program.graph_signature.user_outputs)
+    if returned != len(spec.outputs):
+        raise HBAFError(f"the traced student returns {returned} outputs, its spec lists {list(spec.outputs)}; "
+                        "the checkpoint and its config disagree: export it from the checkpoint folder")
+    return program
+
+
+def named_outputs(values: Sequence, spec: ModelSpec) -> dict:
+    """What a compiled (or eager) student returns, by the contract's names (``spec.outputs`` order)."""
+    values = list(values) if isinstance(values, (list, tuple)) else [values]
+    if len(values) != len(spec.outputs):
+        raise HBAFError(f"the compiled student returned {len(values)} outputs, its spec lists {list(spec.outputs)}; "
+                        "compile it again from the checkpoint with `hbaf-export torch-trt`")
+    return dict(zip(spec.outputs, values))
 
 
 def calibration_batches(backend: Backend, manifest: str | os.PathLike, *, num: int = 256, batch: int = 8, seed: int = 0,

@@ -25,6 +25,7 @@ from onnx import TensorProto, numpy_helper
 
 from hbaf.contract import (
     DYNAMIC_AXES,
+    HEAD_OUTPUTS,
     INPUTS,
     OUTPUTS,
     TensorSpec,
@@ -231,7 +232,9 @@ def check_onnx_for_tensorrt(path_or_model: ModelLike) -> list[str]:
     problems = check_graph_for_tensorrt(model, path_or_model)
     fixed_sizes: dict[str, tuple[int, str]] = {}
     problems.extend(_check_io(list(model.graph.input), INPUTS, "input", fixed_sizes))
-    problems.extend(_check_io(list(model.graph.output), OUTPUTS, "output", fixed_sizes))
+    present = {o.name for o in model.graph.output}
+    outputs = OUTPUTS + tuple(s for s in HEAD_OUTPUTS if s.name in present)  # the uni-modal heads are optional
+    problems.extend(_check_io(list(model.graph.output), outputs, "output", fixed_sizes))
     return problems
 
 

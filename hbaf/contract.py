@@ -5,10 +5,14 @@ every runtime backend, calibration and the benchmark).
     inputs   audio_feats [B,T,F] f32, audio_mask [B,T] f32, input_ids [B,L] i32,
              attention_mask [B,L] i32, memory [B,K,D] f32, memory_mask [B,K] f32
     outputs  probs [B,C] f32, utt_emb [B,D] f32, gate [B,2] f32
+             and, where the model has them, audio_probs [B,C] f32, text_probs [B,C] f32
 
 B, T (audio frames, <= ``MAX_FRAMES``) and L (tokens, <= ``MAX_TOKENS``) are dynamic; K (the
 dialogue-memory slots) and D (the memory width) are fixed per model; F is the audio feature
 width; C the number of labels. The graph is stateless: the caller owns the dialogue memory.
+``audio_probs`` and ``text_probs`` are the audio-alone and text-alone heads (what the voice says,
+what the words say); a graph has them when its ``ModelSpec.outputs`` (metadata ``outputs``) lists
+them, which models exported before they existed do not: consumers treat them as optional.
 
 What lives here, each defined once:
 
@@ -162,10 +166,36 @@ OUTPUTS = (
     TensorSpec("utt_emb", "float32", ("B", "D")),
     TensorSpec("gate", "float32", ("B", 2)),
 )
+# The uni-modal heads, exported since release 2.2: every graph of a two-modality model has both
+# (a single-modality ablation has its own one). Optional, so older graphs still run.
+AUDIO_PROBS = "audio_probs"  # the audio-alone head: what the voice says
+TEXT_PROBS = "text_probs"  # the text-alone head: what the words say
+HEAD_OUTPUTS = (
+    TensorSpec(AUDIO_PROBS, "float32", ("B", "C")),
+    TensorSpec(TEXT_PROBS, "float32", ("B", "C")),
+)
+ALL_OUTPUTS = OUTPUTS + HEAD_OUTPUTS
 INPUT_NAMES = tuple(s.name for s in INPUTS)
-OUTPUT_NAMES = tuple(s.name for s in OUTPUTS)
+OUTPUT_NAMES = tuple(s.name for s in OUTPUTS)  # the outputs every graph has
+HEAD_OUTPUT_NAMES = tuple(s.name for s in HEAD_OUTPUTS)
+ALL_OUTPUT_NAMES = OUTPUT_NAMES + HEAD_OUTPUT_NAMES
+OUTPUT_SPECS = {s.name: s for s in ALL_OUTPUTS}
 DYNAMIC_AXES = {"B": "batch", "T": "frames", "L": "tokens"}  # axis letter -> symbolic dim name in the graphs
 INPUT_DTYPES = {s.name: s.np_dtype for s in INPUTS}
+
+
+def outputs_for(modalities: str) -> tuple[str, ...]:
+    """The outputs of a model of ``modalities`` ("both" | "audio" | "text"): the three every graph
+    has, then the uni-modal head(s) it has."""
+    heads = {"both": HEAD_OUTPUT_NAMES, "audio": (AUDIO_PROBS,), "text": (TEXT_PROBS,)}.get(modalities, ())
+    return OUTPUT_NAMES + heads
+
+
+def known_outputs(names: Sequence[str]) -> tuple[str, ...]:
+    """``names`` cut to the outputs this release knows, in the contract's order (a newer graph's
+    extra outputs are left alone); the three every graph has are always included."""
+    given = {str(n) for n in names}
+    return OUTPUT_NAMES + tuple(n for n in HEAD_OUTPUT_NAMES if n in given)
 
 # ----------------------------------------------------------------------------- graph kinds
 
@@ -193,9 +223,11 @@ class ModelSpec:
     max_tokens: int = MAX_TOKENS
     sample_rate: int = SAMPLE_RATE
     text_encoder: str = DEFAULT_TEXT_ENCODER
+    outputs: tuple[str, ...] = OUTPUT_NAMES  # the graph's outputs (absent from older metadata: the three)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "labels", tuple(str(x) for x in self.labels))
+        object.__setattr__(self, "outputs", known_outputs(self.outputs))
         fmt = feature_format(self.feature_kind)
         if self.feature_dim is None:
             object.__setattr__(self, "feature_dim", fmt.dim)
@@ -214,6 +246,11 @@ class ModelSpec:
     def num_classes(self) -> int:
         return len(self.labels)
 
+    @property
+    def head_outputs(self) -> tuple[str, ...]:
+        """The uni-modal head outputs this model's graph has (``AUDIO_PROBS``, ``TEXT_PROBS``; () for older graphs)."""
+        return tuple(n for n in self.outputs if n in HEAD_OUTPUT_NAMES)
+
     @classmethod
     def from_config(cls, config: Mapping[str, Any], labels: Sequence[str], memory_dim: int | None = None) -> "ModelSpec":
         """From a model config (``HBAFConfig.to_dict()``) and its labels; D is the fusion width."""
@@ -224,6 +261,7 @@ class ModelSpec:
             feature_kind=str(config.get("feature_kind") or LEGACY_FEATURE_KIND),
             max_tokens=min(MAX_TOKENS, int(config.get("max_tokens", MAX_TOKENS))),
             text_encoder=str(config.get("text_encoder") or DEFAULT_TEXT_ENCODER),
+            outputs=outputs_for(str(config.get("modalities") or "both")),
         )
 
     @classmethod
@@ -234,6 +272,7 @@ class ModelSpec:
     def to_metadata(self) -> dict[str, Any]:
         data = asdict(self)
         data["labels"] = list(self.labels)
+        data["outputs"] = list(self.outputs)
         return data
 
     @classmethod
@@ -254,6 +293,8 @@ class ModelSpec:
                 if f.name in kwargs or f.name not in meta and f.name not in config:
                     continue
                 value = meta.get(f.name, config.get(f.name))
+                if f.name == "outputs" and not isinstance(value, (list, tuple)):
+                    raise TypeError(f"'outputs' is {type(value).__name__}, not a list")
                 kwargs[f.name] = int(value) if f.name in ("feature_dim", "max_frames") else type(f.default)(value)
             kwargs.setdefault("feature_kind", LEGACY_FEATURE_KIND)
             if "feature_dim" not in kwargs and "n_mels" in config:
@@ -282,8 +323,9 @@ class ModelSpec:
         return int(b), int(t), int(feeds["input_ids"].shape[1])
 
     def output_shapes(self, batch: int) -> dict[str, tuple[int, ...]]:
+        """The shape of every output this model's graph has."""
         sizes = {"B": batch, "D": self.memory_dim, "C": self.num_classes}
-        return {s.name: tuple(sizes[a] if isinstance(a, str) else a for a in s.axes) for s in OUTPUTS}
+        return {n: tuple(sizes[a] if isinstance(a, str) else a for a in OUTPUT_SPECS[n].axes) for n in self.outputs}
 
 
 # ----------------------------------------------------------------------------- feeds
@@ -374,12 +416,14 @@ def batch_feeds(
             "memory_mask": np.ascontiguousarray(memory_mask, dtype=np.float32).reshape(b, spec.context_size)}
 
 
-def check_outputs(out: Mapping[str, Any], where: str) -> dict[str, np.ndarray]:
-    """The three outputs as float32 arrays, or a one-line error naming ``where`` when one is missing."""
-    missing = [k for k in OUTPUT_NAMES if k not in out]
+def check_outputs(out: Mapping[str, Any], where: str, names: Sequence[str] = OUTPUT_NAMES) -> dict[str, np.ndarray]:
+    """The outputs ``names`` (a ``ModelSpec.outputs``; default the three every graph has) as float32
+    arrays, or a one-line error naming ``where`` when one is missing."""
+    names = known_outputs(names)
+    missing = [k for k in names if k not in out]
     if missing:
         raise HBAFError(f"{where} does not produce outputs {missing}; it does not follow the HBAF export contract, export it again")
-    return {k: np.asarray(out[k], dtype=np.float32) for k in OUTPUT_NAMES}
+    return {k: np.asarray(out[k], dtype=np.float32) for k in names}
 
 
 # ----------------------------------------------------------------------------- ONNX file form
@@ -480,6 +524,10 @@ def check_graph_against_spec(proto, spec: ModelSpec, source: str) -> None:
     if missing:
         raise HBAFError(f"{source}: the graph's outputs are {outputs}, the contract needs {list(OUTPUT_NAMES)} "
                         f"({', '.join(missing)} missing); export the model again with `hbaf-export onnx --checkpoint DIR`")
+    missing = [n for n in spec.head_outputs if n not in outputs]
+    if missing:
+        raise HBAFError(f"{source}: the graph's outputs are {outputs}, its metadata lists {list(spec.outputs)} "
+                        f"({', '.join(missing)} missing); export the model again with `hbaf-export onnx --checkpoint DIR`")
     doubled = sorted({label for label in spec.labels if spec.labels.count(label) > 1})
     if doubled:
         raise HBAFError(f"{source}: metadata lists label(s) {doubled} more than once in {list(spec.labels)}; {fix}")
@@ -491,10 +539,11 @@ def check_graph_against_spec(proto, spec: ModelSpec, source: str) -> None:
     if width is not None and width != spec.feature_dim:
         raise HBAFError(f"{source}: metadata says {spec.feature_kind} features of width {spec.feature_dim}, the graph's "
                         f"audio_feats input takes {width}; {fix}")
-    classes = _last_dim(proto.graph.output, "probs")
-    if classes is not None and classes != spec.num_classes:
-        raise HBAFError(f"{source}: metadata lists {spec.num_classes} labels {list(spec.labels)}, the graph's probs output "
-                        f"has {classes} classes; {fix}")
+    for name in ("probs", *spec.head_outputs):
+        classes = _last_dim(proto.graph.output, name)
+        if classes is not None and classes != spec.num_classes:
+            raise HBAFError(f"{source}: metadata lists {spec.num_classes} labels {list(spec.labels)}, the graph's {name} output "
+                            f"has {classes} classes; {fix}")
     emb = _last_dim(proto.graph.output, "utt_emb")
     if emb is not None and emb != spec.memory_dim:
         raise HBAFError(f"{source}: metadata says D={spec.memory_dim}, the graph's utt_emb output has {emb}; {fix}")

@@ -24,6 +24,9 @@ Where the paper is silent we chose, and the comments say so:
 - The reported gate is the mean level-2 gate of each direction:
   gate[:, 0] = how much text flowed into the audio stream,
   gate[:, 1] = how much audio flowed into the text stream.
+- The audio-alone and text-alone heads (trained as auxiliary losses) are contract outputs too,
+  ``audio_probs`` and ``text_probs``: what the voice says and what the words say, each on its
+  own, next to the fused ``probs``.
 """
 
 from __future__ import annotations
@@ -35,7 +38,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from hbaf.contract import DEFAULT_TEXT_ENCODER, FEATURE_KIND, LEGACY_FEATURE_KIND, MAX_TOKENS, feature_format
+from hbaf.contract import DEFAULT_TEXT_ENCODER, FEATURE_KIND, LEGACY_FEATURE_KIND, MAX_TOKENS, feature_format, outputs_for
 
 NEG_INF = -1.0e4  # additive mask value; finite so FP16/INT8 ranges stay sane
 
@@ -395,9 +398,11 @@ class HBAF(nn.Module):
         if self.use_audio:
             a_ctx = self.a_ctx(enc.a_vec, mem, mem_add)
             out["audio_logits"] = self.audio_head(self.head_dropout(a_ctx))
+            out["audio_probs"] = torch.softmax(out["audio_logits"], dim=-1)
         if self.use_text:
             t_ctx = self.t_ctx(enc.t_vec, mem, mem_add)
             out["text_logits"] = self.text_head(self.head_dropout(t_ctx))
+            out["text_probs"] = torch.softmax(out["text_logits"], dim=-1)
         if self.cfg.modalities == "both":
             h_a, g_a = self.l2_a(a_ctx[:, None], enc.t_seq, additive_mask(enc.t_mask))
             h_t, g_t = self.l2_t(t_ctx[:, None], enc.a_seq, additive_mask(enc.a_mask))
@@ -413,10 +418,16 @@ class HBAF(nn.Module):
         out["con_t"] = self.con_t(enc.t_vec)
         return out
 
+    @property
+    def output_names(self) -> tuple[str, ...]:
+        """What ``forward`` returns, in order (``hbaf.contract.outputs_for``)."""
+        return outputs_for(self.cfg.modalities)
+
     def forward(self, audio_feats, audio_mask, input_ids, attention_mask, memory, memory_mask):
-        """The export contract: -> (probs [B, C], utt_emb [B, D], gate [B, 2])."""
+        """The export contract: -> (probs [B, C], utt_emb [B, D], gate [B, 2], then the uni-modal
+        heads this model has: audio_probs [B, C], text_probs [B, C]), named by ``output_names``."""
         out = self.fuse(self.encode(audio_feats, audio_mask, input_ids, attention_mask), memory, memory_mask)
-        return out["probs"], out["utt_emb"], out["gate"]
+        return tuple(out[name] for name in self.output_names)
 
 
 def count_parameters(model: nn.Module, exclude_training_only: bool = True) -> int:

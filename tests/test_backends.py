@@ -191,3 +191,78 @@ def test_engine_route_refuses_a_bogus_engine(tmp_path):
     with pytest.raises(HBAFError) as info:
         open_backend(bogus)
     assert "\n" not in str(info.value) and bogus.name in str(info.value)
+
+
+def _older_graph(onnx_model: Path, out: Path) -> Path:
+    """``onnx_model`` as a release before the uni-modal heads wrote it: no audio_probs/text_probs
+    outputs, no ``outputs`` key in its metadata."""
+    import json
+
+    import onnx
+
+    from hbaf.contract import HEAD_OUTPUT_NAMES, METADATA_KEY, onnx_metadata, set_onnx_metadata
+
+    proto = onnx.load(str(onnx_model))
+    for o in [o for o in proto.graph.output if o.name in HEAD_OUTPUT_NAMES]:
+        proto.graph.output.remove(o)
+    meta = onnx_metadata(proto)
+    meta.pop("outputs")
+    set_onnx_metadata(proto, meta)
+    assert "outputs" not in json.loads(next(p.value for p in proto.metadata_props if p.key == METADATA_KEY))
+    onnx.save(proto, str(out))
+    shutil.copyfile(onnx_model.with_name("tokenizer.json"), out.with_name("tokenizer.json"))
+    return out
+
+
+def test_uni_modal_heads_are_outputs_and_match_pytorch(ckpt, onnx_model):
+    from edge_runtime.heads import read_heads
+    from hbaf.contract import AUDIO_PROBS, TEXT_PROBS
+
+    tb, ob = open_backend(ckpt), open_backend(onnx_model, threads=1)
+    assert tb.spec.outputs == ob.spec.outputs == ("probs", "utt_emb", "gate", AUDIO_PROBS, TEXT_PROBS)
+    for a, b in zip(_dialogue(tb), _dialogue(ob)):
+        for name in (AUDIO_PROBS, TEXT_PROBS):
+            assert a[name].shape == b[name].shape == (1, len(LABELS))
+            np.testing.assert_allclose(a[name].sum(1), 1.0, atol=1e-5)
+            np.testing.assert_allclose(a[name], b[name], atol=1e-4)
+        heads = read_heads(b, ob.labels)
+        assert heads.voice.emotion == LABELS[int(a[AUDIO_PROBS].argmax())]
+        assert heads.words.emotion == LABELS[int(a[TEXT_PROBS].argmax())]
+        assert abs(heads.voice.confidence - float(a[AUDIO_PROBS].max())) < 1e-4 and isinstance(heads.disagree, bool)
+    # the heads are the model's own audio-alone / text-alone classifiers
+    feats, (ids, mask) = _utterances()[0], tb.tokenizer()([TEXTS[0]])
+    feeds = tb.feeds(feats, ids, mask, *DialogueMemory(4, 64).arrays())
+    with torch.no_grad():
+        args = [torch.from_numpy(feeds[n]) for n in ("audio_feats", "audio_mask", "input_ids", "attention_mask", "memory", "memory_mask")]
+        full = tb.model.fuse(tb.model.encode(*args[:4]), *args[4:])
+    np.testing.assert_allclose(tb.run(feeds)[AUDIO_PROBS], torch.softmax(full["audio_logits"], -1).numpy(), atol=1e-6)
+    np.testing.assert_allclose(tb.run(feeds)[TEXT_PROBS], torch.softmax(full["text_logits"], -1).numpy(), atol=1e-6)
+
+
+def test_an_older_graph_without_the_heads_still_runs(onnx_model, tmp_path):
+    from edge_runtime.heads import read_heads
+
+    old = open_backend(_older_graph(onnx_model, tmp_path / "old.onnx"), threads=1)
+    assert old.spec.head_outputs == () and old.spec.outputs == ("probs", "utt_emb", "gate")
+    old.warmup(1)
+    new = open_backend(onnx_model, threads=1)
+    for a, b in zip(_dialogue(old), _dialogue(new)):
+        assert set(a) == {"probs", "utt_emb", "gate"}
+        np.testing.assert_allclose(a["probs"], b["probs"], atol=1e-6)
+        heads = read_heads(a, old.labels)
+        assert heads.voice is None and heads.words is None and heads.disagree is None
+        assert heads.to_dict() == {"voice": None, "words": None, "disagree": None}
+
+
+def test_metadata_listing_heads_the_graph_lacks_is_one_line(onnx_model, tmp_path):
+    import onnx
+
+    from hbaf.contract import onnx_metadata, set_onnx_metadata
+
+    proto = onnx.load(str(_older_graph(onnx_model, tmp_path / "old.onnx")))
+    meta = onnx_metadata(proto)
+    meta["outputs"] = ["probs", "utt_emb", "gate", "audio_probs", "text_probs"]
+    set_onnx_metadata(proto, meta)
+    liar = tmp_path / "liar.onnx"
+    onnx.save(proto, str(liar))
+    assert "audio_probs, text_probs missing" in _one_line_error(liar, "its metadata lists")

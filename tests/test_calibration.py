@@ -58,6 +58,8 @@ def test_both_flavours_are_valid_and_qdq_sits_only_on_gemm_inputs(fp32, quantize
         model, readers, producers, inits = _graph(res.path)
         onnx.checker.check_model(model, full_check=True)
         ort.InferenceSession(res.path, providers=["CPUExecutionProvider"])
+        # the INT8 graph keeps every output, the uni-modal heads included
+        assert [o.name for o in model.graph.output] == ["probs", "utt_emb", "gate", "audio_probs", "text_probs"]
         dq = [n for n in model.graph.node if n.op_type == "DequantizeLinear"]
         q = [n for n in model.graph.node if n.op_type == "QuantizeLinear"]
         assert dq and q

@@ -92,7 +92,7 @@ def test_contract_checker_and_metadata(exported):
     ins = {i.name: i for i in model.graph.input}
     outs = {o.name: o for o in model.graph.output}
     assert list(ins) == ["audio_feats", "audio_mask", "input_ids", "attention_mask", "memory", "memory_mask"]
-    assert list(outs) == ["probs", "utt_emb", "gate"]
+    assert list(outs) == ["probs", "utt_emb", "gate", "audio_probs", "text_probs"]
     f32, i32 = onnx.TensorProto.FLOAT, onnx.TensorProto.INT32
     assert {n: v.type.tensor_type.elem_type for n, v in ins.items()} == {
         "audio_feats": f32, "audio_mask": f32, "input_ids": i32, "attention_mask": i32, "memory": f32, "memory_mask": f32}
@@ -101,11 +101,14 @@ def test_contract_checker_and_metadata(exported):
     assert _dims(ins["input_ids"]) == ["batch", "tokens"] == _dims(ins["attention_mask"])
     assert _dims(ins["memory"]) == ["batch", 4, 64] and _dims(ins["memory_mask"]) == ["batch", 4]
     assert _dims(outs["probs"]) == ["batch", 4] and _dims(outs["utt_emb"]) == ["batch", 64] and _dims(outs["gate"]) == ["batch", 2]
+    assert _dims(outs["audio_probs"]) == ["batch", 4] == _dims(outs["text_probs"])
+    assert all(o.type.tensor_type.elem_type == f32 for o in outs.values())
     # int32 ids go straight into the word-embedding Gather (no Cast to int64 on the way)
     readers = [n for n in model.graph.node if "input_ids" in n.input]
     assert readers and all(n.op_type == "Gather" for n in readers)
     meta = json.loads({p.key: p.value for p in model.metadata_props}["hbaf"])
     assert meta["labels"] == LABELS and meta["context_size"] == 4 and meta["memory_dim"] == 64
+    assert meta["outputs"] == list(outs)  # the metadata says which outputs the graph has
     assert meta["config"]["d_model"] == 64 and meta["hbaf_version"]
     cfg = json.loads((ckpt / "config.json").read_text())
     assert meta["source_checkpoint_sha256"] == cfg["weights_sha256"]
@@ -177,6 +180,9 @@ def test_dynamic_axes_at_b1_and_b3_with_different_lengths(exported):
         assert [got[k].shape for k in ("probs", "utt_emb", "gate")] == [(b, 4), (b, 64), (b, 2)]
         assert np.abs(ref["probs"] - got["probs"]).max() < 1e-4
         assert (ref["probs"].argmax(1) == got["probs"].argmax(1)).all()
+        for head in ("audio_probs", "text_probs"):  # what the voice says, what the words say
+            assert got[head].shape == (b, 4)
+            assert np.abs(ref[head] - got[head]).max() < 1e-4
 
 
 def test_smoke_parity_catches_an_onnx_that_disagrees(exported, tmp_path):

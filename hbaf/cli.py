@@ -369,6 +369,34 @@ def cmd_distill(args) -> int:
     return 0
 
 
+def cmd_adapt(args) -> int:
+    from hbaf.adapt import AdaptConfig, adapt
+
+    cfg = AdaptConfig(manifest=args.manifest, out=args.out, start=args.start, per_class=args.per_class, export=args.export,
+                      text_branch=args.text_branch, asr_transcripts=args.asr_transcripts, seed=args.seed,
+                      dev_fraction=args.dev_fraction, lr=args.lr, max_utts=args.max_utts, min_steps=args.min_steps,
+                      epochs=args.epochs, max_steps=args.max_steps, patience=args.patience, augment=args.augment,
+                      balance=not args.no_balance, threads=args.threads, workers=args.workers)
+    result = adapt(cfg)
+    after = result["after"]
+    shown = after.get("test") or after.get("dev")
+    which = "test" if "test" in after else "dev (speaker-independent)" if result["split"].startswith("speaker") else "dev"
+    line = (f"adapted model: {args.out}  {which}: accuracy {100 * shown['accuracy']:.1f}  UA {100 * shown['unweighted_accuracy']:.1f}"
+            f"  weighted F1 {100 * shown['weighted_f1']:.1f}")
+    before = result["before"].get("test" if "test" in after else "dev")
+    if before:
+        line += f"  (before: accuracy {100 * before['accuracy']:.1f})"
+    print(line)
+    rss = result["peak_rss"]
+    print(f"time {result['seconds']:.0f} s ({result['steps']} steps in {result['train_seconds']:.0f} s, features "
+          f"{result['feature_seconds']:.0f} s)  peak RSS {rss['self_mb']:.0f} MB"
+          + (f" (largest child process {rss['largest_child_mb']:.0f} MB)" if rss["largest_child_mb"] else ""))
+    if "export" in result:
+        print(f"INT8 model: {Path(args.out) / result['export']['int8_cpu']}  "
+              f"(hbaf-edge run --model {Path(args.out) / result['export']['int8_cpu']})")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from hbaf.data.prosody import DEFAULT_STRENGTH
     from hbaf.train import TrainConfig
@@ -433,6 +461,38 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--hint-weight", type=float, default=d.hint_weight,
                    help="weight of the hidden-state hint (student utterance embedding -> teacher's)")
     p.set_defaults(fn=cmd_distill)
+
+    from hbaf.adapt import AdaptConfig, TEXT_CHOICES
+
+    a = AdaptConfig(manifest="", out="")
+    p = sub.add_parser("adapt", help="fit the packaged student (or --from DIR) to your own labelled clips, in minutes")
+    p.add_argument("--manifest", required=True,
+                   help="JSONL: audio, label, text (or --asr-transcripts), speaker; optional split (train/dev/test)")
+    p.add_argument("--out", required=True, help="folder of the adapted checkpoint (written whole at the end, or not at all)")
+    p.add_argument("--from", dest="start", default=a.start,
+                   help="checkpoint to start from (default: the student packaged with this install)")
+    p.add_argument("--export", action="store_true",
+                   help="also write the INT8 model `hbaf-edge run --model` loads (hbaf-export all, into OUT/export)")
+    p.add_argument("--per-class", type=int, default=None, metavar="N", help="learn from N clips of each label (few-shot)")
+    p.add_argument("--asr-transcripts", default=None, metavar="JSONL",
+                   help="the recogniser's transcripts of the clips ({\"audio\": ..., \"asr\": ...} lines): used as the texts")
+    p.add_argument("--text-branch", choices=TEXT_CHOICES, default=a.text_branch,
+                   help="auto (default): frozen unless every text is the recogniser's")
+    p.add_argument("--seed", type=int, default=a.seed)
+    p.add_argument("--dev-fraction", type=float, default=a.dev_fraction,
+                   help="share of the speakers held out for early stopping when the manifest has no dev split (default %(default)s)")
+    p.add_argument("--lr", type=float, default=a.lr)
+    p.add_argument("--max-utts", type=int, default=a.max_utts, help="clips per batch (default %(default)s)")
+    p.add_argument("--min-steps", type=int, default=a.min_steps, help="optimizer steps to plan for (default %(default)s)")
+    p.add_argument("--epochs", type=int, default=None)
+    p.add_argument("--max-steps", type=int, default=None)
+    p.add_argument("--patience", type=int, default=a.patience)
+    p.add_argument("--augment", type=int, default=a.augment, metavar="N",
+                   help="degraded copies of every training clip (default %(default)s: the start model already learned them)")
+    p.add_argument("--no-balance", action="store_true", help="draw clips uniformly instead of class-balanced")
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--workers", type=int, default=None, help="feature-extraction processes (default: all cores)")
+    p.set_defaults(fn=cmd_adapt)
     return ap
 
 

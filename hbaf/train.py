@@ -208,16 +208,32 @@ class TrainConfig:
     asr_text: float = 0.0  # share of training transcripts replaced by their ASR form (see asr_transcripts)
     asr_transcripts: dict[str, str] | None = None  # audio path -> recogniser output; else hbaf.text.asr_style
     threads: int | None = None
+    balance: bool = False  # draw training dialogues inversely to their labels' counts (hbaf adapt), not uniformly
+    frozen: tuple[str, ...] = ()  # parameter-name prefixes left as they are (hbaf adapt: the text branch)
 
 
 def _param_groups(model: HBAF, tc: TrainConfig) -> list[dict]:
     text, rest = [], []
     for n, p in model.named_parameters():
+        if tc.frozen and n.startswith(tuple(tc.frozen)):
+            p.requires_grad_(False)
+            continue
         (text if n.startswith("text.") else rest).append(p)
     groups = [{"params": rest, "lr": tc.lr}]
     if text:
         groups.append({"params": text, "lr": tc.text_lr})
     return groups
+
+
+def balanced_draw(groups: list[list[int]], labels: Sequence[str], rng: random.Random) -> list[list[int]]:
+    """As many dialogues as ``groups`` holds, drawn with replacement, each with a probability
+    inversely proportional to the count of its utterances' labels (the mean over its utterances),
+    so that every label is drawn about equally often; ``labels[i]`` is utterance i's."""
+    counts: dict[str, int] = {}
+    for lab in labels:
+        counts[lab] = counts.get(lab, 0) + 1
+    weights = [sum(1.0 / counts[labels[i]] for i in g) / len(g) for g in groups]
+    return rng.choices(groups, weights=weights, k=len(groups))
 
 
 def load_transcripts(path: str | Path) -> dict[str, str]:
@@ -319,7 +335,8 @@ def train(model: HBAF, records: list[Record], store: FeatureStore, tokenizer: To
     bimodal = model.use_audio and model.use_text
     for epoch in range(epochs):
         model.train()
-        batches = pack_batches(groups, tc.max_utts, rng)
+        batches = pack_batches(balanced_draw(groups, [r.label for r in train_recs], rng) if tc.balance else groups,
+                               tc.max_utts, rng)
         bar = tqdm(batches, desc=f"epoch {epoch + 1}/{epochs}", unit="batch", leave=False)
         run_loss = 0.0
         for bi, batch in enumerate(bar):

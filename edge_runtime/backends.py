@@ -222,12 +222,14 @@ def default_providers(available: list[str]) -> list[str]:
 
 
 def ort_session(path: Path, *, threads: int | None = None, providers: list[str] | None = None, quiet: bool = False,
-                fix: str) -> Any:
+                fix: str, spin: bool = True) -> Any:
     """An ONNX Runtime session of ``path``: ``threads`` intra-op threads (0 or None: one per core),
     the TensorRT, CUDA and CPU providers this build has unless ``providers`` says otherwise (the
     TensorRT EP caches its engines next to the model, in ``<model>.ort-trt-cache/``), ONNX
-    Runtime's own warnings off when ``quiet``. A file it cannot load is a one-line HBAFError
-    ending in ``fix``."""
+    Runtime's own warnings off when ``quiet``; ``spin`` False: its idle threads sleep instead of
+    spinning (for a graph that shares the cores with another library's threads, such as the
+    recogniser's encoder beside CTranslate2's decoder). A file it cannot load is a one-line
+    HBAFError ending in ``fix``."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
@@ -236,6 +238,8 @@ def ort_session(path: Path, *, threads: int | None = None, providers: list[str] 
     if threads:
         opts.intra_op_num_threads = int(threads)
         opts.inter_op_num_threads = 1
+    if not spin:
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     chosen = providers or default_providers(ort.get_available_providers())
     provider_args: list[Any] = []

@@ -171,11 +171,11 @@ class TorchEncoder:
         return Encoded(states=states, inner=dict(zip(layers, inner)))
 
 
-def ort_session(path: Path, *, threads: int | None = None, providers: list[str] | None = None) -> Any:
+def ort_session(path: Path, *, threads: int | None = None, providers: list[str] | None = None, spin: bool = True) -> Any:
     """An ONNX Runtime session of a recogniser graph (edge_runtime.backends.ort_session)."""
     from edge_runtime.backends import ort_session as open_session
 
-    return open_session(path, threads=threads, providers=providers, quiet=True,
+    return open_session(path, threads=threads, providers=providers, quiet=True, spin=spin,
                         fix="export it again with `hbaf-export asr --out DIR`")
 
 
@@ -200,7 +200,10 @@ class OnnxEncoder:
     def __init__(self, path: str | Path, *, threads: int | None = None, providers: list[str] | None = None) -> None:
         self.path = Path(path)
         self.info = read_asr_graph(self.path, ASR_ENCODER)
-        self.session = ort_session(self.path, threads=threads, providers=providers)
+        # no spinning: between utterances the decoder (often CTranslate2's own threads) runs right
+        # after the encoder on the same cores; spinning encoder threads made a recognition about
+        # 1.5x slower on 2 cores (docs/VOICES.md, "Which encoder layer")
+        self.session = ort_session(self.path, threads=threads, providers=providers, spin=False)
         self.name = f"onnx-{self.info.precision}"
         self.window_s, self.whisper_name = self.info.window_s, self.info.model
         outputs = {o.name for o in self.session.get_outputs()}
@@ -269,10 +272,14 @@ def encoder_for_layers(layers: tuple[str, ...], *, whisper_name: str, device: st
     runs on CUDA too). Says what it picked in one log line."""
     graph = find_encoder_graph(whisper_name, layers, list(graph_dirs or []) + default_graph_dirs()) if device == "cpu" else None
     form = str(graph) if graph is not None else TORCH
-    log.info("the emotion model reads the encoder's %s layer, which CTranslate2 does not give: the recogniser's encoder is %s "
-             "(one pass for both; --asr-encoder chooses another)", "/".join(layers),
-             f"the ONNX Runtime INT8 graph {graph}" if graph is not None else
-             f"PyTorch ({device}; export the INT8 graph with `hbaf-export asr --out {default_graph_dirs()[0]}` for a faster one)")
+    # the run header names the encoder either way; the slower PyTorch fallback is worth a warning
+    # on a CPU, since one export makes it faster
+    say = log.warning if graph is None and device == "cpu" else log.info
+    say("the emotion model reads the encoder's %s layer, which CTranslate2 does not give: the recogniser's encoder is %s "
+        "(one pass for both; --asr-encoder chooses another)", "/".join(layers),
+        f"the ONNX Runtime INT8 graph {graph}" if graph is not None else
+        f"PyTorch on {device}" + (f" (export the faster INT8 graph with `hbaf-export asr --out {default_graph_dirs()[0]}`)"
+                                  if device == "cpu" else ""))
     return form
 
 

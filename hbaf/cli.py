@@ -39,7 +39,7 @@ def _add_data_args(p: argparse.ArgumentParser, seed: int) -> None:
 
 def _add_train_args(p: argparse.ArgumentParser, d: TrainConfig) -> None:
     """Flags of the training commands; ``d`` is the default ``TrainConfig``."""
-    from hbaf.contract import FEATURE_FORMATS, FEATURE_KIND
+    from hbaf.contract import FEATURE_FORMATS, TRAIN_FEATURE_KIND
     from hbaf.model import PRESETS
 
     p.add_argument("--preset", default="teacher", choices=tuple(PRESETS), help="model size (default %(default)s)")
@@ -61,8 +61,9 @@ def _add_train_args(p: argparse.ArgumentParser, d: TrainConfig) -> None:
                         "else the reference rewritten by rule (no '!')")
     p.add_argument("--asr-transcripts", default=None, metavar="JSONL",
                    help="recogniser transcripts of the training clips (hbaf-edge transcribe)")
-    p.add_argument("--features", default=FEATURE_KIND, choices=tuple(FEATURE_FORMATS),
-                   help="audio input: the recogniser's Whisper encoder states, or release 1's log-mel (default %(default)s)")
+    p.add_argument("--features", default=TRAIN_FEATURE_KIND, choices=tuple(FEATURE_FORMATS),
+                   help="audio input: a layer of the recogniser's Whisper encoder (whisper-tiny.en: the last; :conv, :block1 .. "
+                        ":block4: an inner one, docs/VOICES.md), or release 1's log-mel (default %(default)s)")
     p.add_argument("--augment", type=int, default=1, metavar="N",
                    help="degraded copies of every training clip (gain, noise, reverberation, telephone band, speed; "
                         "hbaf.data.augment), drawn at random with the clean one at every step (default %(default)s: "

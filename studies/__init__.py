@@ -11,7 +11,9 @@ Each is a module run from the repository root, ``python -m studies.<name> --help
 - ``sentence_end_analysis``: ending an utterance at the sentence, ``--sentence-end-ms``
   (docs/LATENCY.md);
 - ``real_voices``: what a model says for the recordings of real people that install offline
-  (docs/VOICES.md).
+  (docs/VOICES.md);
+- ``layer_study``: which Whisper encoder layer the emotion model reads, one encoder pass per
+  clip for every layer (docs/VOICES.md, "Which encoder layer").
 
 Studies are not product code: nothing in hbaf, edge_runtime, export, calibration or bench
 imports them. Finished studies whose results are recorded in docs/ are not kept here; each of

@@ -85,7 +85,7 @@ def test_training_defaults_come_from_the_config():
             d.epochs, d.max_utts, d.lr, d.text_lr, d.patience, d.seed, d.max_steps, d.asr_text)
     assert (distill.temperature, distill.alpha, distill.hint_weight) == (d.distill_temperature, d.distill_alpha, d.hint_weight)
     assert distill.preset == "student" and train.preset == "teacher"
-    assert train.features == "whisper-tiny.en" and train.augment == 1 and train.hold_out_family is None
+    assert train.features == "whisper-tiny.en:block2" and train.augment == 1 and train.hold_out_family is None
     for model_overrides, loss_overrides in ABLATIONS.values():  # each override names a real field
         preset("tiny", **model_overrides)
         LossConfig(**loss_overrides)

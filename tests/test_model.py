@@ -49,8 +49,11 @@ def test_text_encoder_matches_pretrained_bert(encoder):
 def test_output_contract(encoder):
     m = make(encoder)
     with torch.no_grad():
-        probs, emb, gate = m(*inputs(encoder[1]))
+        probs, emb, gate, audio_probs, text_probs = m(*inputs(encoder[1]))
+    assert m.output_names == ("probs", "utt_emb", "gate", "audio_probs", "text_probs")
     assert probs.shape == (2, 4) and emb.shape == (2, 64) and gate.shape == (2, 2)
+    assert audio_probs.shape == text_probs.shape == (2, 4)  # the uni-modal heads: what the voice / the words say
+    assert torch.allclose(audio_probs.sum(1), torch.ones(2), atol=1e-5) and torch.allclose(text_probs.sum(1), torch.ones(2), atol=1e-5)
     assert torch.allclose(probs.sum(1), torch.ones(2), atol=1e-5)
     assert ((gate > 0) & (gate < 1)).all()
 
@@ -83,8 +86,9 @@ def test_single_modality_and_no_gate_variants(encoder):
     for kw in ({"modalities": "audio"}, {"modalities": "text"}, {"use_gate": False}):
         m = make(encoder, **kw)
         with torch.no_grad():
-            probs, _, gate = m(*inputs(encoder[1]))
+            probs, _, gate, *heads = m(*inputs(encoder[1]))
         assert probs.shape == (2, 4)
+        assert len(heads) == (1 if "modalities" in kw else 2)  # a single-modality model has its one head
         if kw.get("use_gate") is False:
             assert torch.allclose(gate, torch.ones_like(gate))
     assert count_parameters(make(encoder, modalities="audio")) < count_parameters(make(encoder))

@@ -501,6 +501,10 @@ def adapt(cfg: AdaptConfig) -> dict:
         after = _evaluate_splits(best, chosen, store, tok)
         for split, m in after.items():
             log.info("adapted, %s: %s", split, _fmt(m))
+        if "dev" in before and after["dev"]["weighted_f1"] < before["dev"]["weighted_f1"]:
+            log.warning("the adapted model scores below the starting model on dev (weighted F1 %.1f vs %.1f, %d clips); "
+                        "the starting model may suit these clips better, or the dev split is too small to tell",
+                        100 * after["dev"]["weighted_f1"], 100 * before["dev"]["weighted_f1"], after["dev"]["n"])
         result = {
             "start": str(start), "start_dev_weighted_f1": meta.get("dev_weighted_f1"), "feature_kind": kind,
             "labels": best.labels, "label_map": renamed, "manifest": str(manifest.resolve()),

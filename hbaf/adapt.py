@@ -342,12 +342,7 @@ def _seed_cache(records: Sequence[Record], feats: Sequence[Any], cache: Path, ki
     `hbaf train`, `hbaf evaluate` and `hbaf-export` on the data.jsonl of the result reuse them)."""
     from hbaf.data.store import FeatureStore
 
-    if hasattr(FeatureStore, "from_features"):
-        FeatureStore.from_features(records, feats, cache, kind=kind)
-        return
-    store = FeatureStore.__new__(FeatureStore)
-    store.paths, store.kind, store.condition, store.feats = [r.audio for r in records], kind, "clean", list(feats)
-    store._save(cache, store._key())
+    FeatureStore.from_features(records, feats, cache, kind=kind)
 
 
 def adapt_features(all_records: Sequence[Record], chosen_idx: Sequence[int], manifest: Path, kind: str,

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import errno
 import json
+import math
 import logging
 import os
 import stat
@@ -26,6 +27,7 @@ from typing import Any, Sequence, TextIO
 
 import numpy as np
 
+from edge_runtime.heads import Reading, read_heads
 from hbaf.errors import HBAFError
 
 log = logging.getLogger(__name__)
@@ -59,6 +61,10 @@ class Event:
     features, fusion; speech_end = their sum (what the speaker waits), total = VAD decision ->
     event, vad_compute = the VAD's compute on the utterance.
     ``context`` is the number of earlier utterances in the dialogue memory.
+    ``voice`` and ``words`` are what the audio-alone and the text-alone heads say (top emotion and
+    its probability), ``disagree`` whether they part (``edge_runtime.heads.parts``: different top
+    emotions, each head at least ``DISAGREE_MIN_CONFIDENCE`` sure). A model exported before the
+    heads has none: the three are None and left out of the JSON.
 
     A field's ``round`` metadata is the number of decimals JSON gets for it (for a dict, for each
     value). An optional field (default None) is left out of the JSON while it is None, so adding
@@ -76,6 +82,9 @@ class Event:
     latency_ms: dict[str, float] = field(metadata=_digits(1))
     uncertain: bool = False
     context: int = 0
+    voice: Reading | None = field(default=None, metadata=_digits(4))
+    words: Reading | None = field(default=None, metadata=_digits(4))
+    disagree: bool | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """The event's JSON object: fields in order, numbers rounded, optional fields that are None left out."""
@@ -97,12 +106,21 @@ class Event:
         return max(self.probs, key=self.probs.get) if self.probs else self.emotion
 
     def format_line(self) -> str:
-        """``[00:12.3-00:14.1] anger 0.82  "text"  (text->audio 0.31, audio->text 0.64)  433 ms``: the last
-        number is what the speaker waited, last voiced sample -> event."""
+        """``[00:12.3-00:14.1] joy 0.62  "Great, thanks."  (voice anger 0.71, words joy 0.88, DISAGREE)  433 ms``:
+        the fused emotion, the transcript, what the voice and the words each say (``DISAGREE`` when
+        they part), and what the speaker waited, last voiced sample -> event. A model without the
+        uni-modal heads shows no parentheses. The gate is in the JSON only: measured, it does not
+        vary with the utterance (docs/VOICES.md, "What the voice says and what the words say")."""
         label = f"uncertain ({self.top_label} {self.confidence:.2f})" if self.uncertain else f"{self.emotion} {self.confidence:.2f}"
-        gate = f"(text->audio {self.gate.get('text_to_audio', 0.0):.2f}, audio->text {self.gate.get('audio_to_text', 0.0):.2f})"
+        # the heads' confidences are cut, not rounded, to two decimals: 0.3956 shows as 0.39, so a
+        # reading shown as 0.40 is at the disagreement threshold
+        heads = [f"{name} {r.emotion} {math.floor(r.confidence * 100 + 1e-9) / 100:.2f}"
+                 for name, r in (("voice", self.voice), ("words", self.words)) if r]
+        if self.disagree:
+            heads.append("DISAGREE")
+        said = f"  ({', '.join(heads)})" if heads else ""
         waited = self.latency_ms.get("speech_end", self.latency_ms.get("total", 0.0))
-        return f"[{format_clock(self.start)}-{format_clock(self.end)}] {label}  \"{self.text}\"  {gate}  {waited:.0f} ms"
+        return f"[{format_clock(self.start)}-{format_clock(self.end)}] {label}  \"{self.text}\"{said}  {waited:.0f} ms"
 
 
 def _rounded(value: Any, digits: int) -> Any:
@@ -124,7 +142,8 @@ def assemble_event(number: int, utterance: Any, text: str, fused: dict[str, Any]
                    min_confidence: float | None, context: int, latency: dict[str, float]) -> Event:
     """The event of one utterance from what the fusion call returned (``offline.fuse_utterance``):
     the top label and its probability, ``"uncertain"`` below ``min_confidence``, ``"invalid"``
-    (confidence 0, probabilities 0) when the model's outputs are not finite."""
+    (confidence 0, probabilities 0) when the model's outputs are not finite; ``voice``, ``words``
+    and ``disagree`` from the uni-modal heads when the model has them (``edge_runtime.heads``)."""
     probs = fused["probs"][0]
     if fused["finite"]:
         top = int(np.argmax(probs))
@@ -136,6 +155,7 @@ def assemble_event(number: int, utterance: Any, text: str, fused: dict[str, Any]
     if uncertain and emotion != "invalid":
         emotion = "uncertain"
     gate = fused["gate"][0]
+    heads = read_heads(fused, labels) if fused["finite"] else None
     return Event(
         utterance=number,
         start=float(utterance.start),
@@ -148,6 +168,9 @@ def assemble_event(number: int, utterance: Any, text: str, fused: dict[str, Any]
         latency_ms=latency,
         uncertain=uncertain,
         context=context,
+        voice=heads.voice if heads else None,
+        words=heads.words if heads else None,
+        disagree=heads.disagree if heads else None,
     )
 
 

@@ -8,9 +8,15 @@ event carries their readings:
     words     {"emotion": top label of text_probs,  "confidence": its probability}
     disagree  true when the two part (the rule below), else false
 
-A model exported before the heads existed has neither output: ``voice`` and ``words`` are then
-``None`` (JSON null) and so is ``disagree``, and nothing else changes. A single-modality model has
-one head: the other reading is ``None`` and ``disagree`` too.
+A model exported before the heads existed has neither output: ``voice``, ``words`` and
+``disagree`` are then ``None`` on the ``Event`` and **left out** of its JSON line (an optional
+field that is None is not written), so such a model's lines are what they always were, and
+nothing else changes. A single-modality model has one head: the other reading is ``None`` and
+``disagree`` too.
+
+The stdout line shows ``(voice anger 0.71, words joy 0.88, DISAGREE)`` where it showed the gate;
+the heads' confidences there are cut (not rounded) to two decimals, so that a reading shown as
+0.40 is at the threshold.
 
 The disagreement rule (``parts``): the two heads part when their top labels differ **and each
 head is at least ``DISAGREE_MIN_CONFIDENCE`` sure of its own**. A confident "joy" in the words

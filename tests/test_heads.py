@@ -92,3 +92,71 @@ def test_spec_outputs_old_and_new_metadata():
     assert ModelSpec.from_config({**config, "modalities": "both"}, LABELS).head_outputs == ("audio_probs", "text_probs")
     assert ModelSpec.from_config({**config, "modalities": "audio"}, LABELS).head_outputs == ("audio_probs",)
     assert ModelSpec.from_config({**config, "modalities": "text"}, LABELS).head_outputs == ("text_probs",)
+
+
+# ----------------------------------------------------------------------------- events
+
+
+def _fused(tmp_path, old: bool = False):
+    """One fusion call of a tiny model on the runtime's own path; ``old``: as a model exported before
+    the heads returns it (the three outputs only)."""
+    from edge_runtime.backends import TorchBackend
+    from edge_runtime.memory import DialogueMemory
+    from edge_runtime.offline import fuse_utterance
+    from helpers import fake_states, tiny_checkpoint
+
+    backend = TorchBackend(tiny_checkpoint(tmp_path / "tiny", LABELS))
+    memory = DialogueMemory(backend.context_size, backend.memory_dim)
+    fused, context = fuse_utterance(backend, backend.tokenizer(), memory, fake_states(3), "great, thanks", 0.0, 1.0)
+    if old:
+        fused = {k: v for k, v in fused.items() if k not in ("audio_probs", "text_probs")}
+    return backend, fused, context
+
+
+class _Utt:
+    start, end = 0.5, 1.75
+
+
+def test_events_jsonl_carries_voice_words_and_disagree(tmp_path):
+    import io
+
+    from edge_runtime.events import EventWriter, assemble_event
+
+    backend, fused, context = _fused(tmp_path)
+    event = assemble_event(1, _Utt(), "great, thanks", fused, LABELS, min_confidence=None, context=context, latency={})
+    want = read_heads(fused, LABELS)
+    assert (event.voice, event.words, event.disagree) == (want.voice, want.words, want.disagree)
+    path = tmp_path / "events.jsonl"
+    out = io.StringIO()
+    with EventWriter(path, stdout=out) as writer:
+        writer.write(event)
+    line = json.loads(path.read_text().splitlines()[0])
+    assert line["voice"] == want.voice.to_dict() and line["words"] == want.words.to_dict()
+    assert isinstance(line["disagree"], bool) and line["gate"].keys() == {"text_to_audio", "audio_to_text"}
+    shown = out.getvalue()
+    cut = int(want.voice.confidence * 100 + 1e-9) / 100  # the line cuts the heads' confidences to two decimals
+    assert f"voice {want.voice.emotion} {cut:.2f}, words {want.words.emotion}" in shown
+    assert "text->audio" not in shown  # the gate stays in the JSON only
+
+
+def test_an_older_model_leaves_the_fields_out(tmp_path):
+    from edge_runtime.events import assemble_event
+
+    _, fused, context = _fused(tmp_path, old=True)
+    event = assemble_event(1, _Utt(), "great, thanks", fused, LABELS, min_confidence=None, context=context, latency={})
+    d = json.loads(event.to_json())
+    assert event.voice is None and event.words is None and event.disagree is None
+    assert not {"voice", "words", "disagree"} & set(d) and d["emotion"] in LABELS
+    assert event.format_line() == f'[00:00.5-00:01.8] {d["emotion"]} {d["confidence"]:.2f}  "great, thanks"  0 ms'
+
+
+def test_the_line_shows_a_disagreement():
+    from edge_runtime.events import Event
+
+    e = Event(utterance=1, start=3.1, end=4.6, text="Great, thanks.", emotion="joy", confidence=0.62, probs={"joy": 0.62},
+              gate={"text_to_audio": 0.51, "audio_to_text": 0.47}, latency_ms={"speech_end": 433.4},
+              voice=Reading("anger", 0.71), words=Reading("joy", 0.88), disagree=True)
+    assert e.format_line() == '[00:03.1-00:04.6] joy 0.62  "Great, thanks."  (voice anger 0.71, words joy 0.88, DISAGREE)  433 ms'
+    assert json.loads(e.to_json())["voice"] == {"emotion": "anger", "confidence": 0.71}
+    near = Event(**{**e.__dict__, "words": Reading("anger", 0.3956), "disagree": False})  # 0.3956 < 0.4: shown as 0.39
+    assert "(voice anger 0.71, words anger 0.39)" in near.format_line()

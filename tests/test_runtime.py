@@ -134,7 +134,7 @@ def _event(n: int = 1, **kw) -> Event:
 
 def test_event_line_and_json():
     e = _event()
-    assert e.format_line() == '[00:12.3-00:14.1] anger 0.82  "I can\'t believe this"  (text->audio 0.31, audio->text 0.64)  433 ms'
+    assert e.format_line() == '[00:12.3-00:14.1] anger 0.82  "I can\'t believe this"  433 ms'  # no heads: no parentheses
     unsure = _event(emotion="uncertain", confidence=0.41, uncertain=True, probs={"anger": 0.41, "joy": 0.3})
     assert unsure.format_line().startswith("[00:12.3-00:14.1] uncertain (anger 0.41)")
     d = json.loads(e.to_json())
@@ -254,6 +254,7 @@ def test_pipeline_one_event_per_utterance(conversation, asr, backend, tmp_path):
     for e in events[:-1]:
         assert abs(sum(e["probs"].values()) - 1.0) < 1e-3 and e["emotion"] in LABELS
         assert 0.0 <= e["gate"]["text_to_audio"] <= 1.0 and e["latency_ms"]["total"] > e["latency_ms"]["asr"] > 0
+        assert e["voice"]["emotion"] in LABELS and e["words"]["emotion"] in LABELS and isinstance(e["disagree"], bool)
     assert [e["context"] for e in events[:-1]] == [0, 1, 2, 3]
     assert [e["start"] < e["end"] for e in events[:-1]] == [True] * 4
     final = events[-1]["summary"]

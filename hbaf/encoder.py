@@ -208,6 +208,6 @@ def layer_states(wave: np.ndarray, kinds: tuple[str, ...], threads: int | None =
     order = tuple(sorted(set(layers.values())))
     with torch.inference_mode():
         mel = torch.from_numpy(window_mel(samples, WINDOW_S))[None]
-        _, inner = whisper.encoder(mel, layers=order)
+        inner = whisper.encoder.inner_layers(mel, order)
     got = dict(zip(order, inner))
     return {kind: utterance_states(got[layer][0].numpy(), n, kind) for kind, layer in layers.items()}

@@ -171,6 +171,18 @@ class AudioEncoder(nn.Module):
             inner.append(x)
         return self.ln_post(x), [inner[i] for i in layers]
 
+    def inner_layers(self, mel: torch.Tensor, layers: tuple[int, ...]) -> list[torch.Tensor]:
+        """The ``layers`` asked for (0 = the conv stem, k = block k), computed only as deep as the
+        deepest of them: training features need no more (each equals ``forward``'s)."""
+        x = F.gelu(self.conv1(mel))
+        x = F.gelu(self.conv2(x)).transpose(1, 2)
+        x = x + self.positions[: x.shape[1]].to(x.dtype)
+        inner = [x]
+        for block in self.blocks[: max(layers, default=0)]:
+            x = block(x)
+            inner.append(x)
+        return [inner[i] for i in layers]
+
 
 class TextDecoder(nn.Module):
     def __init__(self, dims: WhisperDims) -> None:

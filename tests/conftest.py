@@ -10,6 +10,15 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 CI_CORPUS_LIMIT = 200  # utterances per split, whole dialogues
 
+# The longest files first: with two workers taking whole files (scripts/test.sh), a long file
+# that starts last runs alone at the end.
+LONGEST_FIRST = ("test_train_cli.py", "test_out_of_box.py", "test_bench.py", "test_calibration.py")
+
+
+def pytest_collection_modifyitems(config, items):
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(Path(str(item.fspath)).name, len(rank)))  # stable: the rest keep their order
+
 
 @pytest.fixture(scope="session")
 def ci_corpus(tmp_path_factory) -> Path:

@@ -43,7 +43,7 @@ except ModuleNotFoundError:  # Python 3.10 (JetPack 6): pip carries the same rea
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("hbaf", "edge_runtime", "calibration", "export", "bench")  # bottom to top
 ALLOWED = {pkg: set(PACKAGES[: i + 1]) for i, pkg in enumerate(PACKAGES)}
-TRAINING_SIDE = ("hbaf.train", "hbaf.cli")  # never imported by the runtime
+TRAINING_SIDE = ("hbaf.train", "hbaf.cli", "hbaf.adapt")  # never imported by the runtime
 SCRIPT_HOMES = {"hbaf": "hbaf.cli:main", "hbaf-edge": "edge_runtime.cli:main", "hbaf-export": "export.cli:main"}
 COMMAND_GROUP = "hbaf_edge.commands"  # hbaf-edge subcommands that higher layers plug in
 

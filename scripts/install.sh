@@ -67,7 +67,7 @@ for bin in espeak-ng sox ffmpeg; do command -v "$bin" >/dev/null 2>&1 || need+=(
 # Extra speech synthesizer families of MELD-TTS (flite; festival with its English voices).
 command -v flite >/dev/null 2>&1 || need+=(flite)
 command -v text2wave >/dev/null 2>&1 || need+=(festival)
-# pocketsphinx-testdata: ten short recordings of real people (scripts/real_voices.py, tests)
+# pocketsphinx-testdata: ten short recordings of real people (python -m studies.real_voices, tests)
 for pkg in festvox-kallpc16k festvox-kdlpc16k festvox-us-slt-hts pocketsphinx-testdata; do
   dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
 done

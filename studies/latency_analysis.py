@@ -64,6 +64,34 @@ def match_turns(turns: list[dict], segments: list[tuple[float, float]]) -> dict[
             "merged": sum(n > 1 for n in per_segment)}
 
 
+def conversations(tmp: Path, long_seconds: float) -> dict[str, tuple[Path, list[dict]]]:
+    """The three sources of the endpoint tables: the demo, the 60 s MELD conversation and a
+    ``long_seconds`` one (rendered into ``tmp``), each as (wav, turns)."""
+    demo = demo_conversation()
+    demo_turns = [{**t, "label": t["emotion"]} for t in demo_script(demo)]
+    conv, conv_turns, _ = meld_conversation(tmp, min_seconds=60.0)
+    long_dir = tmp / "long"
+    long_dir.mkdir()
+    long, long_turns, _ = meld_conversation(long_dir, min_seconds=long_seconds)
+    return {"demo": (demo, demo_turns), "60 s conversation": (conv, conv_turns),
+            f"{long_seconds:.0f} s conversation": (long, long_turns)}
+
+
+def machine() -> str:
+    import os
+    import platform
+
+    return f"{os.cpu_count()} cores, {platform.processor() or platform.machine()}"
+
+
+def endpoint_markdown(rows: list[dict]) -> list[str]:
+    """The rows of ``endpoint_table`` as a markdown table (header included)."""
+    return ["| --min-silence-ms | source | turns | exactly one utterance | split | merged | missed |",
+            "|---|---|---|---|---|---|---|"] + [
+        f"| {r['min_silence_ms']} | {r['source']} | {r['turns']} | {r['one']} | {r['split']} | {r['merged']} | {r['missed']} |"
+        for r in rows]
+
+
 def endpoint_table(sources: dict[str, tuple[Path, list[dict]]]) -> list[dict]:
     rows = []
     for ms in MIN_SILENCE_MS:
@@ -156,10 +184,7 @@ def markdown(report: dict) -> str:
     lines = ["# Latency a person feels (synthetic speech, espeak-ng)", "",
              f"Machine: {report['machine']}; {report['threads']} threads; measured {report['date']}.", "",
              "## Endpoint: hangover vs utterances split at pauses (VAD only)", "",
-             "| --min-silence-ms | source | turns | exactly one utterance | split | merged | missed |",
-             "|---|---|---|---|---|---|---|"]
-    for r in report["endpoint"]:
-        lines.append(f"| {r['min_silence_ms']} | {r['source']} | {r['turns']} | {r['one']} | {r['split']} | {r['merged']} | {r['missed']} |")
+             *endpoint_markdown(report["endpoint"])]
     lines += ["", "## ASR encoder window (offline, clips of the three sources with 0.1 s margins)", "",
               "| beam | encoder window | clips | WER (normalised) | ASR ms mean / p90 | 30 s fallbacks |", "|---|---|---|---|---|---|"]
     for r in report["asr_windows"]:
@@ -193,22 +218,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--microphone", action="store_true",
                    help="also run the demo through the callback-driven microphone path with the first --only configuration")
     args = p.parse_args(argv)
-    import os
-    import platform
-
     out = Path(args.out)
     with tempfile.TemporaryDirectory(prefix="hbaf-latency-") as tmp:
-        demo = demo_conversation()
-        demo_turns = [{**t, "label": t["emotion"]} for t in demo_script(demo)]
-        conv, conv_turns, _ = meld_conversation(Path(tmp), min_seconds=60.0)
-        long_dir = Path(tmp) / "long"
-        long_dir.mkdir()
-        long, long_turns, _ = meld_conversation(long_dir, min_seconds=args.long_seconds)
-        sources = {"demo": (demo, demo_turns), "60 s conversation": (conv, conv_turns),
-                   f"{args.long_seconds:.0f} s conversation": (long, long_turns)}
+        sources = conversations(Path(tmp), args.long_seconds)
         report = {"date": time.strftime("%Y-%m-%d %H:%M"), "threads": args.threads, "synthetic_speech": True,
-                  "machine": f"{os.cpu_count()} cores, {platform.processor() or platform.machine()}",
-                  "endpoint": endpoint_table(sources), "live": []}
+                  "machine": machine(), "endpoint": endpoint_table(sources), "live": []}
         clips, texts = [], []
         for wav, turns in sources.values():
             wave = load_audio(wav)

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import subprocess
 import sys
 import tempfile
@@ -38,8 +37,8 @@ from hbaf.audio import load_audio
 from hbaf.errors import ArgumentParser, cli_entry
 from hbaf.io import write_json_atomic, write_text_atomic
 from hbaf.wer import corpus_wer
+from studies.latency_analysis import conversations, endpoint_markdown, machine, match_turns
 from studies.latency_analysis import endpoint_table as hangover_table
-from studies.latency_analysis import match_turns
 
 SENTENCE_END_MS = (0, 100, 150, 200, 250)  # 0: today's rule (every utterance ends after --min-silence-ms)
 BEAMS = (1, 5)
@@ -143,9 +142,7 @@ def markdown(report: dict) -> str:
         lines.append(f"| {r['beam']} | {r['sentence_end_ms']} | {r['source']} | {r['turns']} | {r['one']} | {r['split']} | "
                      f"{r['merged']} | {r['missed']} | {r['sentence_ends']} | {100 * r['wer']:.1f} % |")
     lines += ["", "## For comparison: a plain shorter --min-silence-ms for every utterance (VAD only)", "",
-              "| --min-silence-ms | source | turns | exactly one | split | merged | missed |", "|---|---|---|---|---|---|---|"]
-    for r in report.get("hangover", []):
-        lines.append(f"| {r['min_silence_ms']} | {r['source']} | {r['turns']} | {r['one']} | {r['split']} | {r['merged']} | {r['missed']} |")
+              *endpoint_markdown(report.get("hangover", []))]
     lines += ["", "## Live: the demo paced in real time", "",
               "| round | beam | --sentence-end-ms | last voiced sample -> event p50 / p90 ms | mean endpoint ms | events / turns "
               "(split, merged) | ended at a sentence | WER | load 1 min before / after |", "|---|---|---|---|---|---|---|---|---|"]
@@ -170,24 +167,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--live-long", type=str, nargs="*", default=[], metavar="BEAM:N",
                    help="also run the long MELD conversation paced in real time with these beam:N pairs (e.g. 1:0 1:250)")
     args = p.parse_args(argv)
-    import platform
-
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     report = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "threads": args.threads, "synthetic_speech": True,
-              "machine": f"{os.cpu_count()} cores, {platform.processor() or platform.machine()}",
+              "machine": machine(),
               "recogniser": "Whisper tiny.en, CTranslate2 int8 on the CPU, fixed 10 s window (the default)",
               "endpoint": [], "live": []}
     demo = demo_conversation()
     demo_turns = [{**t, "label": t["emotion"]} for t in demo_script(demo)]
     if not args.skip_endpoint:
         with tempfile.TemporaryDirectory(prefix="hbaf-sentence-end-") as tmp:
-            conv, conv_turns, _ = meld_conversation(Path(tmp), min_seconds=60.0)
-            long_dir = Path(tmp) / "long"
-            long_dir.mkdir()
-            long, long_turns, _ = meld_conversation(long_dir, min_seconds=args.long_seconds)
-            sources = {"demo": (demo, demo_turns), "60 s conversation": (conv, conv_turns),
-                       f"{args.long_seconds:.0f} s conversation": (long, long_turns)}
+            sources = conversations(Path(tmp), args.long_seconds)
             report["endpoint"] = endpoint_table(sources, tuple(args.beams), tuple(args.values), args.threads)
             # for comparison: every utterance ended after a plain shorter --min-silence-ms (VAD only)
             report["hangover"] = [r for r in hangover_table(sources) if r["min_silence_ms"] in (*args.values, 300)]

@@ -69,12 +69,18 @@ def reading(probs: np.ndarray | None, labels: Sequence[str]) -> Reading | None:
     return Reading(str(labels[i]), float(p[i]))
 
 
+def _part(voice_top: Any, words_top: Any, voice_conf: Any, words_conf: Any, min_confidence: float) -> Any:
+    """The disagreement rule itself, on scalars or element-wise on arrays: different top
+    emotions, each head at least ``min_confidence`` sure."""
+    return (np.asarray(voice_top) != np.asarray(words_top)) & (np.minimum(voice_conf, words_conf) >= min_confidence)
+
+
 def parts(voice: Reading | None, words: Reading | None, min_confidence: float = DISAGREE_MIN_CONFIDENCE) -> bool | None:
-    """The disagreement rule: different top emotions, each head at least ``min_confidence`` sure.
-    None when either reading is missing (an older model, or a single-modality one)."""
+    """The disagreement rule (``_part``) for one event. None when either reading is missing (an
+    older model, or a single-modality one)."""
     if voice is None or words is None:
         return None
-    return voice.emotion != words.emotion and min(voice.confidence, words.confidence) >= min_confidence
+    return bool(_part(voice.emotion, words.emotion, voice.confidence, words.confidence, min_confidence))
 
 
 @dataclass(frozen=True)
@@ -105,6 +111,6 @@ def read_heads(out: Mapping[str, np.ndarray], labels: Sequence[str], row: int = 
 
 def disagreement_mask(audio_probs: np.ndarray, text_probs: np.ndarray,
                       min_confidence: float = DISAGREE_MIN_CONFIDENCE) -> np.ndarray:
-    """``parts`` over a batch [N, C] x [N, C] -> [N] bool (the same rule, vectorised for measurement)."""
+    """``parts`` over a batch [N, C] x [N, C] -> [N] bool (the same rule, ``_part``, element-wise)."""
     a, t = np.asarray(audio_probs), np.asarray(text_probs)
-    return (a.argmax(1) != t.argmax(1)) & (np.minimum(a.max(1), t.max(1)) >= min_confidence)
+    return _part(a.argmax(1), t.argmax(1), a.max(1), t.max(1), min_confidence)

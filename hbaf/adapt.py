@@ -51,7 +51,7 @@ import time
 from collections import Counter, defaultdict
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Sequence
 
 from hbaf.data.records import Record
 from hbaf.errors import HBAFError
@@ -337,14 +337,6 @@ def peak_rss_mb() -> dict[str, float]:
 # ----------------------------------------------------------------------------- features
 
 
-def _seed_cache(records: Sequence[Record], feats: Sequence[Any], cache: Path, kind: str) -> None:
-    """Write ``feats`` as the feature cache of a manifest holding exactly ``records`` (so that
-    `hbaf train`, `hbaf evaluate` and `hbaf-export` on the data.jsonl of the result reuse them)."""
-    from hbaf.data.store import FeatureStore
-
-    FeatureStore.from_features(records, feats, cache, kind=kind)
-
-
 def adapt_features(all_records: Sequence[Record], chosen_idx: Sequence[int], manifest: Path, kind: str,
                    workers: int | None) -> list:
     """Features of ``all_records[i]`` for i in ``chosen_idx``: out of the manifest's whole cache when
@@ -370,17 +362,6 @@ def check_readable(records: Sequence[Record]) -> None:
         wave = load_audio(r.audio)
         if wave.size == 0:
             raise HBAFError(f"audio file holds no samples: {r.audio}; re-export it or remove its line")
-
-
-class _ListStore:
-    def __init__(self, feats):
-        self.feats = feats
-
-    def __getitem__(self, i):
-        return self.feats[i]
-
-    def __len__(self):
-        return len(self.feats)
 
 
 # ----------------------------------------------------------------------------- the run
@@ -466,14 +447,16 @@ def adapt(cfg: AdaptConfig) -> dict:
         feats = adapt_features(all_records, index, manifest, kind, cfg.workers)
         write_manifest(chosen, tmp / DATA)
         (tmp / "manifest.filled.jsonl").unlink(missing_ok=True)
-        from hbaf.data.store import feature_cache_path
+        from hbaf.data.store import FeatureStore, feature_cache_path
 
-        _seed_cache(chosen, feats, feature_cache_path(tmp / DATA, kind=kind), kind)
-        store = _ListStore(feats)
+        # the store the training reads, also written as the feature cache of the result's data.jsonl
+        # (so that `hbaf train`, `hbaf evaluate` and `hbaf-export` on it reuse these features)
+        store = FeatureStore.from_features(chosen, feats, feature_cache_path(tmp / DATA, kind=kind), kind=kind)
+        del feats
         feature_seconds = round(time.time() - t_feat, 1)
         augmented = []
         if cfg.augment:
-            from hbaf.data.store import FeatureStore, augment_condition
+            from hbaf.data.store import augment_condition
 
             train_recs = [r for r in chosen if r.split == "train"]
             augmented = [FeatureStore(train_recs, feature_cache_path(tmp / DATA, train_recs, "train", kind, augment_condition(k)),

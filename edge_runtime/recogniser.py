@@ -108,12 +108,18 @@ class AudioEncoder(Protocol):
         ...
 
 
-def _check_layers(encoder: Any, layers: tuple[str, ...]) -> None:
+def _check_layers(encoder: Any, layers: tuple[str, ...], graph: str | None = None) -> None:
+    """A one-line error when ``encoder`` cannot give every one of ``layers``; ``graph``: the file
+    it was opened from (the check at load, which names it)."""
     missing = [name for name in layers if name not in encoder.inner_layers]
-    if missing:
-        raise HBAFError(f"the recogniser's encoder {encoder.name} cannot give its {missing[0]} layer; "
-                        + ("CTranslate2 gives only the last one: use --asr-encoder torch or an encoder graph from `hbaf-export asr`"
-                           if encoder.name == CT2 else "export the encoder graph again with `hbaf-export asr --out DIR`"))
+    if not missing:
+        return
+    if graph is not None:
+        raise HBAFError(f"the encoder graph {graph} has no {missing[0]} output, which the emotion model reads (it was exported "
+                        "before the inner layers were); export it again with `hbaf-export asr --out DIR`")
+    raise HBAFError(f"the recogniser's encoder {encoder.name} cannot give its {missing[0]} layer; "
+                    + ("CTranslate2 gives only the last one: use --asr-encoder torch or an encoder graph from `hbaf-export asr`"
+                       if encoder.name == CT2 else "export the encoder graph again with `hbaf-export asr --out DIR`"))
 
 
 # ----------------------------------------------------------------------------- encoders
@@ -309,10 +315,7 @@ def open_encoder(form: str | None, *, whisper_model: Any, model: str | None = No
             enc = OnnxEncoder(path, threads=threads)
         else:
             raise HBAFError(f"--asr-encoder {form!r}: not ct2, torch or an encoder graph file; export one with `hbaf-export asr --out DIR`")
-    missing = [name for name in layers if name not in enc.inner_layers]
-    if missing:
-        raise HBAFError(f"the encoder graph {form} has no {missing[0]} output, which the emotion model reads (it was exported "
-                        "before the inner layers were); export it again with `hbaf-export asr --out DIR`")
+    _check_layers(enc, layers, graph=form)
     log.info("ASR encoder %s loaded in %.2f s", enc.name, time.perf_counter() - t0)
     return enc
 

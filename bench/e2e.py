@@ -1,5 +1,5 @@
 """The end-to-end run: the live pipeline (VAD, ASR, features, fusion with the dialogue memory),
-wired by ``edge_runtime.pipeline.build_pipeline`` exactly as ``hbaf-edge run`` wires it, over
+wired by ``edge_runtime.options.build_pipeline`` exactly as ``hbaf-edge run`` wires it, over
 one recording; each stage's share of compute, the real-time factor and end of speech -> event
 latency, both from the VAD's end-of-speech decision and from the last voiced sample (what a
 person waits), with the speculative recognition counts."""
@@ -26,7 +26,7 @@ def run_e2e(spec: str, model: Path, *, threads: int, asr_model: str | None = Non
     """The real pipeline over the recording ``spec`` (a path, or ``demo``: the synthetic
     conversation) with the fusion model ``model``; ``asr_beam`` None = the runtime's default."""
     from edge_runtime.events import EventWriter
-    from edge_runtime.pipeline import RunOptions, build_pipeline
+    from edge_runtime.options import RunOptions, build_pipeline
     from edge_runtime.sources import FileSource
 
     if spec == "demo":

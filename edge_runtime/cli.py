@@ -85,7 +85,7 @@ def _positive_int(text: str) -> int:
 def build_parser(extra_commands: dict[str, str] | None = None) -> argparse.ArgumentParser:
     """The `hbaf-edge` parser; ``extra_commands`` (name -> help) are listed for commands that a
     higher layer runs with their own flags (the benchmark)."""
-    from edge_runtime.pipeline import RunOptions
+    from edge_runtime.options import RunOptions
     from hbaf.contract import SAMPLE_RATE
 
     d = RunOptions()

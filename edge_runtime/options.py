@@ -25,7 +25,7 @@ class RunOptions:
     """Every setting that shapes a pipeline; ``hbaf-edge run`` takes its flags' defaults from here
     (a field ``asr_beam`` is the flag ``--asr-beam``)."""
 
-    model: str | Path | None = None  # None: the packaged model (edge_runtime.demo.default_model_path)
+    model: str | Path | None = None  # None: the packaged model (edge_runtime.model_files.default_model_path)
     model_device: str = "cpu"
     fp16: bool = False
     threads: int | None = None

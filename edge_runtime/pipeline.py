@@ -11,7 +11,7 @@ Three threads joined by two bounded queues, and for live input a fourth that spe
 
 The pieces live beside what they make: events and their assembly in events.py, the counters
 beside the summary (summary.py ``RunCounters``), the settings and the wiring in options.py
-(``RunOptions``, ``build_pipeline``; imported from here too), the public API in stream.py.
+(``RunOptions``, ``build_pipeline``), the public API in stream.py.
 
 Each event's ``latency_ms`` breaks down what the speaker waits after their last word (``STAGES``);
 the block arrival times turn the VAD's stream position of the last voiced sample into wall time.
@@ -42,9 +42,8 @@ from typing import Any, Callable
 import numpy as np
 
 from edge_runtime.backends import Backend
-from edge_runtime.events import STAGES, Event, EventWriter  # noqa: F401  (STAGES: an event's latency_ms)
+from edge_runtime.events import Event, EventWriter
 from edge_runtime.memory import DialogueMemory
-from edge_runtime.options import RunOptions, build_pipeline  # noqa: F401  (their home is options.py)
 from edge_runtime.speculate import Speculator
 from edge_runtime.summary import RunCounters, Summary
 from edge_runtime.worker import QueuedUtterance, UtteranceWorker
@@ -52,7 +51,7 @@ from hbaf.errors import HBAFError
 from hbaf.contract import SAMPLE_RATE
 from hbaf.text import Tokenizer
 
-__all__ = ["Pipeline", "RunOptions", "STAGES", "build_pipeline", "is_live"]
+__all__ = ["Pipeline", "is_live"]
 log = logging.getLogger(__name__)
 
 _END = object()  # end-of-stream marker on both queues

@@ -114,7 +114,7 @@ def test_bad_values_are_one_line_errors():
 
 def test_command_line_plumbs_it_and_refuses_bad_values(capsys):
     from edge_runtime.cli import build_parser, main, run_options
-    from edge_runtime.pipeline import RunOptions
+    from edge_runtime.options import RunOptions
 
     parser = build_parser()
     assert run_options(parser.parse_args(["run"])).sentence_end_ms == RunOptions().sentence_end_ms
@@ -132,7 +132,7 @@ def test_live_pipeline_ends_a_sentence_early(spoken, tmp_path):
     """The wiring: a paced file, the real recogniser's speculative transcript, the summary's count.
     The hangover is 1 s here, so a recogniser slowed by a busy machine still finishes in it."""
     from edge_runtime.events import EventWriter
-    from edge_runtime.pipeline import RunOptions, build_pipeline
+    from edge_runtime.options import RunOptions, build_pipeline
     from edge_runtime.sources import FileSource
 
     ckpt = tiny_checkpoint(tmp_path / "tiny", ["neutral", "joy"])

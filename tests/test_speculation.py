@@ -14,7 +14,7 @@ import pytest
 from edge_runtime.asr import WhisperASR
 from edge_runtime.model_files import open_backend
 from edge_runtime.events import EventWriter
-from edge_runtime.pipeline import RunOptions, build_pipeline
+from edge_runtime.options import RunOptions, build_pipeline
 from edge_runtime.sources import FileSource
 from edge_runtime.speculate import Speculator
 from edge_runtime.vad import WINDOW, Segmenter

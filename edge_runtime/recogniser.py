@@ -177,11 +177,18 @@ class TorchEncoder:
         return Encoded(states=states, inner=dict(zip(layers, inner)))
 
 
-def ort_session(path: Path, *, threads: int | None = None, providers: list[str] | None = None, spin: bool = True) -> Any:
-    """An ONNX Runtime session of a recogniser graph (edge_runtime.backends.ort_session)."""
+def ort_session(path: Path, *, threads: int | None = None, providers: list[str] | None = None) -> Any:
+    """An ONNX Runtime session of a recogniser graph (edge_runtime.backends.ort_session), whose idle
+    threads sleep rather than spin. The recogniser's sessions run one after another on the same
+    cores (encoder, decoder first step, decoder steps with the search's Python between them, often
+    beside CTranslate2's threads), and a session's threads go on spinning after its run: the next
+    one then shares the cores with them. Two encoder sessions run back to back took 66 ms each
+    spinning vs 34 ms not (2 threads, 10 s window); a whole recognition with both ONNX Runtime
+    halves, 243 vs 275 ms p50 on a quiet machine and 317-342 vs 489-696 ms under load (12 demo
+    turns, beam 5)."""
     from edge_runtime.backends import ort_session as open_session
 
-    return open_session(path, threads=threads, providers=providers, quiet=True, spin=spin,
+    return open_session(path, threads=threads, providers=providers, quiet=True, spin=False,
                         fix="export it again with `hbaf-export asr --out DIR`")
 
 
@@ -206,10 +213,7 @@ class OnnxEncoder:
     def __init__(self, path: str | Path, *, threads: int | None = None, providers: list[str] | None = None) -> None:
         self.path = Path(path)
         self.info = read_asr_graph(self.path, ASR_ENCODER)
-        # no spinning: between utterances the decoder (often CTranslate2's own threads) runs right
-        # after the encoder on the same cores; spinning encoder threads made a recognition about
-        # 1.5x slower on 2 cores (docs/VOICES.md, "Which encoder layer")
-        self.session = ort_session(self.path, threads=threads, providers=providers, spin=False)
+        self.session = ort_session(self.path, threads=threads, providers=providers)
         self.name = f"onnx-{self.info.precision}"
         self.window_s, self.whisper_name = self.info.window_s, self.info.model
         outputs = {o.name for o in self.session.get_outputs()}

@@ -29,6 +29,7 @@ from typing import Protocol
 
 import numpy as np
 
+from edge_runtime.asr_defaults import RecogniserPick, default_recogniser, open_engines
 from edge_runtime.long_audio import join_texts, window_bounds
 from edge_runtime.recogniser import DecodeRules, Encoded, open_decoder, open_encoder
 from edge_runtime.whisper_decode import SpecialTokens
@@ -160,11 +161,21 @@ class WhisperASR:
         # pass still serves the decoder and the model
         layers = (FEATURE_FORMATS[states].encoder_output,) if states and inner_layer(states) is not None \
             and computes_kind(self.model_path, states) else ()
-        self.audio_encoder = open_encoder(encoder, whisper_model=self.model, model=self.model_path, device=self.device,
-                                          threads=self.cpu_threads, layers=layers, whisper_name=self.model_name,
-                                          graph_dirs=graph_dirs)
-        self.text_decoder = open_decoder(decoder, whisper_model=self.model, model=self.model_path, device=self.device,
-                                         threads=self.cpu_threads)
+        # no form asked for, device auto: the recogniser's TensorRT engines where they were built for
+        # this machine (edge_runtime/asr_defaults.py), else CTranslate2 as before
+        self.default_pick = None
+        engines = None
+        if encoder is None and decoder is None and device == "auto":
+            self.default_pick = self._default_pick(layers, graph_dirs)
+            engines = open_engines(self.default_pick, layers)
+        if engines is not None:
+            self.audio_encoder, self.text_decoder = engines
+        else:
+            self.audio_encoder = open_encoder(encoder, whisper_model=self.model, model=self.model_path, device=self.device,
+                                              threads=self.cpu_threads, layers=layers, whisper_name=self.model_name,
+                                              graph_dirs=graph_dirs)
+            self.text_decoder = open_decoder(decoder, whisper_model=self.model, model=self.model_path, device=self.device,
+                                             threads=self.cpu_threads)
         window = getattr(self.audio_encoder, "window_s", None)
         if window is not None and (self.encoder_window_s != window or self.window_bucket_s is not None):
             raise HBAFError(f"the encoder graph {encoder} takes a fixed {window:g} s window; leave the recogniser's window "
@@ -172,6 +183,19 @@ class WhisperASR:
         self.load_seconds = time.perf_counter() - t0
         log.info("ASR %s on %s (%s; encoder %s, decoder %s) loaded in %.2f s", self.model_path, self.device, self.compute_type,
                  self.audio_encoder.name, self.text_decoder.name, self.load_seconds)
+
+    def _default_pick(self, layers: tuple[str, ...], graph_dirs: list | None) -> RecogniserPick:
+        """The default form (``default_recogniser``) for this recogniser's settings: the engines take
+        the fixed 10 s window, so a window of another size or buckets keep CTranslate2."""
+        if self.encoder_window_s != WINDOW_S or self.window_bucket_s is not None:
+            return RecogniserPick(None, None, "CTranslate2: the recogniser's engines take the fixed "
+                                  f"{WINDOW_S:g} s window, not this one")
+        pick = default_recogniser(os.path.basename(self.model_name), layers, list(graph_dirs or []))
+        if pick.warn:
+            log.warning("recogniser: %s", pick.line())
+        elif not pick.engines:
+            log.debug("recogniser: %s", pick.reason)
+        return pick
 
     def _load_error(self, local: bool, err: Exception) -> HBAFError:
         why = " ".join(str(err).split())[:200]

@@ -97,6 +97,9 @@ class Facts:
     model_errors: dict[str, str] = field(default_factory=dict)
     engines_dir: str | None = None
     engines: list[dict[str, str]] = field(default_factory=list)  # path, and sidecar (JSON text) or error
+    # the recogniser `hbaf-edge run` uses by default here (edge_runtime.asr_defaults): encoder and decoder
+    # engine files ("" = CTranslate2), reason, warn (engines found that cannot run), fix; {} = not looked for
+    asr_default: dict[str, Any] = field(default_factory=dict)
 
     @property
     def l4t(self) -> str:
@@ -266,14 +269,29 @@ def check_gpu(f: Facts) -> Check:
 
 
 def check_recogniser(f: Facts) -> Check:
+    """Which recogniser `hbaf-edge run` uses by default here, and why: the TensorRT engines built for
+    this machine, else CTranslate2 (with what keeps the engines out, and the command that builds them)."""
     if f.faster_whisper is None or f.ctranslate2 is None:
         return Check("recogniser", MISSING, "faster-whisper / CTranslate2 are not installed", "bash scripts/install.sh", ALL)
+    pick = f.asr_default
+    if pick.get("encoder") and pick.get("decoder"):
+        return Check("recogniser", OK, f"by default the TensorRT engines on the GPU, built for this machine: encoder "
+                     f"{pick['encoder']}, decoder {pick['decoder']} (--asr-encoder ct2 --asr-decoder ct2 runs CTranslate2)",
+                     needed_for=ALL)
     if f.ctranslate2_cuda_devices > 0:
-        return Check("recogniser", OK, f"CTranslate2 {f.ctranslate2} with CUDA ({f.ctranslate2_cuda_devices} device(s)): "
-                     "--asr-device cuda works", needed_for=ALL)
-    note = (": its aarch64 wheels are CPU-only, so recognition runs int8 on the ARM cores (--asr-device cpu; cuda is refused)"
+        ct2 = f"CTranslate2 {f.ctranslate2} with CUDA ({f.ctranslate2_cuda_devices} device(s)): --asr-device cuda works"
+    else:
+        ct2 = f"CTranslate2 {f.ctranslate2}" + (
+            ": its aarch64 wheels are CPU-only, so recognition runs int8 on the ARM cores (--asr-device cpu; cuda is refused)"
             if f.machine == "aarch64" else " on the CPU (int8)")
-    return Check("recogniser", OK, f"CTranslate2 {f.ctranslate2}{note}", needed_for=ALL)
+    fix = pick.get("fix") or ""
+    if pick.get("warn"):  # engines were found and cannot run: recognition still works, on CTranslate2
+        why = str(pick.get("reason", "")).removeprefix("CTranslate2: ")
+        return Check("recogniser", WRONG, f"by default {ct2}: {why}", fix)
+    if f.tensorrt is not None and f.gpu and pick:
+        return Check("recogniser", MISSING, f"by default {ct2}: TensorRT and a GPU are here but no recogniser engines "
+                     "(on a Jetson they are the faster form, docs/JETSON.md section 10)", fix)
+    return Check("recogniser", OK, f"by default {ct2}", needed_for=ALL)
 
 
 def check_audio(f: Facts) -> Check:
@@ -474,7 +492,46 @@ def gather_facts(engines_dir: str | os.PathLike | None = None, device: int = 0) 
     _model_facts(f)
     if engines_dir is not None:
         _engine_facts(f, Path(engines_dir))
+    try:
+        _recogniser_facts(f)
+    except Exception as err:  # a fact, not a crash
+        f.asr_default = {"encoder": "", "decoder": "", "reason": f"CTranslate2: the engine search failed ({_first_line(err)})",
+                         "warn": True, "fix": ""}
     return f
+
+
+def _recogniser_facts(f: Facts) -> None:
+    """The recogniser ``hbaf-edge run`` would use by default (``default_recogniser``, looking also in
+    ``--engines``), against this machine's facts; an engine it would pick is also checked in full
+    (its sha256, and its ONNX's: a stale engine), as the engine runner will at load."""
+    from edge_runtime.asr_defaults import Machine, RecogniserPick, build_hint, default_recogniser
+    from edge_runtime.trt_runner import check_source_onnx, read_engine
+    from hbaf.contract import ASR_DECODER_FIRST, ASR_DECODER_STEP, ASR_ENCODER, asr_engine_graph
+    from hbaf.encoder import BUNDLED_MODEL
+
+    if f.tensorrt is None:
+        machine: Machine | str = "TensorRT does not import here"
+    elif not f.gpu:
+        machine = "no CUDA GPU is visible"
+    else:
+        machine = Machine(f.tensorrt, f.gpu["name"], f.gpu["compute_capability"], f.l4t,
+                          parse_board_model(f.board) if f.on_jetson else "")
+    dirs = [f.engines_dir] if f.engines_dir else []
+    pick = default_recogniser(BUNDLED_MODEL, (), dirs, machine=machine)
+    if pick.engines:
+        step = pick.decoder
+        first = step.with_name(step.name.replace(ASR_DECODER_STEP, ASR_DECODER_FIRST))
+        try:
+            for path, role in ((pick.encoder, ASR_ENCODER), (first, ASR_DECODER_FIRST), (step, ASR_DECODER_STEP)):
+                _, side = read_engine(path, graph=asr_engine_graph(role))
+                check_source_onnx(side, path)
+        except HBAFError as err:
+            pick = RecogniserPick(None, None, f"CTranslate2: the recogniser engines found cannot run here ({_first_line(err)})",
+                                  warn=True, fix=build_hint(pick.encoder.parent))
+    if not pick.engines and not pick.fix and f.tensorrt is not None and f.gpu:
+        pick = RecogniserPick(None, None, pick.reason, pick.warn, build_hint(f.engines_dir))
+    f.asr_default = {"encoder": str(pick.encoder or ""), "decoder": str(pick.decoder or ""), "reason": pick.reason,
+                     "warn": pick.warn, "fix": pick.fix}
 
 
 def _importable(module: str) -> bool:

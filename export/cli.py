@@ -2,14 +2,16 @@
 
     hbaf-export all --checkpoint DIR --manifest M --out DIR          (every format below, one report)
     hbaf-export all --checkpoint default                              (the packaged student, built-in utterances,
-                                                                       into ./hbaf-models; engines where TensorRT is)
+                                                                       into ./hbaf-models, the recogniser's graphs into
+                                                                       ./hbaf-models/asr; engines where TensorRT is)
     hbaf-export onnx --checkpoint DIR --out model.onnx [--graph contract|ort-cpu] [--parity-manifest M]
     hbaf-export parity --checkpoint DIR --onnx model.onnx --manifest M
     hbaf-export int8 --onnx model.onnx --manifest M --flavour trt|cpu|both --method percentile --num 512 --out DIR
     hbaf-export compare-calibration --onnx model.onnx --manifest M --out DIR
     hbaf-export engine --onnx model.int8-trt.onnx --precision int8 --out engines/   (on the device: TensorRT)
     hbaf-export torch-trt --checkpoint DIR --precision fp16 --out student.fp16.ep   (on the device: Torch-TensorRT)
-    hbaf-export asr --out DIR                                          (the recogniser's encoder and decoder graphs)
+    hbaf-export asr --out DIR [--engines DIR]                          (the recogniser's encoder and decoder graphs;
+                                                                       --engines: their fp16 engines, on the device)
 
 Export sits above calibration: ``int8`` and ``compare-calibration`` run ``calibration.report``,
 ``all`` runs ``export.pipeline`` (the export's steps and calibration's, in order).
@@ -47,7 +49,10 @@ FORMATS = (
     ("NAME.int8-cpu.onnx", "u8/s8 for ONNX Runtime CPU, from NAME.ort.onnx"),
     ("report.json, report.md", "weighted F1, top-1 agreement, max prob diff, size, CPU latency"),
     ("tokenizer.json", "the checkpoint's tokenizer"),
-    ("engines/*.engine + .json", "TensorRT engines (int8 from NAME.int8-trt.onnx, fp16 from NAME.onnx) where TensorRT imports"),
+    ("asr/whisper-tiny.en.*.onnx", "the recogniser's graphs (hbaf-export asr: encoder, decoder first step and later steps; "
+                                   "fp32, fp16, int8-cpu, encoder int8-trt); --asr off leaves them out"),
+    ("engines/*.engine + .json", "TensorRT engines where TensorRT imports: the model's (int8 from NAME.int8-trt.onnx, fp16 "
+                                 "from NAME.onnx) and the recogniser's (fp16 from its three fp32 graphs)"),
 )
 DEFAULT_OUT = "hbaf-models"
 
@@ -111,6 +116,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=DEFAULT_OUT, help="output folder (default %(default)s)")
     p.add_argument("--engines", choices=["auto", "off"], default="auto",
                    help="auto: build the TensorRT engines when TensorRT imports here (a Jetson), else say why not (default)")
+    p.add_argument("--asr", choices=["on", "off"], default="on",
+                   help="on: also write the recogniser's graphs into OUT/asr, as `hbaf-export asr` does (about 35 s on 2 cores; "
+                        "kept when OUT/asr already holds them from this Whisper model), and build their engines with the "
+                        "model's; off: the fusion model only (default %(default)s)")
     p.add_argument("--name", default="model", help="file stem NAME of the models (default %(default)s)")
     p.add_argument("--opset", type=int, default=17)
     p.add_argument("--parity-n", type=int, default=64)
@@ -180,6 +189,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--precision", default="fp32,fp16,int8-cpu,int8-trt",
                    help="comma list of fp32, fp16 (GPUs), int8-cpu (ONNX Runtime on a CPU), int8-trt (the encoder as Q/DQ "
                         "for TensorRT INT8) (default %(default)s)")
+    p.add_argument("--engines", default=None, metavar="DIR",
+                   help="also build the recogniser's default engines into DIR (fp16 from the three fp32 graphs; needs TensorRT "
+                        "and the GPU that runs them): `hbaf-edge run` then uses them when it finds them")
 
     p = sub.add_parser("torch-trt", help="compile a checkpoint with Torch-TensorRT, saved as an exported program (needs CUDA)")
     p.add_argument("--checkpoint", required=True, help="checkpoint folder (hbaf train/distill --out)")
@@ -210,16 +222,33 @@ def _tensorrt_missing() -> str | None:
     return None
 
 
-def _build_engines(out: Path, name: str) -> list[Path]:
-    """The engines of `all`: int8 from the trt-flavour Q/DQ model, fp16 from the FP32 contract graph."""
+def _build_engines(out: Path, name: str, asr: bool) -> list[Path]:
+    """The engines of `all`: int8 from the trt-flavour Q/DQ model, fp16 from the FP32 contract graph,
+    and (``asr``) the recogniser's fp16 engines from its FP32 graphs in OUT/asr."""
     from export.engine import EngineBuilder
+    from export.pipeline import ASR_DIR, ENGINES_DIR, build_asr_engines
 
     written = []
     for onnx_file, precision in ((out / f"{name}.int8-trt.onnx", "int8"), (out / f"{name}.onnx", "fp16")):
-        engine_path, _ = EngineBuilder(onnx_file, precision).build(out / "engines")
+        engine_path, _ = EngineBuilder(onnx_file, precision).build(out / ENGINES_DIR)
         print(f"engine {precision}: {engine_path}", flush=True)
         written.append(Path(engine_path))
+    if asr:
+        for engine_path in build_asr_engines(out / ASR_DIR, out / ENGINES_DIR):
+            print(f"engine fp16 (recogniser): {engine_path}", flush=True)
+            written.append(engine_path)
     return written
+
+
+def _engines_later(out: Path, name: str, asr: bool) -> str:
+    """The commands that build the engines of `all` on the device, as one clause."""
+    from edge_runtime.asr_defaults import build_hint
+    from export.pipeline import ASR_DIR, ENGINES_DIR
+
+    fusion = f"`hbaf-export engine --onnx {out / (name + '.int8-trt.onnx')} --precision int8 --out {out / ENGINES_DIR}`"
+    if not asr:
+        return fusion
+    return f"{fusion}, and the recogniser's: `{build_hint(out / ENGINES_DIR, out / ASR_DIR)}`"
 
 
 def cmd_all(args) -> int:
@@ -243,18 +272,24 @@ def cmd_all(args) -> int:
     report = export_all(checkpoint, manifest, out, method=args.method, num=args.num, seed=args.seed,
                         parity_n=args.parity_n, opset=args.opset, split=args.eval_split, limit=limit,
                         threads=args.threads, latency_runs=args.latency_runs, workers=args.workers, name=args.name,
-                        trt_int8_embedding=args.trt_int8_embedding)
+                        trt_int8_embedding=args.trt_int8_embedding, asr=args.asr == "on")
     _print_parity(report["parity"])
     print(report["table"])
     for note in report.get("notes", []):
         print(f"note: {note}")
+    asr = report.get("asr")
+    if asr is None:
+        print("recogniser: skipped (--asr off)")
+    else:
+        print(f"recogniser: {len(asr['files'])} graphs in {asr['folder']}"
+              + (" (kept: already exported from this Whisper model)" if asr["kept"] else ""))
     if args.engines == "off":
         print("engines: skipped (--engines off)")
     elif (why := _tensorrt_missing()) is not None:
         print(f"engines: skipped: {why}; TensorRT engines are built on the device that runs them "
-              f"(on the Jetson: `hbaf-export engine --onnx {out / (args.name + '.int8-trt.onnx')} --precision int8`)")
+              f"(on the Jetson: {_engines_later(out, args.name, asr is not None)})")
     else:
-        _build_engines(out, args.name)
+        _build_engines(out, args.name, asr is not None)
     files = sorted(p for p in out.rglob("*") if p.is_file() and not p.name.startswith(".") and p.stat().st_mtime >= t0 - 1)
     print(f"written ({len(files)} files in {out}):")
     for f in files:
@@ -349,9 +384,18 @@ def cmd_asr(args) -> int:
 
     t0 = time.time()
     precisions = tuple(p.strip() for p in args.precision.split(",") if p.strip())
+    if args.engines is not None and "fp32" not in precisions:
+        raise HBAFError("--engines builds the recogniser's engines from its fp32 graphs; keep fp32 in --precision")
+    if args.engines is not None and (why := _tensorrt_missing()) is not None:  # before the export, not after it
+        raise HBAFError(f"--engines: {why}; build the recogniser's engines on the device that runs them, or leave --engines out")
     written = export_asr(args.out, asr=args.asr, precisions=precisions)
     for key, path in written.items():
         print(f"{key}: {path} ({path.stat().st_size / 1e6:.1f} MB)")
+    if args.engines is not None:
+        from export.pipeline import build_asr_engines
+
+        for engine_path in build_asr_engines(args.out, args.engines, asr=args.asr):
+            print(f"engine fp16: {engine_path}")
     print(f"total time: {time.time() - t0:.1f} s; run them with `hbaf-edge run --asr-encoder "
           f"{written.get('encoder.int8-cpu', next(iter(written.values())))} --asr-decoder ...decoder-step...onnx`")
     return 0

@@ -266,3 +266,142 @@ def test_bench_tables_put_every_form_side_by_side(graphs, speech, ct2_fp32):
     table = format_recogniser({"utterances": 2, "speech": "synthetic", "runs": 1, "threads": 2, "beam": 5, "encoder": enc,
                                "decoder": dec, "recognition": {}})
     assert "### Audio encoder" in table and "onnxruntime int8-cpu (cpu)" in table and "### Decoder" in table
+
+
+# ----------------------------------------------------------------------------- the default recogniser on this machine
+
+NANO = "NVIDIA Jetson Orin Nano Engineering Reference Developer Kit Super"
+
+
+def _recogniser_engine(folder: Path, role: str, onnx: Path, *, board: str = NANO, precision: str = "fp16") -> Path:
+    """An engine file of the recogniser's ``role`` graph as `hbaf-export engine` names it, with the sidecar
+    an Orin Nano build writes (the engine bytes are not TensorRT's: nothing here deserializes them)."""
+    import hashlib
+
+    from hbaf.contract import ShapeProfile, Sidecar, asr_engine_graph, engine_name, sidecar_path
+
+    folder.mkdir(parents=True, exist_ok=True)
+    payload = role.encode() * 64
+    engine = folder / engine_name(Path(asr_graph_name("tiny.en", role, "fp32")).stem, "10.3.0.30", "Orin", precision)
+    engine.write_bytes(payload)
+    side = Sidecar(graph=asr_engine_graph(role), shapes=ShapeProfile.parse(["mel:1x80x1000:1x80x1000:4x80x1000"]),
+                   onnx_sha256=hashlib.sha256(onnx.read_bytes()).hexdigest(), onnx_path=str(onnx), tensorrt_version="10.3.0.30",
+                   gpu_name="Orin", compute_capability="8.7", precision=precision, package_version="0.1.0",
+                   built_at="2026-01-02T00:00:00+00:00", engine_bytes=len(payload),
+                   engine_sha256=hashlib.sha256(payload).hexdigest(), board=board, l4t_release="36.4.3")
+    sidecar_path(engine).write_text(side.to_json())
+    return engine
+
+
+@pytest.fixture()
+def nowhere(tmp_path, monkeypatch):
+    """No engines in the default places: $HBAF_HOME and the working directory are empty."""
+    monkeypatch.setenv("HBAF_HOME", str(tmp_path / "home"))
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+def _export_layout(root: Path, graphs: Path, **kw) -> dict[str, Path]:
+    """OUT/asr and OUT/engines as `hbaf-export all --out OUT` leaves them on an Orin Nano."""
+    from hbaf.contract import ASR_DECODER_FIRST
+
+    return {role: _recogniser_engine(root / "engines", role, graphs / asr_graph_name("tiny.en", role, "fp32"), **kw)
+            for role in (ASR_ENCODER, ASR_DECODER_FIRST, ASR_DECODER_STEP)}
+
+
+
+
+def _nano():
+    from edge_runtime.asr_defaults import Machine
+
+    return Machine("10.3.0.30", "Orin", "8.7", "36.4.3", NANO)
+
+
+def test_default_recogniser_picks_the_engines_built_for_this_machine(graphs, nowhere):
+    from edge_runtime.asr_defaults import default_recogniser
+
+    engines = _export_layout(nowhere / "hbaf-models", graphs)
+    (nowhere / "hbaf-models" / "asr").mkdir()
+    asked = []
+
+    def probe():
+        asked.append(1)
+        return _nano()
+
+    pick = default_recogniser("tiny.en", (), [], machine=probe)  # found through hbaf-models/asr -> hbaf-models/engines
+    assert asked == [1] and pick.engines and not pick.warn
+    assert pick.encoder.resolve() == engines[ASR_ENCODER] and pick.decoder.resolve() == engines[ASR_DECODER_STEP]
+    assert pick.reason.startswith(f"TensorRT engines built for this {NANO}") and "0.64 s" in pick.reason
+    # the encoder engine must give the inner layer an emotion model reads: its graph (still there) lists block2
+    assert default_recogniser("tiny.en", ("block2",), [], machine=_nano()).engines
+    # no TensorRT or no GPU here: CTranslate2, without a warning
+    pick = default_recogniser("tiny.en", (), [], machine="TensorRT does not import here (No module named 'tensorrt')")
+    assert not pick.engines and not pick.warn and "TensorRT does not import here" in pick.reason
+
+
+def test_default_recogniser_without_engines_is_ctranslate2_and_probes_nothing(nowhere):
+    from edge_runtime.asr_defaults import default_recogniser
+
+    def probe():
+        raise AssertionError("the machine is probed only when engine files are found")
+
+    (nowhere / "model").mkdir()
+    pick = default_recogniser("tiny.en", (), [nowhere / "model"], machine=probe)
+    assert not pick.engines and not pick.warn and pick.reason.startswith("CTranslate2: no recogniser engines")
+
+
+def test_engines_of_another_board_or_half_a_pair_fall_back_with_a_warning(graphs, nowhere):
+    from edge_runtime.asr_defaults import default_recogniser
+    from hbaf.contract import ASR_DECODER_FIRST, sidecar_path
+
+    agx = "NVIDIA Jetson AGX Orin Developer Kit"
+    engines = _export_layout(nowhere / "export", graphs, board=agx)  # beside the fusion model: OUT/engines
+    pick = default_recogniser("tiny.en", (), [nowhere / "export"], machine=_nano())
+    assert not pick.engines and pick.warn
+    assert f"was built for board {agx} (this machine is {NANO})" in pick.reason
+    assert pick.fix == f"hbaf-export asr --out {nowhere / 'export' / 'asr'} --engines {nowhere / 'export' / 'engines'}"
+    assert pick.line().endswith(f"build them on this machine with `{pick.fix}`")
+
+    _export_layout(nowhere / "export", graphs)  # rebuilt here: same names, this board
+    engines[ASR_DECODER_FIRST].unlink()
+    sidecar_path(engines[ASR_DECODER_FIRST]).unlink()
+    pick = default_recogniser("tiny.en", (), [nowhere / "export"], machine=_nano())
+    assert not pick.engines and pick.warn and "has no decoder-first engine beside it" in pick.reason
+
+
+def test_a_stale_engine_found_by_search_falls_back_to_ctranslate2_with_a_warning(graphs, nowhere, caplog):
+    """The engine runner's own refusal (the ONNX changed since the build) becomes a warning and CTranslate2."""
+    import logging
+    import shutil
+
+    from edge_runtime.asr_defaults import default_recogniser, open_engines
+
+    copies = nowhere / "copies"
+    copies.mkdir()
+    for role in (ASR_ENCODER, "decoder-first", ASR_DECODER_STEP):
+        shutil.copy(graphs / asr_graph_name("tiny.en", role, "fp32"), copies)
+    _export_layout(nowhere / "hbaf-models", copies)
+    pick = default_recogniser("tiny.en", (), [], machine=_nano())
+    assert pick.engines  # the cheap checks pass: the sidecars match this machine
+    with (copies / asr_graph_name("tiny.en", ASR_ENCODER, "fp32")).open("ab") as f:
+        f.write(b"\0")  # the encoder's graph changed after the engine was built from it
+    with caplog.at_level(logging.WARNING, logger="edge_runtime.asr_defaults"):
+        assert open_engines(pick) is None
+    (warning,) = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert warning.startswith("the recogniser's engines cannot run (engine ") and "is stale" in warning
+    assert "using CTranslate2 instead" in warning
+    # an explicit --asr-encoder ENGINE still fails, in one line
+    from edge_runtime.recogniser import open_encoder
+
+    with pytest.raises(HBAFError) as info:
+        open_encoder(str(pick.encoder), whisper_model=None)
+    assert "is stale" in str(info.value) and "\n" not in str(info.value)
+
+
+def test_the_recogniser_starts_on_ctranslate2_when_no_engine_is_found(nowhere):
+    from edge_runtime.asr import WhisperASR
+
+    asr = WhisperASR(cpu_threads=2)
+    assert asr.default_pick is not None and not asr.default_pick.engines
+    assert asr.audio_encoder.name == "ct2" and asr.text_decoder.name == "ct2"
+    assert WhisperASR(cpu_threads=2, device="cpu").default_pick is None  # a device asked for: no search

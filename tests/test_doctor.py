@@ -252,3 +252,61 @@ def test_asr_device_cuda_without_a_cuda_ctranslate2_is_one_line():
     msg = str(info.value)
     assert msg.startswith("--asr-device cuda: this CTranslate2") and "aarch64" in msg and "use --asr-device cpu" in msg
     assert "\n" not in msg
+
+
+def _asr_engine(folder: Path, role: str, onnx: Path, board: str = NANO.rstrip("\x00")) -> Path:
+    """A recogniser engine named and sidecar'd as an Orin Nano build of `hbaf-export all` leaves it."""
+    from hbaf.contract import ShapeProfile, asr_engine_graph
+
+    payload = role.encode() * 32
+    engine = folder / f"whisper-tiny-en-{role}-fp32.10.3.0.orin.fp16.engine"
+    engine.write_bytes(payload)
+    side = Sidecar(graph=asr_engine_graph(role), shapes=ShapeProfile.parse(["mel:1x80x1000:1x80x1000:4x80x1000"]),
+                   onnx_sha256=hashlib.sha256(onnx.read_bytes()).hexdigest(), onnx_path=str(onnx), tensorrt_version="10.3.0",
+                   gpu_name="Orin", compute_capability="8.7", precision="fp16", package_version="0.1.0",
+                   built_at="2026-01-02T00:00:00+00:00", engine_bytes=len(payload),
+                   engine_sha256=hashlib.sha256(payload).hexdigest(), board=board, l4t_release="36.4.3")
+    sidecar_path(engine).write_text(side.to_json())
+    return engine
+
+
+def test_the_recogniser_line_says_which_form_run_uses_by_default(tmp_path, monkeypatch):
+    """Engines built for this Orin Nano -> them; stale -> CTranslate2 with the reason; none -> the command that builds them."""
+    from edge_runtime.doctor import _engine_facts, _recogniser_facts
+
+    monkeypatch.setenv("HBAF_HOME", str(tmp_path / "home"))
+    monkeypatch.chdir(tmp_path)
+    engines = tmp_path / "engines"
+    engines.mkdir()
+    onnx = tmp_path / "graph.onnx"
+    onnx.write_bytes(b"an exported graph")
+    for role in ("encoder", "decoder-first", "decoder-step"):
+        _asr_engine(engines, role, onnx)
+    facts = orin_nano()
+    _engine_facts(facts, engines)  # --engines engines/: each engine's own line, and the folder searched
+    _recogniser_facts(facts)
+    c = line(facts, "recogniser")
+    assert c.status == OK and c.detail.startswith("by default the TensorRT engines on the GPU, built for this machine: encoder ")
+    assert "whisper-tiny-en-encoder-fp32.10.3.0.orin.fp16.engine" in c.detail and "decoder-step" in c.detail
+    assert exit_code(run_checks(facts), TENSORRT) == 0
+
+    onnx.write_bytes(b"exported again")  # the engines are stale now
+    stale = orin_nano()
+    _engine_facts(stale, engines)
+    _recogniser_facts(stale)
+    c = line(stale, "recogniser")
+    assert c.status == WRONG and c.detail.startswith("by default CTranslate2 4.5.0: its aarch64 wheels are CPU-only")
+    assert "is stale" in c.detail and c.fix == f"hbaf-export asr --out {tmp_path / 'asr'} --engines {engines}"
+    assert line(stale, "recogniser").needed_for == frozenset()  # recognition still works, on the CPU
+
+    bare = orin_nano()  # TensorRT and a GPU, no recogniser engines anywhere
+    _recogniser_facts(bare)
+    c = line(bare, "recogniser")
+    assert c.status == MISSING and "TensorRT and a GPU are here but no recogniser engines" in c.detail
+    assert c.fix == "hbaf-export asr --out hbaf-models/asr --engines hbaf-models/engines"
+    assert "(not needed for the tensorrt path)" in format_report(run_checks(bare), TENSORRT)
+
+    plain = x86()  # no TensorRT: CTranslate2 on the CPU, nothing to fix
+    _recogniser_facts(plain)
+    c = line(plain, "recogniser")
+    assert c.status == OK and c.detail == "by default CTranslate2 4.5.0 on the CPU (int8)"

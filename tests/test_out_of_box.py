@@ -85,10 +85,27 @@ def test_export_all_with_the_default_checkpoint_and_no_manifest(small_builtin, t
         assert name in text
     assert "no --manifest: calibrating and evaluating on built-in utterances" in text
     assert "total time:" in text
+    # the recogniser's graphs, as `hbaf-export asr` writes them, in OUT/asr; listed and in the report
+    for role in ("encoder", "decoder-first", "decoder-step"):
+        for precision in ("fp32", "fp16", "int8-cpu"):
+            assert f"asr/whisper-tiny.en.{role}.{precision}.onnx  (" in text
+    assert (out / "asr" / "whisper-tiny.en.encoder.int8-trt.onnx").is_file()
+    assert "recogniser: 10 graphs in hbaf-models/asr" in text
+    assert json.loads((out / "report.json").read_text())["asr"]["files"]["encoder.fp32"] == "whisper-tiny.en.encoder.fp32.onnx"
+    assert "`whisper-tiny.en.decoder-step.fp16.onnx`" in (out / "report.md").read_text()
     try:
         import tensorrt  # noqa: F401
     except Exception:
         assert "engines: skipped: TensorRT does not import here" in text
+        assert "and the recogniser's: `hbaf-export asr --out hbaf-models/asr --engines hbaf-models/engines`" in text
+
+    # --asr off: the fusion model only, into another folder
+    assert main(["all", "--checkpoint", "default", "--num", "8", "--parity-n", "4", "--latency-runs", "2", "--eval-limit", "8",
+                 "--threads", "1", "--workers", "1", "--out", "fusion-only", "--asr", "off"]) == 0
+    text = capsys.readouterr().out
+    assert "recogniser: skipped (--asr off)" in text and "whisper-tiny.en" not in text
+    assert (tmp_path / "fusion-only" / "model.int8-cpu.onnx").is_file() and not (tmp_path / "fusion-only" / "asr").exists()
+    assert "asr" not in json.loads((tmp_path / "fusion-only" / "report.json").read_text())
 
 
 def test_no_shipped_checkpoint_is_one_line(tmp_path):

@@ -16,7 +16,7 @@ conversation (MELD-TTS voices, also synthetic). Three tables:
   today's recogniser (CTranslate2 int8 both halves).
 
 Speed-ups are p50 ratios against PyTorch FP32 eager and against CTranslate2, measured in the
-same run.
+same run with the forms taking turns (``time_forms``).
 """
 
 from __future__ import annotations
@@ -84,10 +84,26 @@ def _stats(ms: list[float]) -> dict[str, float]:
     return {"p50_ms": float(np.percentile(a, 50)), "p90_ms": float(np.percentile(a, 90)), "mean_ms": float(a.mean()), "n": int(a.size)}
 
 
-def _timed(fn: Callable[[], Any]) -> tuple[Any, float]:
-    t0 = time.perf_counter()
-    out = fn()
-    return out, 1000 * (time.perf_counter() - t0)
+def time_forms(forms: dict[str, Callable[[Any], Any]], items: list[Any], runs: int) -> dict[str, dict[str, float]]:
+    """Each form's time per item (``runs`` passes over ``items``), the forms taking turns in
+    blocks with a pause before each (``edge_runtime.timing.time_in_turns``): timed one after
+    another, a form would share the cores with the last one's still-spinning threads (PyTorch's
+    OpenMP, CTranslate2's) and drift of a shared machine would fall on one form only. Every form
+    sees the items in the same order."""
+    from edge_runtime.timing import time_in_turns
+
+    def cycling(fn: Callable[[Any], Any]) -> Callable[[], Any]:
+        at = [0]
+
+        def call() -> Any:
+            item = items[at[0] % len(items)]
+            at[0] += 1
+            return fn(item)
+        return call
+
+    ms = time_in_turns({name: cycling(fn) for name, fn in forms.items()}, runs=max(1, runs) * len(items),
+                       warmup=1, chunk_warmup=1)
+    return {name: _stats(times) for name, times in ms.items()}
 
 
 def _speedups(rows: dict[str, dict], key: str = "p50_ms") -> None:
@@ -145,19 +161,9 @@ def bench_encoders(forms: dict[str, Any], mels: list[np.ndarray], lengths: list[
     """Per form: the 10 s window's encode time, and parity of the utterances' own frames."""
     from hbaf.encoder import utterance_states
 
-    states: dict[str, list[np.ndarray]] = {}
-    rows: dict[str, dict] = {}
-    for name, enc in forms.items():
-        enc.encode(mels[0]).host_states()  # warm-up (first-call allocations)
-        times, outs = [], []
-        for _ in range(runs):
-            outs = []
-            for mel, n in zip(mels, lengths):
-                out, ms = _timed(lambda mel=mel: enc.encode(mel).host_states())
-                times.append(ms)
-                outs.append(utterance_states(out, n))
-        states[name] = outs
-        rows[name] = _stats(times)
+    states = {name: [utterance_states(enc.encode(mel).host_states(), n) for mel, n in zip(mels, lengths)]
+              for name, enc in forms.items()}
+    rows = time_forms({name: (lambda mel, enc=enc: enc.encode(mel).host_states()) for name, enc in forms.items()}, mels, runs)
     for name, row in rows.items():
         for ref_name, key in ((TORCH_ROW, "vs_torch"), (CT2_ROW, "vs_ct2")):
             if ref_name in states and name != ref_name:
@@ -170,33 +176,20 @@ def bench_encoders(forms: dict[str, Any], mels: list[np.ndarray], lengths: list[
 
 def bench_decoders(forms: dict[str, Any], encoded: list[Any], rules_for: Callable[[int], Any], runs: int) -> dict[str, dict]:
     """Per form and beam: time per utterance and per generated token; tokens identical to CTranslate2's."""
-    out: dict[str, dict] = {}
-    tokens: dict[tuple[str, int], list[list[int]]] = {}
-    for name, dec in forms.items():
-        row: dict[str, Any] = {}
-        dec.generate(encoded[0], rules_for(1))  # warm-up
-        for beam in BEAMS:
-            rules = rules_for(beam)
-            times, toks, count = [], [], 0
-            for _ in range(runs):
-                toks = []
-                for enc in encoded:
-                    got, ms = _timed(lambda enc=enc: dec.generate(enc, rules))
-                    times.append(ms)
-                    toks.append(list(got.tokens))
-                    count += len(got.tokens) + 1  # + the end token the decoder also computed
-            tokens[(name, beam)] = toks
-            stats = _stats(times)
-            row[f"beam{beam}"] = {**stats, "per_token_ms": float(np.sum(times)) / max(count, 1)}
-        out[name] = row
+    out: dict[str, dict] = {name: {} for name in forms}
     for beam in BEAMS:
-        ref = tokens.get((CT2_ROW, beam))
-        sub = {name: out[name][f"beam{beam}"] for name in out}
-        _speedups(sub)
-        for name in out:
+        rules = rules_for(beam)
+        tokens = {name: [list(dec.generate(enc, rules).tokens) for enc in encoded] for name, dec in forms.items()}
+        rows = time_forms({name: (lambda enc, dec=dec: dec.generate(enc, rules)) for name, dec in forms.items()}, encoded, runs)
+        _speedups(rows)
+        ref = tokens.get(CT2_ROW)
+        for name, row in rows.items():
+            # + the end token each decode also computed; the mean over passes that visit every utterance alike
+            computed = sum(len(t) + 1 for t in tokens[name])
+            row["per_token_ms"] = row["mean_ms"] * len(encoded) / max(computed, 1)
             if ref is not None:
-                same = sum(a == b for a, b in zip(tokens[(name, beam)], ref))
-                out[name][f"beam{beam}"]["identical_to_ct2"] = f"{same}/{len(ref)}"
+                row["identical_to_ct2"] = f"{sum(a == b for a, b in zip(tokens[name], ref))}/{len(ref)}"
+            out[name][f"beam{beam}"] = row
     return out
 
 
@@ -204,21 +197,11 @@ def bench_recognition(asrs: dict[str, Any], utts: list[Utterance], runs: int) ->
     """Per encoder/decoder pair: ``WhisperASR.transcribe`` per utterance, WER, identical transcripts."""
     from hbaf.wer import corpus_wer
 
-    rows: dict[str, dict] = {}
-    texts: dict[str, list[str]] = {}
-    for name, asr in asrs.items():
-        asr.transcribe(utts[0].samples)  # warm-up
-        times, hyps = [], []
-        for _ in range(runs):
-            hyps = []
-            for u in utts:
-                res, ms = _timed(lambda u=u: asr.transcribe(u.samples))
-                times.append(ms)
-                hyps.append(res.text)
-        texts[name] = hyps
-        rows[name] = {**_stats(times), "wer": corpus_wer([(u.text, h) for u, h in zip(utts, hyps)])}
+    texts = {name: [asr.transcribe(u.samples).text for u in utts] for name, asr in asrs.items()}
+    rows = time_forms({name: (lambda u, asr=asr: asr.transcribe(u.samples)) for name, asr in asrs.items()}, utts, runs)
     ref = texts.get(CT2_ROW)
     for name, row in rows.items():
+        row["wer"] = corpus_wer([(u.text, h) for u, h in zip(utts, texts[name])])
         if ref is not None:
             row["identical_to_ct2"] = f"{sum(a == b for a, b in zip(texts[name], ref))}/{len(ref)}"
     _speedups(rows)

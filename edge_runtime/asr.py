@@ -207,11 +207,15 @@ class WhisperASR:
         )
 
     def describe(self) -> str:
-        """``tiny.en (cpu: encoder ct2 int8, decoder onnx-int8-cpu)``: the model and each half's form."""
+        """``tiny.en (cpu: encoder ct2 int8, decoder onnx-int8-cpu)``: the model, where it runs and each
+        half's form; ``gpu`` when both halves are TensorRT engines (the device word is otherwise
+        CTranslate2's and our CPU/CUDA forms')."""
         def form(half: object) -> str:
             return f"ct2 {self.compute_type}" if half.name == "ct2" else half.name
 
-        return f"{self.model_name} ({self.device}: encoder {form(self.audio_encoder)}, decoder {form(self.text_decoder)})"
+        halves = (self.audio_encoder, self.text_decoder)
+        where = "gpu" if all(h.name.startswith("tensorrt") for h in halves) else self.device
+        return f"{self.model_name} ({where}: encoder {form(halves[0])}, decoder {form(halves[1])})"
 
     def states_of(self, kind: str) -> bool:
         """Whether this recogniser's encoder computes the fusion input ``kind`` as the model was

@@ -12,7 +12,8 @@ conversation (MELD-TTS voices, also synthetic). Three tables:
   same rules, at beam 1 and beam 5: per utterance and per generated token; tokens identical
   to CTranslate2's decoder.
 - **Recognition**: ``WhisperASR`` end to end (log-mel + encoder + decoder) per utterance, for
-  the encoder/decoder pairs that matter; WER against the script and transcripts identical to
+  the encoder/decoder pairs that matter (with the TensorRT engines built for this machine, where
+  they are beside the graphs: ``engine_pick``); WER against the script and transcripts identical to
   today's recogniser (CTranslate2 int8 both halves).
 
 Speed-ups are p50 ratios against PyTorch FP32 eager and against CTranslate2, measured in the
@@ -121,6 +122,32 @@ def _frames_parity(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
     return float(np.abs(a.astype(np.float64) - b).max()), cosine(a, b)
 
 
+ENGINE_ROW = "tensorrt {precision} (gpu)"
+
+
+def engine_pick(graphs: Path | None) -> Any:
+    """The recogniser's TensorRT engines built for this machine beside ``graphs`` (its folder and
+    the ``engines`` folder next to it, as ``hbaf-export all`` lays them out), the pick the runtime
+    makes by default (``edge_runtime.asr_defaults``); None where there are none or they cannot run
+    here (no TensorRT, no GPU, built elsewhere: the reason is logged)."""
+    if graphs is None:
+        return None
+    from edge_runtime.asr_defaults import default_recogniser
+
+    pick = default_recogniser("tiny.en", (), [graphs])
+    if not pick.engines:
+        log.info("recogniser bench: no TensorRT rows (%s)", pick.line())
+        return None
+    return pick
+
+
+def _engine_row(path: Path) -> str:
+    from hbaf.contract import parse_engine_name
+
+    parts = parse_engine_name(Path(path).name) or {}
+    return ENGINE_ROW.format(precision=parts.get("precision", "engine"))
+
+
 def encoder_forms(graphs: Path | None, threads: int, whisper_model: Any) -> dict[str, Any]:
     """Every encoder form that can run here: CTranslate2, PyTorch (CPU; CUDA FP16 where a GPU is),
     ONNX Runtime FP32 and INT8 on the CPU (from ``graphs``)."""
@@ -136,6 +163,10 @@ def encoder_forms(graphs: Path | None, threads: int, whisper_model: Any) -> dict
                 forms[f"onnxruntime {precision} (cpu)"] = OnnxEncoder(path, threads=threads, providers=["CPUExecutionProvider"])
     if torch.cuda.is_available():
         forms["pytorch fp16 (cuda)"] = TorchEncoder(device="cuda")
+    if (pick := engine_pick(graphs)) is not None:
+        from edge_runtime.recogniser import EngineEncoder
+
+        forms[_engine_row(pick.encoder)] = EngineEncoder(pick.encoder)
     return forms
 
 
@@ -154,6 +185,10 @@ def decoder_forms(graphs: Path | None, threads: int, whisper_model: Any) -> dict
                 forms[f"onnxruntime {precision} (cpu)"] = onnx_decoder(path, threads=threads, providers=["CPUExecutionProvider"])
     if torch.cuda.is_available():
         forms["pytorch fp16 (cuda)"] = open_decoder("torch", whisper_model=whisper_model, device="cuda")
+    if (pick := engine_pick(graphs)) is not None:
+        from edge_runtime.recogniser import engine_decoder
+
+        forms[_engine_row(pick.decoder)] = engine_decoder(pick.decoder)
     return forms
 
 
@@ -300,6 +335,8 @@ def run_recogniser_bench(graphs: Path | None, *, threads: int = 2, runs: int = 1
             pairs["ct2 encoder + onnxruntime int8 decoder (cpu)"] = (None, str(dec8))
             pairs["onnxruntime int8 encoder + ct2 decoder (cpu)"] = (str(enc8), None)
             pairs["onnxruntime int8 (cpu)"] = (str(enc8), str(dec8))
+        if (pick := engine_pick(graphs)) is not None:
+            pairs[_engine_row(pick.encoder)] = (str(pick.encoder), str(pick.decoder))
     asrs = {name: WhisperASR(device="cpu", cpu_threads=threads, beam_size=beam, encoder=e, decoder=d) for name, (e, d) in pairs.items()}
     report["recognition"] = bench_recognition(asrs, utts, runs)
     report["beam"] = beam

@@ -217,6 +217,10 @@ def rss_stats(start: float, samples: list[tuple[float, float]], end: float, audi
         "max": round(max([start, end] + [mb for _, mb in samples]), 1),
         "growth_10pct_to_end": round(end - at10, 1),
         "slope_mb_per_audio_hour_after_10pct": round(slope, 1),
+        # the RSS at every tenth of the audio (0 %: after load, 100 %: the end): a leak climbs to the
+        # end, a cache that fills levels off
+        "by_tenth": [round(start, 1)] + [round(next((mb for t, mb in samples if t >= i / 10 * audio_s), end), 1)
+                                         for i in range(1, 10)] + [round(end, 1)],
     }
 
 
@@ -306,6 +310,7 @@ def format_report(r: SoakReport) -> str:
         f"memory resets {r.memory_resets}",
         f"  RSS MB: after load {r.rss_mb['after_load']}, at 10 % {r.rss_mb['at_10pct']}, end {r.rss_mb['end']}, max {r.rss_mb['max']} "
         f"(growth 10 %->end {r.rss_mb['growth_10pct_to_end']:+}, slope {r.rss_mb['slope_mb_per_audio_hour_after_10pct']:+} MB per audio hour)",
+        f"  RSS MB at each tenth of the audio: {' '.join(f'{mb:g}' for mb in r.rss_mb.get('by_tenth', []))}",
         f"  processing (ASR+features+fusion): first 10 % {pair(first['processing'])}, last 10 % {pair(last['processing'])}",
         f"  total (end of speech -> event, queue included): first 10 % {pair(first['total'])}, last 10 % {pair(last['total'])}",
         f"  fusion alone: first 10 % {pair(first['fusion'])}, last 10 % {pair(last['fusion'])}",

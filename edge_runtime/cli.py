@@ -118,11 +118,12 @@ def build_parser(extra_commands: dict[str, str] | None = None) -> argparse.Argum
     mod.add_argument("--asr-beam", type=int, default=d.asr_beam, metavar="N",
                      help=f"Whisper beam size (default {d.asr_beam}; 1 = greedy: lower latency on slow cores, a few points more WER)")
     mod.add_argument("--asr-encoder", default=d.asr_encoder, metavar="FORM",
-                     help="the recogniser's encoder: ct2 (CTranslate2, the default), torch (PyTorch; CUDA FP16 with --asr-device "
-                          "cuda), or an encoder graph (.onnx from `hbaf-export asr`, or its TensorRT .engine)")
+                     help="the recogniser's encoder: ct2 (CTranslate2; the default unless the recogniser's TensorRT engines were built here), torch "
+                          "(PyTorch; CUDA FP16 with --asr-device cuda), torch-int8 (PyTorch in CTranslate2's int8 arithmetic: "
+                          "slow, for checks), or an encoder graph (.onnx from `hbaf-export asr`, or its TensorRT .engine)")
     mod.add_argument("--asr-decoder", default=d.asr_decoder, metavar="FORM",
-                     help="the recogniser's decoder: ct2 (the default), torch, or a decoder graph (.onnx or .engine; either file of "
-                          "the first-step/step pair, the other beside it)")
+                     help="the recogniser's decoder: ct2 (the default), torch, torch-int8, or a decoder graph (.onnx or .engine; either "
+                          "file of the first-step/step pair, the other beside it)")
     mod.add_argument("--context", type=int, default=None,
                      help="earlier utterances the model sees, 0..K (default: K, the model's context size; 0 = none)")
     mod.add_argument("--reset-after", type=float, default=d.reset_after,

@@ -53,6 +53,9 @@ log = logging.getLogger(__name__)
 
 CT2 = "ct2"
 TORCH = "torch"
+# our PyTorch Whisper in CTranslate2's CPU int8 arithmetic (hbaf/ct2_int8.py): slow, and the
+# form closest to today's transcripts, for checking our graphs against them (docs/RECOGNISER.md)
+TORCH_INT8 = "torch-int8"
 
 
 @dataclass
@@ -139,30 +142,37 @@ class CT2Encoder:
         return Encoded(native=self.model.encode(mel))
 
 
-def load_torch_whisper(model: str | None, device: str, fp16: bool, threads: int | None) -> Any:
-    """hbaf/whisper.py's model on ``device`` (a one-line error where torch sees no CUDA GPU)."""
+def load_torch_whisper(model: str | None, device: str, fp16: bool, threads: int | None, int8: bool = False) -> Any:
+    """hbaf/whisper.py's model on ``device`` (a one-line error where torch sees no CUDA GPU);
+    ``int8``: in CTranslate2's CPU int8 arithmetic (CPU only)."""
     import torch
 
     from hbaf.whisper import load_whisper_torch
 
+    if int8 and device != "cpu":
+        raise HBAFError(f"the recogniser's {TORCH_INT8} form is CTranslate2's CPU int8 arithmetic; use --asr-device cpu, "
+                        f"or {TORCH} for PyTorch on {device}")
     if device == "cuda" and not torch.cuda.is_available():
         raise HBAFError("the recogniser's torch form on cuda: this torch build sees no CUDA GPU; use --asr-device cpu")
     if threads and device == "cpu":
         torch.set_num_threads(int(threads))
+    if int8:
+        return load_whisper_torch(model, int8="ct2")
     return load_whisper_torch(model, device=device, fp16=fp16)
 
 
 class TorchEncoder:
-    """hbaf/whisper.py's encoder: CPU float32 or CUDA (float16 by default)."""
+    """hbaf/whisper.py's encoder: CPU float32, CUDA (float16 by default) or (``int8``)
+    CTranslate2's CPU int8 arithmetic."""
 
     name = TORCH
 
     def __init__(self, model: str | None = None, *, device: str = "cpu", fp16: bool | None = None,
-                 threads: int | None = None) -> None:
+                 threads: int | None = None, int8: bool = False) -> None:
         self.device = device
-        self.fp16 = bool(fp16) if fp16 is not None else device == "cuda"
-        self.whisper = load_torch_whisper(model, device, self.fp16, threads)
-        self.name = f"{TORCH}-{device}-{'fp16' if self.fp16 else 'fp32'}"
+        self.fp16 = bool(fp16) if fp16 is not None else device == "cuda" and not int8
+        self.whisper = load_torch_whisper(model, device, self.fp16, threads, int8=int8)
+        self.name = f"{TORCH}-{device}-{'int8' if int8 else 'fp16' if self.fp16 else 'fp32'}"
         self.inner_layers = tuple(encoder_layer_name(i) for i in range(self.whisper.dims.encoder_layers))
 
     def encode(self, mel: np.ndarray, layers: tuple[str, ...] = ()) -> Encoded:
@@ -296,7 +306,7 @@ def encoder_for_layers(layers: tuple[str, ...], *, whisper_name: str, device: st
 def open_encoder(form: str | None, *, whisper_model: Any, model: str | None = None, device: str = "cpu",
                  threads: int | None = None, layers: tuple[str, ...] = (), whisper_name: str | None = None,
                  graph_dirs: list[Path] | None = None) -> AudioEncoder:
-    """The ``AudioEncoder`` that ``form`` names: "ct2", "torch", or an encoder graph file. None is
+    """The ``AudioEncoder`` that ``form`` names: "ct2", "torch", "torch-int8", or an encoder graph file. None is
     CTranslate2, unless the emotion model reads inner ``layers``: then one of ours
     (``encoder_for_layers``). A form asked for that cannot give ``layers`` is a one-line error."""
     t0 = time.perf_counter()
@@ -309,8 +319,8 @@ def open_encoder(form: str | None, *, whisper_model: Any, model: str | None = No
                             "(CTranslate2 returns the last layer only); leave --asr-encoder out to run ours once for both, "
                             "or pass torch or an encoder graph from `hbaf-export asr`")
         return CT2Encoder(whisper_model)
-    if form == TORCH:
-        enc: AudioEncoder = TorchEncoder(model, device=device, threads=threads)
+    if form in (TORCH, TORCH_INT8):
+        enc: AudioEncoder = TorchEncoder(model, device=device, threads=threads, int8=form == TORCH_INT8)
     else:
         path = Path(form).expanduser()
         if path.suffix == ".engine":
@@ -318,7 +328,7 @@ def open_encoder(form: str | None, *, whisper_model: Any, model: str | None = No
         elif path.suffix == ".onnx" or path.exists():
             enc = OnnxEncoder(path, threads=threads)
         else:
-            raise HBAFError(f"--asr-encoder {form!r}: not ct2, torch or an encoder graph file; export one with `hbaf-export asr --out DIR`")
+            raise HBAFError(f"--asr-encoder {form!r}: not ct2, torch, torch-int8 or an encoder graph file; export one with `hbaf-export asr --out DIR`")
     _check_layers(enc, layers, graph=form)
     log.info("ASR encoder %s loaded in %.2f s", enc.name, time.perf_counter() - t0)
     return enc
@@ -472,15 +482,16 @@ def engine_decoder(path: str | Path, *, device: int = 0) -> GraphDecoder:
 
 def open_decoder(form: str | None, *, whisper_model: Any, model: str | None = None, device: str = "cpu",
                  threads: int | None = None) -> TextDecoder:
-    """The ``TextDecoder`` that ``form`` names: "ct2" (or None), "torch", or a decoder graph or
+    """The ``TextDecoder`` that ``form`` names: "ct2" (or None), "torch", "torch-int8", or a decoder graph or
     engine file (either of the pair; the other is found beside it)."""
     if form in (None, CT2):
         return CT2Decoder(whisper_model)
     t0 = time.perf_counter()
-    if form == TORCH:
-        fp16 = device == "cuda"
-        dec: TextDecoder = GraphDecoder(TorchDecoderStep(load_torch_whisper(model, device, fp16, threads), device=device, fp16=fp16),
-                                        f"{TORCH}-{device}-{'fp16' if fp16 else 'fp32'}")
+    if form in (TORCH, TORCH_INT8):
+        int8 = form == TORCH_INT8
+        fp16 = device == "cuda" and not int8
+        dec: TextDecoder = GraphDecoder(TorchDecoderStep(load_torch_whisper(model, device, fp16, threads, int8=int8), device=device,
+                                                         fp16=fp16), f"{TORCH}-{device}-{'int8' if int8 else 'fp16' if fp16 else 'fp32'}")
     else:
         path = Path(form).expanduser()
         if path.suffix == ".engine":
@@ -488,6 +499,6 @@ def open_decoder(form: str | None, *, whisper_model: Any, model: str | None = No
         elif path.suffix == ".onnx" or path.exists():
             dec = onnx_decoder(path, threads=threads)
         else:
-            raise HBAFError(f"--asr-decoder {form!r}: not ct2, torch or a decoder graph file; export one with `hbaf-export asr --out DIR`")
+            raise HBAFError(f"--asr-decoder {form!r}: not ct2, torch, torch-int8 or a decoder graph file; export one with `hbaf-export asr --out DIR`")
     log.info("ASR decoder %s loaded in %.2f s", dec.name, time.perf_counter() - t0)
     return dec

@@ -192,3 +192,26 @@ def test_decoder_tokens_are_ctranslate2_int8s_on_its_own_states(ct2, mels, model
         # 1e-3 .. 1e-2 off; later steps drift by the odd rounding flip (scores measured 2e-4 .. 6e-3 off)
         assert abs(got.no_speech_prob - ref.no_speech_prob) < 2e-6, (got.no_speech_prob, ref.no_speech_prob)
         assert abs(got.score - ref.scores[0]) < 2e-2, (got.score, ref.scores[0])
+
+
+def test_the_runtime_recogniser_with_our_int8_decoder_gives_todays_transcripts():
+    """``--asr-decoder torch-int8`` beside CTranslate2's encoder: the recogniser's own path (rules,
+    window, text) gives today's transcripts on the demo's turns."""
+    from bench.recogniser import demo_utterances
+    from edge_runtime.asr import WhisperASR
+
+    today = WhisperASR(device="cpu", cpu_threads=2)
+    ours = WhisperASR(device="cpu", cpu_threads=2, decoder="torch-int8")
+    assert ours.text_decoder.name == "torch-cpu-int8"
+    utts = demo_utterances()
+    for i in CLIPS:
+        assert ours.transcribe(utts[i].samples).text == today.transcribe(utts[i].samples).text
+
+
+def test_the_int8_forms_refuse_a_gpu_in_one_line():
+    from edge_runtime.recogniser import open_decoder, open_encoder
+
+    with pytest.raises(HBAFError, match="torch-int8 form is CTranslate2's CPU int8 arithmetic; use --asr-device cpu"):
+        open_encoder("torch-int8", whisper_model=None, device="cuda")
+    with pytest.raises(HBAFError, match="use --asr-device cpu"):
+        open_decoder("torch-int8", whisper_model=None, device="cuda")

@@ -29,7 +29,7 @@ from typing import Protocol
 
 import numpy as np
 
-from edge_runtime.asr_defaults import RecogniserPick, default_recogniser, open_engines
+from edge_runtime.asr_defaults import RecogniserPick, default_recogniser, open_engines, with_cpu_graphs
 from edge_runtime.long_audio import join_texts, window_bounds
 from edge_runtime.recogniser import DecodeRules, Encoded, open_decoder, open_encoder
 from edge_runtime.whisper_decode import SpecialTokens
@@ -162,12 +162,13 @@ class WhisperASR:
         layers = (FEATURE_FORMATS[states].encoder_output,) if states and inner_layer(states) is not None \
             and computes_kind(self.model_path, states) else ()
         # no form asked for, device auto: the recogniser's TensorRT engines where they were built for
-        # this machine (edge_runtime/asr_defaults.py), else CTranslate2 as before
+        # this machine, else on an x86 CPU its exported INT8 graphs where they are
+        # (edge_runtime/asr_defaults.py), else CTranslate2 as before
         self.default_pick = None
         engines = None
         if encoder is None and decoder is None and device == "auto":
             self.default_pick = self._default_pick(layers, graph_dirs)
-            engines = open_engines(self.default_pick, layers)
+            engines = open_engines(self.default_pick, layers, threads=self.cpu_threads)
         if engines is not None:
             self.audio_encoder, self.text_decoder = engines
         else:
@@ -185,17 +186,20 @@ class WhisperASR:
                  self.audio_encoder.name, self.text_decoder.name, self.load_seconds)
 
     def _default_pick(self, layers: tuple[str, ...], graph_dirs: list | None) -> RecogniserPick:
-        """The default form (``default_recogniser``) for this recogniser's settings: the engines take
-        the fixed 10 s window, so a window of another size or buckets keep CTranslate2."""
+        """The default form (``default_recogniser``, then ``with_cpu_graphs``) for this recogniser's
+        settings: the engines and graphs take the fixed 10 s window, so a window of another size or
+        buckets keep CTranslate2."""
         if self.encoder_window_s != WINDOW_S or self.window_bucket_s is not None:
             return RecogniserPick(None, None, "CTranslate2: the recogniser's engines take the fixed "
                                   f"{WINDOW_S:g} s window, not this one")
-        pick = default_recogniser(os.path.basename(self.model_name), layers, list(graph_dirs or []))
+        name = os.path.basename(self.model_name)
+        pick = default_recogniser(name, layers, list(graph_dirs or []))
         if pick.warn:
             log.warning("recogniser: %s", pick.line())
         elif not pick.engines:
             log.debug("recogniser: %s", pick.reason)
-        return pick
+        # the CPU graphs where recognition runs on the CPU (CTranslate2 on a CUDA GPU is not measured against them)
+        return with_cpu_graphs(pick, name, layers, list(graph_dirs or [])) if self.device == "cpu" else pick
 
     def _load_error(self, local: bool, err: Exception) -> HBAFError:
         why = " ".join(str(err).split())[:200]

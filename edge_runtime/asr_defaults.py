@@ -1,4 +1,5 @@
-"""The recogniser's default form on this machine: its TensorRT engines where they were built here, else CTranslate2.
+"""The recogniser's default form on this machine: its TensorRT engines where they were built here,
+else on an x86 CPU its exported ONNX Runtime INT8 graphs where they are, else CTranslate2.
 
 With no ``--asr-encoder``/``--asr-decoder`` and ``--asr-device auto``, ``WhisperASR`` asks
 ``default_recogniser`` which form to run. It looks for engines of the recogniser's three graphs
@@ -26,6 +27,7 @@ from __future__ import annotations
 
 import logging
 import os
+import platform
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +37,7 @@ from edge_runtime.recogniser import (
     AudioEncoder,
     TextDecoder,
     default_graph_dirs,
+    find_encoder_graph,
     open_decoder,
     open_encoder,
     read_asr_graph,
@@ -44,6 +47,7 @@ from hbaf.contract import (
     ASR_DECODER_STEP,
     ASR_ENCODER,
     Sidecar,
+    asr_graph_name,
     asr_engine_graph,
     engine_mismatches,
     engine_name,
@@ -60,6 +64,11 @@ DEFAULT_PRECISIONS = ("fp16", "fp32")
 # the graphs of the recogniser that get an engine, and the graph each engine is built from
 ENGINE_ROLES = (ASR_ENCODER, ASR_DECODER_FIRST, ASR_DECODER_STEP)
 ENGINE_SOURCE_PRECISION = "fp32"  # fp16 engines come from the FP32 graph with TensorRT's FP16 flag (export/engine.py)
+# the CPU graphs a default pick takes, and the measurement that makes them the default on x86
+# (docs/RECOGNISER.md, the no-argument `hbaf-edge bench` of release 2.4)
+CPU_GRAPHS = "int8-cpu"
+CPU_MEASURED = ("2-core x86, the demo's 12 turns (synthetic), beam 5: 168 vs 222 ms per utterance, WER 9.3 vs 12.4 %, "
+                "emotion answers on its states 100 % CTranslate2's")
 ANCHOR = ("whisper_trt, tiny.en both halves as TensorRT engines, 20 s of audio on an Orin Nano: 0.64 s vs faster-whisper "
           "on its CPU 0.85 s")
 
@@ -114,8 +123,14 @@ class RecogniserPick:
         return self.reason + (f"; build them on this machine with `{self.fix}`" if self.fix else "")
 
     @property
-    def engines(self) -> bool:
+    def forms(self) -> bool:
+        """Both halves picked: TensorRT engines, or the CPU graphs (``with_cpu_graphs``)."""
         return self.encoder is not None and self.decoder is not None
+
+    @property
+    def engines(self) -> bool:
+        """Both halves are TensorRT engines."""
+        return self.forms and Path(self.encoder).suffix == ".engine"  # type: ignore[arg-type]
 
 
 def engine_dirs(graph_dirs: Sequence[str | os.PathLike] = ()) -> list[Path]:
@@ -246,22 +261,41 @@ def default_recogniser(whisper_name: str, layers: tuple[str, ...] = (), graph_di
                           warn=True, fix=build_hint(folder))
 
 
-def open_engines(pick: RecogniserPick, layers: tuple[str, ...] = ()) -> tuple[AudioEncoder, TextDecoder] | None:
-    """The engines of ``pick`` loaded (the encoder giving the inner ``layers``), or None with a
-    warning when the engine runner refuses one (stale, corrupted, foreign, no TensorRT): the
-    caller then opens CTranslate2 (or ours for inner layers), as with no engines."""
-    if not pick.engines:
+def with_cpu_graphs(pick: RecogniserPick, whisper_name: str, layers: tuple[str, ...] = (),
+                    graph_dirs: Sequence[str | os.PathLike] = (), *, arch: str | None = None) -> RecogniserPick:
+    """``pick`` where it runs the engines; else, on an x86 CPU, the recogniser's ONNX Runtime INT8
+    graphs (encoder giving ``layers``, and the decoder pair, from one folder of ``graph_dirs`` or
+    ``default_graph_dirs()``: where ``hbaf-export asr`` and ``hbaf-export all`` put them), which
+    there recognise faster than CTranslate2 at a better WER (``CPU_MEASURED``); else ``pick``
+    (CTranslate2). On ARM nothing has measured the two, so CTranslate2 stays."""
+    if pick.engines or (arch or platform.machine()).lower() not in ("x86_64", "amd64"):
+        return pick
+    for folder in [*(Path(d).expanduser() for d in graph_dirs), *default_graph_dirs()]:
+        encoder = find_encoder_graph(whisper_name, layers, [folder])
+        names = {role: folder / asr_graph_name(whisper_name, role, CPU_GRAPHS) for role in (ASR_DECODER_FIRST, ASR_DECODER_STEP)}
+        if encoder is not None and all(f.is_file() for f in names.values()):
+            return RecogniserPick(encoder, names[ASR_DECODER_STEP], f"ONNX Runtime INT8 graphs on the CPU, from {folder} "
+                                  f"(faster than CTranslate2 here at a better WER: {CPU_MEASURED})")
+    return pick
+
+
+def open_engines(pick: RecogniserPick, layers: tuple[str, ...] = (), threads: int | None = None) -> tuple[AudioEncoder, TextDecoder] | None:
+    """The forms of ``pick`` loaded (TensorRT engines or the CPU graphs, ``threads`` for the
+    latter; the encoder giving the inner ``layers``), or None with a warning when one is refused
+    (stale, corrupted, foreign, no TensorRT; graphs from two exports): the caller then opens
+    CTranslate2 (or ours for inner layers), as with none."""
+    if not pick.forms:
         return None
     encoder: Any = None
     try:
-        encoder = open_encoder(str(pick.encoder), whisper_model=None, layers=layers)
-        decoder = open_decoder(str(pick.decoder), whisper_model=None)
+        encoder = open_encoder(str(pick.encoder), whisper_model=None, layers=layers, threads=threads)
+        decoder = open_decoder(str(pick.decoder), whisper_model=None, threads=threads)
     except HBAFError as err:
         runner = getattr(encoder, "runner", None)
         if runner is not None:
             runner.close()  # the GPU memory of a half that did load
-        log.warning("the recogniser's engines cannot run (%s); using CTranslate2 instead (--asr-encoder ENGINE shows the "
-                    "error itself)", first_line(err, 400))
+        log.warning("the recogniser's %s cannot run (%s); using CTranslate2 instead (--asr-encoder FILE shows the "
+                    "error itself)", "engines" if pick.engines else "graphs", first_line(err, 400))
         return None
     log.info("recogniser: %s (--asr-encoder ct2 --asr-decoder ct2 runs CTranslate2)", pick.reason)
     return encoder, decoder

@@ -274,7 +274,10 @@ def check_recogniser(f: Facts) -> Check:
     if f.faster_whisper is None or f.ctranslate2 is None:
         return Check("recogniser", MISSING, "faster-whisper / CTranslate2 are not installed", "bash scripts/install.sh", ALL)
     pick = f.asr_default
-    if pick.get("encoder") and pick.get("decoder"):
+    if pick.get("graphs") and not pick.get("warn"):
+        return Check("recogniser", OK, f"by default the {pick['graphs']}: encoder {pick['encoder']}, decoder "
+                     f"{pick['decoder']} (--asr-encoder ct2 --asr-decoder ct2 runs CTranslate2)", needed_for=ALL)
+    if pick.get("encoder") and pick.get("decoder") and not pick.get("graphs"):
         return Check("recogniser", OK, f"by default the TensorRT engines on the GPU, built for this machine: encoder "
                      f"{pick['encoder']}, decoder {pick['decoder']} (--asr-encoder ct2 --asr-decoder ct2 runs CTranslate2)",
                      needed_for=ALL)
@@ -285,9 +288,9 @@ def check_recogniser(f: Facts) -> Check:
             ": its aarch64 wheels are CPU-only, so recognition runs int8 on the ARM cores (--asr-device cpu; cuda is refused)"
             if f.machine == "aarch64" else " on the CPU (int8)")
     fix = pick.get("fix") or ""
-    if pick.get("warn"):  # engines were found and cannot run: recognition still works, on CTranslate2
+    if pick.get("warn"):  # engines were found and cannot run: recognition still works, on CTranslate2 or the CPU graphs
         why = str(pick.get("reason", "")).removeprefix("CTranslate2: ")
-        return Check("recogniser", WRONG, f"by default {ct2}: {why}", fix)
+        return Check("recogniser", WRONG, f"by default {'the ' + pick['graphs'] if pick.get('graphs') else ct2}: {why}", fix)
     if f.tensorrt is not None and f.gpu and pick:
         return Check("recogniser", MISSING, f"by default {ct2}: TensorRT and a GPU are here but no recogniser engines "
                      "(on a Jetson they are the faster form, docs/JETSON.md section 10)", fix)
@@ -504,7 +507,7 @@ def _recogniser_facts(f: Facts) -> None:
     """The recogniser ``hbaf-edge run`` would use by default (``default_recogniser``, looking also in
     ``--engines``), against this machine's facts; an engine it would pick is also checked in full
     (its sha256, and its ONNX's: a stale engine), as the engine runner will at load."""
-    from edge_runtime.asr_defaults import Machine, RecogniserPick, build_hint, default_recogniser
+    from edge_runtime.asr_defaults import Machine, RecogniserPick, build_hint, default_recogniser, with_cpu_graphs
     from edge_runtime.trt_runner import check_source_onnx, read_engine
     from hbaf.contract import ASR_DECODER_FIRST, ASR_DECODER_STEP, ASR_ENCODER, asr_engine_graph
     from hbaf.encoder import BUNDLED_MODEL
@@ -532,6 +535,9 @@ def _recogniser_facts(f: Facts) -> None:
         pick = RecogniserPick(None, None, pick.reason, pick.warn, build_hint(f.engines_dir))
     f.asr_default = {"encoder": str(pick.encoder or ""), "decoder": str(pick.decoder or ""), "reason": pick.reason,
                      "warn": pick.warn, "fix": pick.fix}
+    graphs = with_cpu_graphs(pick, BUNDLED_MODEL, (), dirs, arch=f.machine or None)
+    if graphs.forms and not graphs.engines:  # engines that cannot run keep their warning; the CPU graphs run instead
+        f.asr_default.update(encoder=str(graphs.encoder), decoder=str(graphs.decoder), graphs=graphs.reason)
 
 
 def _importable(module: str) -> bool:

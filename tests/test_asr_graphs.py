@@ -405,3 +405,51 @@ def test_the_recogniser_starts_on_ctranslate2_when_no_engine_is_found(nowhere):
     assert asr.default_pick is not None and not asr.default_pick.engines
     assert asr.audio_encoder.name == "ct2" and asr.text_decoder.name == "ct2"
     assert WhisperASR(cpu_threads=2, device="cpu").default_pick is None  # a device asked for: no search
+
+
+def _cpu_graphs(folder: Path, graphs: Path) -> dict[str, Path]:
+    """The three INT8 CPU graphs of ``graphs`` linked into ``folder`` (as `hbaf-export asr` leaves them)."""
+    import os
+
+    folder.mkdir(parents=True, exist_ok=True)
+    out = {}
+    for role in (ASR_ENCODER, "decoder-first", ASR_DECODER_STEP):
+        out[role] = folder / asr_graph_name("tiny.en", role, "int8-cpu")
+        os.symlink(graphs / out[role].name, out[role])
+    return out
+
+
+def test_on_an_x86_cpu_the_exported_int8_graphs_are_the_default_recogniser(graphs, nowhere):
+    import platform
+
+    from edge_runtime.asr import WhisperASR
+    from edge_runtime.asr_defaults import RecogniserPick, with_cpu_graphs
+
+    files = _cpu_graphs(nowhere / "home" / "asr", graphs)  # $HBAF_HOME/asr
+    ct2 = RecogniserPick(None, None, "CTranslate2: no recogniser engines found")
+    pick = with_cpu_graphs(ct2, "tiny.en", arch="x86_64")
+    assert pick.forms and not pick.engines and not pick.warn
+    assert (pick.encoder, pick.decoder) == (files[ASR_ENCODER], files[ASR_DECODER_STEP])
+    assert "faster than CTranslate2 here at a better WER" in pick.reason and "168 vs 222 ms" in pick.reason
+    assert with_cpu_graphs(ct2, "tiny.en", ("block2",), arch="x86_64").forms  # the graph gives the inner layers too
+    assert with_cpu_graphs(ct2, "tiny.en", arch="aarch64") is ct2  # not measured on ARM: CTranslate2 stays
+    if platform.machine().lower() in ("x86_64", "amd64"):
+        asr = WhisperASR(cpu_threads=2)
+        assert asr.audio_encoder.name == "onnx-int8-cpu" and asr.text_decoder.name == "onnx-int8-cpu"
+        assert "encoder onnx-int8-cpu, decoder onnx-int8-cpu" in asr.describe()
+        assert WhisperASR(cpu_threads=2, encoder="ct2", decoder="ct2").audio_encoder.name == "ct2"  # asked for: CTranslate2
+    # the doctor's recogniser line says so on an x86 machine, and not on an ARM one
+    from dataclasses import replace
+
+    from edge_runtime.doctor import Facts, _recogniser_facts, check_recogniser
+
+    x86 = Facts(machine="x86_64", ctranslate2="4.5.0", faster_whisper="1.1.0")
+    _recogniser_facts(x86)
+    c = check_recogniser(x86)
+    assert c.status == "ok" and c.detail.startswith("by default the ONNX Runtime INT8 graphs on the CPU, from ")
+    assert f"decoder {files[ASR_DECODER_STEP]}" in c.detail and "--asr-encoder ct2 --asr-decoder ct2 runs CTranslate2" in c.detail
+    arm = replace(x86, machine="aarch64")
+    _recogniser_facts(arm)
+    assert check_recogniser(arm).detail.startswith("by default CTranslate2 4.5.0: its aarch64 wheels are CPU-only")
+    files["decoder-first"].unlink()  # half a decoder: not a pick
+    assert with_cpu_graphs(ct2, "tiny.en", arch="x86_64") is ct2

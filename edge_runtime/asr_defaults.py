@@ -10,9 +10,10 @@ decoder engine pair, fp16 (else fp32), built for this machine's TensorRT, GPU, b
 Linux release (their sidecars say), make the default: both halves on the GPU. The published
 anchor is whisper_trt's (tiny.en, both halves as TensorRT engines, 20 s of audio on an Orin Nano:
 0.64 s, vs 0.85 s for faster-whisper on its CPU; docs/JETSON.md section 10); nothing was
-measured on a Jetson here. An INT8 encoder engine is never the default: its Q/DQ graph agrees
-with CTranslate2's states on 98.75 % of the emotion answers, short of the 99 % target
-(docs/RECOGNISER.md); ``--asr-encoder`` runs it.
+measured on a Jetson here. An INT8 encoder engine is never the default: its Q/DQ graph's emotion
+agreement with CTranslate2's states sits at the 99 % target's edge (98.75 % in release 2.2, 99.4 %
+since, run by ONNX Runtime; docs/RECOGNISER.md) and TensorRT's INT8 kernels are not measured
+against it; ``--asr-encoder`` runs it.
 
 Otherwise CTranslate2, as before: no engines (nothing is imported), TensorRT or a CUDA GPU
 missing, or engines that cannot run here (built on another machine, only one half, a missing
@@ -264,13 +265,15 @@ def default_recogniser(whisper_name: str, layers: tuple[str, ...] = (), graph_di
 def with_cpu_graphs(pick: RecogniserPick, whisper_name: str, layers: tuple[str, ...] = (),
                     graph_dirs: Sequence[str | os.PathLike] = (), *, arch: str | None = None) -> RecogniserPick:
     """``pick`` where it runs the engines; else, on an x86 CPU, the recogniser's ONNX Runtime INT8
-    graphs (encoder giving ``layers``, and the decoder pair, from one folder of ``graph_dirs`` or
-    ``default_graph_dirs()``: where ``hbaf-export asr`` and ``hbaf-export all`` put them), which
+    graphs (encoder giving ``layers``, and the decoder pair, from one folder: each of ``graph_dirs``
+    (the fusion model's folder) or its ``asr`` subfolder, or ``default_graph_dirs()``: where
+    ``hbaf-export asr`` and ``hbaf-export all`` put them), which
     there recognise faster than CTranslate2 at a better WER (``CPU_MEASURED``); else ``pick``
     (CTranslate2). On ARM nothing has measured the two, so CTranslate2 stays."""
     if pick.engines or (arch or platform.machine()).lower() not in ("x86_64", "amd64"):
         return pick
-    for folder in [*(Path(d).expanduser() for d in graph_dirs), *default_graph_dirs()]:
+    given = [Path(d).expanduser() for d in graph_dirs]
+    for folder in [*(f for d in given for f in (d, d / "asr")), *default_graph_dirs()]:  # d/asr: `hbaf-export all --out d`
         encoder = find_encoder_graph(whisper_name, layers, [folder])
         names = {role: folder / asr_graph_name(whisper_name, role, CPU_GRAPHS) for role in (ASR_DECODER_FIRST, ASR_DECODER_STEP)}
         if encoder is not None and all(f.is_file() for f in names.values()):

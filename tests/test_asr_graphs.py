@@ -432,6 +432,8 @@ def test_on_an_x86_cpu_the_exported_int8_graphs_are_the_default_recogniser(graph
     assert (pick.encoder, pick.decoder) == (files[ASR_ENCODER], files[ASR_DECODER_STEP])
     assert "faster than CTranslate2 here at a better WER" in pick.reason and "168 vs 222 ms" in pick.reason
     assert with_cpu_graphs(ct2, "tiny.en", ("block2",), arch="x86_64").forms  # the graph gives the inner layers too
+    beside = _cpu_graphs(nowhere / "export" / "asr", graphs)  # `hbaf-export all --out export`, the model in export/
+    assert with_cpu_graphs(ct2, "tiny.en", (), [nowhere / "export"], arch="x86_64").decoder == beside[ASR_DECODER_STEP]
     assert with_cpu_graphs(ct2, "tiny.en", arch="aarch64") is ct2  # not measured on ARM: CTranslate2 stays
     if platform.machine().lower() in ("x86_64", "amd64"):
         asr = WhisperASR(cpu_threads=2)

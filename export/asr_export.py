@@ -243,6 +243,40 @@ def quantize_cpu(fp32: Path, out: Path, exclude: tuple[str, ...] = ()) -> None:
                          nodes_to_quantize=nodes)
 
 
+def int8_token_lookup(proto) -> int:
+    """The INT8 decoder's embedding lookup, rewritten to read the int8 token table that its output
+    projection already holds (each token's int8 column times that token's scale, as CTranslate2's
+    int8 lookup does), so the float32 copy of the table (80 MB for tiny.en) leaves the graph: on
+    disk and in the memory of each of the two decoder sessions. Returns how many lookups it
+    rewrote (0: no lookup of a quantized table, or a zero point that is not 0)."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    inits = {t.name: t for t in proto.graph.initializer}
+    rewritten, nodes = 0, []
+    for node in proto.graph.node:
+        table = node.input[0] if node.op_type == "Gather" else ""
+        q, scale, zero = (f"{table}_quantized", f"{table}_scale", f"{table}_zero_point")
+        axis = next((helper.get_attribute_value(a) for a in node.attribute if a.name == "axis"), 0)
+        if not (table in inits and q in inits and scale in inits and zero in inits
+                and axis == len(inits[table].dims) - 1 and not numpy_helper.to_array(inits[zero]).any()):
+            nodes.append(node)
+            continue
+        ids, out, base = node.input[1], node.output[0], node.name or out
+        nodes += [helper.make_node("Gather", [q, ids], [f"{base}_q"], name=f"{base}_q", axis=axis),
+                  helper.make_node("Cast", [f"{base}_q"], [f"{base}_qf"], name=f"{base}_cast", to=TensorProto.FLOAT),
+                  helper.make_node("Gather", [scale, ids], [f"{base}_scale"], name=f"{base}_scale", axis=0),
+                  helper.make_node("Mul", [f"{base}_qf", f"{base}_scale"], [out], name=f"{base}_dequantize")]
+        rewritten += 1
+    if rewritten:
+        del proto.graph.node[:]
+        proto.graph.node.extend(nodes)
+        used = {i for n in proto.graph.node for i in n.input} | {o.name for o in proto.graph.output}
+        keep = [t for t in proto.graph.initializer if t.name in used]
+        del proto.graph.initializer[:]
+        proto.graph.initializer.extend(keep)
+    return rewritten
+
+
 def calibration_mels(window_s: float = WINDOW_S) -> list[np.ndarray]:
     """Log-mel windows of real speech for the encoder's INT8 ranges: the demo conversation's
     turns (espeak-ng, rendered once and cached; synthetic speech)."""
@@ -336,6 +370,8 @@ def export_asr(out_dir: str | os.PathLike, *, asr: str | None = None, precisions
                         else:
                             quantize_qdq(src, q, calibration_mels(window_s), INT8_KEEP_FLOAT.get(role, ()))
                         proto = onnx.load(str(q))
+                        if precision == "int8-cpu" and role != ASR_ENCODER:
+                            int8_token_lookup(proto)
                 else:
                     proto = fp32 if precision == "fp32" else to_fp16(fp32)
                 set_onnx_metadata(proto, meta, ASR_METADATA_KEY)

@@ -455,3 +455,44 @@ def test_on_an_x86_cpu_the_exported_int8_graphs_are_the_default_recogniser(graph
     assert check_recogniser(arm).detail.startswith("by default CTranslate2 4.5.0: its aarch64 wheels are CPU-only")
     files["decoder-first"].unlink()  # half a decoder: not a pick
     assert with_cpu_graphs(ct2, "tiny.en", arch="x86_64") is ct2
+
+
+def test_the_int8_decoders_look_tokens_up_in_their_int8_table(graphs):
+    """No float32 copy of the token table in the INT8 decoder graphs: the lookup reads the int8
+    table the output projection holds (export/asr_export.py ``int8_token_lookup``)."""
+    import onnx
+
+    for role in ("decoder-first", ASR_DECODER_STEP):
+        path = graphs / asr_graph_name("tiny.en", role, "int8-cpu")
+        proto = onnx.load(str(path), load_external_data=False)
+        names = {t.name for t in proto.graph.initializer}
+        assert "w.decoder.token_table_quantized" in names and "w.decoder.token_table" not in names
+        assert any(n.op_type == "Gather" and n.input[0] == "w.decoder.token_table_quantized" for n in proto.graph.node)
+        assert path.stat().st_size < 40e6  # 110 MB with the float table
+
+
+def test_the_int8_lookup_rewrite_leaves_a_table_with_zero_points_alone():
+    import numpy as np
+    from onnx import TensorProto, helper, numpy_helper
+
+    from export.asr_export import int8_token_lookup
+
+    def graph(zero_point: int):
+        inits = [numpy_helper.from_array(np.ones((4, 6), np.float32), "t"),
+                 numpy_helper.from_array(np.ones((4, 6), np.int8), "t_quantized"),
+                 numpy_helper.from_array(np.full(6, 0.5, np.float32), "t_scale"),
+                 numpy_helper.from_array(np.full(6, zero_point, np.int8), "t_zero_point")]
+        node = helper.make_node("Gather", ["t", "ids"], ["rows"], name="lookup", axis=1)
+        return helper.make_model(helper.make_graph([node], "g", [helper.make_tensor_value_info("ids", TensorProto.INT64, [2])],
+                                                   [helper.make_tensor_value_info("rows", TensorProto.FLOAT, [4, 2])], inits))
+
+    kept = graph(3)
+    assert int8_token_lookup(kept) == 0 and [n.op_type for n in kept.graph.node] == ["Gather"]
+    done = graph(0)
+    assert int8_token_lookup(done) == 1
+    assert [n.op_type for n in done.graph.node] == ["Gather", "Cast", "Gather", "Mul"]
+    assert "t" not in {t.name for t in done.graph.initializer}
+    import onnxruntime as ort
+
+    rows = ort.InferenceSession(done.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"ids": np.array([1, 4])})[0]
+    assert rows.shape == (4, 2) and np.allclose(rows, 0.5)

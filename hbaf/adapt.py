@@ -512,7 +512,7 @@ def _export(folder: Path, records: Sequence[Record]) -> dict:
     cmd = [sys.executable, "-m", "export.cli", "all", "--checkpoint", str(folder), "--manifest", str(folder / DATA),
            "--out", str(folder / "export"), "--eval-split", split, "--num", str(min(512, n_train)),
            "--latency-runs", "20", "--engines", "auto", "--asr", "off"]
-    # --asr off: adapting leaves the recogniser as it is, so its graphs (about 35 s on 2 cores, 0.65 GB) and engines
+    # --asr off: adapting leaves the recogniser as it is, so its graphs (about 35 s on 2 cores, 0.49 GB) and engines
     # come once per machine from `hbaf-export all` or `hbaf-export asr`, not once per adapted model
     log.info("exporting: hbaf-export %s", " ".join(cmd[3:]))
     t = time.time()

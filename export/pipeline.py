@@ -77,18 +77,12 @@ def export_recogniser(asr_dir: str | os.PathLike, asr: str | None = None) -> dic
     (export.asr_export.export_asr, every precision), unless the folder already holds them from
     this Whisper model (then they are kept: about 35 s saved on 2 cores). Returns {"folder",
     "kept", "files": {"<role>.<precision>": file name}}."""
-    from export.asr_export import PRECISIONS, export_asr, is_current_export
+    from export.asr_export import PRECISIONS, export_asr, graph_files, graph_model_name, is_current_export
 
     folder = Path(asr_dir)
     kept = is_current_export(folder, PRECISIONS, asr)
     if kept:
-        from export.asr_export import QDQ_ROLES
-        from hbaf.contract import ASR_GRAPHS, asr_graph_name
-        from hbaf.encoder import BUNDLED_MODEL, resolve_model
-
-        name = BUNDLED_MODEL if asr in (None, BUNDLED_MODEL) else Path(resolve_model(asr)[0]).name
-        written = {f"{role}.{p}": folder / asr_graph_name(name, role, p) for role in ASR_GRAPHS for p in PRECISIONS
-                   if p != "int8-trt" or role in QDQ_ROLES}
+        written = {f"{role}.{p}": f for role, p, f in graph_files(folder, graph_model_name(asr), PRECISIONS)}
     else:
         written = export_asr(folder, asr=asr, precisions=PRECISIONS)
     return {"folder": str(folder), "kept": kept, "files": {k: Path(v).name for k, v in written.items()}}
@@ -120,12 +114,12 @@ def build_asr_engines(asr_dir: str | os.PathLike, engines_dir: str | os.PathLike
     (docs/RECOGNISER.md), so no default would run it; ``hbaf-export engine --onnx
     ...encoder.int8-trt.onnx --precision int8`` builds it."""
     from edge_runtime.asr_defaults import ENGINE_ROLES, ENGINE_SOURCE_PRECISION
+    from export.asr_export import graph_model_name
     from export.engine import EngineBuilder
     from hbaf.contract import asr_graph_name
-    from hbaf.encoder import BUNDLED_MODEL, resolve_model
     from hbaf.errors import HBAFError
 
-    name = BUNDLED_MODEL if asr in (None, BUNDLED_MODEL) else Path(resolve_model(asr)[0]).name
+    name = graph_model_name(asr)
     sources = [Path(asr_dir) / asr_graph_name(name, role, ENGINE_SOURCE_PRECISION) for role in ENGINE_ROLES]
     missing = [p.name for p in sources if not p.is_file()]
     if missing:

@@ -148,9 +148,10 @@ def _engine_row(path: Path) -> str:
     return ENGINE_ROW.format(precision=parts.get("precision", "engine"))
 
 
-def encoder_forms(graphs: Path | None, threads: int, whisper_model: Any) -> dict[str, Any]:
+def encoder_forms(graphs: Path | None, threads: int, whisper_model: Any, engines: Any = None) -> dict[str, Any]:
     """Every encoder form that can run here: CTranslate2, PyTorch (CPU; CUDA FP16 where a GPU is),
-    ONNX Runtime FP32 and INT8 on the CPU (from ``graphs``)."""
+    ONNX Runtime FP32 and INT8 on the CPU (from ``graphs``), and the TensorRT engine of ``engines``
+    (``engine_pick``) where there is one."""
     import torch
 
     from edge_runtime.recogniser import CT2Encoder, OnnxEncoder, TorchEncoder
@@ -163,14 +164,14 @@ def encoder_forms(graphs: Path | None, threads: int, whisper_model: Any) -> dict
                 forms[f"onnxruntime {precision} (cpu)"] = OnnxEncoder(path, threads=threads, providers=["CPUExecutionProvider"])
     if torch.cuda.is_available():
         forms["pytorch fp16 (cuda)"] = TorchEncoder(device="cuda")
-    if (pick := engine_pick(graphs)) is not None:
+    if engines is not None:
         from edge_runtime.recogniser import EngineEncoder
 
-        forms[_engine_row(pick.encoder)] = EngineEncoder(pick.encoder)
+        forms[_engine_row(engines.encoder)] = EngineEncoder(engines.encoder)
     return forms
 
 
-def decoder_forms(graphs: Path | None, threads: int, whisper_model: Any) -> dict[str, Any]:
+def decoder_forms(graphs: Path | None, threads: int, whisper_model: Any, engines: Any = None) -> dict[str, Any]:
     """Every decoder form that can run here (as ``encoder_forms``)."""
     import torch
 
@@ -185,10 +186,10 @@ def decoder_forms(graphs: Path | None, threads: int, whisper_model: Any) -> dict
                 forms[f"onnxruntime {precision} (cpu)"] = onnx_decoder(path, threads=threads, providers=["CPUExecutionProvider"])
     if torch.cuda.is_available():
         forms["pytorch fp16 (cuda)"] = open_decoder("torch", whisper_model=whisper_model, device="cuda")
-    if (pick := engine_pick(graphs)) is not None:
+    if engines is not None:
         from edge_runtime.recogniser import engine_decoder
 
-        forms[_engine_row(pick.decoder)] = engine_decoder(pick.decoder)
+        forms[_engine_row(engines.decoder)] = engine_decoder(engines.decoder)
     return forms
 
 
@@ -304,7 +305,8 @@ def run_recogniser_bench(graphs: Path | None, *, threads: int = 2, runs: int = 1
     speech = ("synthetic (espeak-ng demo conversation)" if clips == "demo" else
               "synthetic (the demo's turns and 60 s + 300 s of MELD dialogues in MELD-TTS voices)")
     report: dict[str, Any] = {"utterances": len(utts), "speech": speech, "runs": runs, "threads": threads}
-    encoders = encoder_forms(graphs, threads, whisper_model)
+    engines = engine_pick(graphs)  # once: it may probe TensorRT and the GPU
+    encoders = encoder_forms(graphs, threads, whisper_model, engines)
     report["encoder"] = bench_encoders(encoders, mels, lengths, runs)
     if manifest is not None and model is not None:
         for name, row in fusion_agreement(encoders, manifest, model, threads).items():
@@ -325,7 +327,7 @@ def run_recogniser_bench(graphs: Path | None, *, threads: int = 2, runs: int = 1
     whisper = load_whisper_torch()
     with torch.inference_mode():
         encoded = [Encoded(states=whisper.encoder(torch.from_numpy(m)[None])[0].numpy()) for m in mels]
-    report["decoder"] = bench_decoders(decoder_forms(graphs, threads, whisper_model), encoded, rules_for, runs)
+    report["decoder"] = bench_decoders(decoder_forms(graphs, threads, whisper_model, engines), encoded, rules_for, runs)
 
     pairs = {CT2_ROW: (None, None), TORCH_ROW: ("torch", "torch")}
     if graphs is not None:
@@ -335,8 +337,8 @@ def run_recogniser_bench(graphs: Path | None, *, threads: int = 2, runs: int = 1
             pairs["ct2 encoder + onnxruntime int8 decoder (cpu)"] = (None, str(dec8))
             pairs["onnxruntime int8 encoder + ct2 decoder (cpu)"] = (str(enc8), None)
             pairs["onnxruntime int8 (cpu)"] = (str(enc8), str(dec8))
-        if (pick := engine_pick(graphs)) is not None:
-            pairs[_engine_row(pick.encoder)] = (str(pick.encoder), str(pick.decoder))
+        if engines is not None:
+            pairs[_engine_row(engines.encoder)] = (str(engines.encoder), str(engines.decoder))
     asrs = {name: WhisperASR(device="cpu", cpu_threads=threads, beam_size=beam, encoder=e, decoder=d) for name, (e, d) in pairs.items()}
     report["recognition"] = bench_recognition(asrs, utts, runs)
     report["beam"] = beam

@@ -108,10 +108,11 @@ def this_machine(device: int = 0) -> Machine | str:
 
 @dataclass(frozen=True)
 class RecogniserPick:
-    """The default recogniser: ``encoder`` and ``decoder`` engine files, or both None (CTranslate2,
-    or ours where the emotion model reads an inner layer). ``reason``: one line saying why;
-    ``warn``: engines were found that cannot run here (the line is a warning); ``fix``: the
-    command that builds them here, where that is the fix."""
+    """The default recogniser: ``encoder`` and ``decoder`` files (TensorRT engines, or the CPU
+    graphs of ``with_cpu_graphs``), or both None (CTranslate2, or ours where the emotion model
+    reads an inner layer). ``reason``: one line saying why; ``warn``: engines were found that
+    cannot run here (the line is a warning); ``fix``: the command that builds them here, where
+    that is the fix."""
 
     encoder: Path | None
     decoder: Path | None
@@ -274,9 +275,11 @@ def with_cpu_graphs(pick: RecogniserPick, whisper_name: str, layers: tuple[str, 
         return pick
     given = [Path(d).expanduser() for d in graph_dirs]
     for folder in [*(f for d in given for f in (d, d / "asr")), *default_graph_dirs()]:  # d/asr: `hbaf-export all --out d`
-        encoder = find_encoder_graph(whisper_name, layers, [folder])
         names = {role: folder / asr_graph_name(whisper_name, role, CPU_GRAPHS) for role in (ASR_DECODER_FIRST, ASR_DECODER_STEP)}
-        if encoder is not None and all(f.is_file() for f in names.values()):
+        if not all(f.is_file() for f in names.values()):  # before reading the encoder graph's metadata
+            continue
+        encoder = find_encoder_graph(whisper_name, layers, [folder])
+        if encoder is not None:
             return RecogniserPick(encoder, names[ASR_DECODER_STEP], f"ONNX Runtime INT8 graphs on the CPU, from {folder} "
                                   f"(faster than CTranslate2 here at a better WER: {CPU_MEASURED})")
     return pick

@@ -98,7 +98,8 @@ class Facts:
     engines_dir: str | None = None
     engines: list[dict[str, str]] = field(default_factory=list)  # path, and sidecar (JSON text) or error
     # the recogniser `hbaf-edge run` uses by default here (edge_runtime.asr_defaults): encoder and decoder
-    # engine files ("" = CTranslate2), reason, warn (engines found that cannot run), fix; {} = not looked for
+    # files ("" = CTranslate2), reason, warn (engines found that cannot run), fix, and graphs (the reason
+    # the CPU graphs are the default, where they are); {} = not looked for
     asr_default: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -270,7 +271,8 @@ def check_gpu(f: Facts) -> Check:
 
 def check_recogniser(f: Facts) -> Check:
     """Which recogniser `hbaf-edge run` uses by default here, and why: the TensorRT engines built for
-    this machine, else CTranslate2 (with what keeps the engines out, and the command that builds them)."""
+    this machine, else on x86 the exported INT8 graphs, else CTranslate2 (with what keeps the engines
+    out, and the command that builds them)."""
     if f.faster_whisper is None or f.ctranslate2 is None:
         return Check("recogniser", MISSING, "faster-whisper / CTranslate2 are not installed", "bash scripts/install.sh", ALL)
     pick = f.asr_default

@@ -66,9 +66,9 @@ DEFAULT_PRECISIONS = ("fp16", "fp32")
 ENGINE_ROLES = (ASR_ENCODER, ASR_DECODER_FIRST, ASR_DECODER_STEP)
 ENGINE_SOURCE_PRECISION = "fp32"  # fp16 engines come from the FP32 graph with TensorRT's FP16 flag (export/engine.py)
 # the CPU graphs a default pick takes, and the measurement that makes them the default on x86
-# (docs/RECOGNISER.md, the no-argument `hbaf-edge bench` of release 2.4)
+# (docs/RECOGNISER.md: `hbaf-edge bench --asr-clips meld` with the int8-lookup graphs, release 2.4)
 CPU_GRAPHS = "int8-cpu"
-CPU_MEASURED = ("2-core x86, the demo's 12 turns (synthetic), beam 5: 168 vs 222 ms per utterance, WER 9.3 vs 12.4 %, "
+CPU_MEASURED = ("2-core x86, 85 turns (synthetic), beam 5: 170 vs 217 ms per utterance, WER 19.9 vs 25.2 %, "
                 "emotion answers on its states 100 % CTranslate2's")
 ANCHOR = ("whisper_trt, tiny.en both halves as TensorRT engines, 20 s of audio on an Orin Nano: 0.64 s vs faster-whisper "
           "on its CPU 0.85 s")

@@ -56,6 +56,7 @@ TORCH = "torch"
 # our PyTorch Whisper in CTranslate2's CPU int8 arithmetic (hbaf/ct2_int8.py): slow, and the
 # form closest to today's transcripts, for checking our graphs against them (docs/RECOGNISER.md)
 TORCH_INT8 = "torch-int8"
+ASR_EXPORT = "hbaf-export asr --out DIR"  # what writes the recogniser's graphs
 
 
 @dataclass
@@ -205,7 +206,7 @@ def ort_session(path: Path, *, threads: int | None = None, providers: list[str] 
 def read_asr_graph(path: str | Path, role: str) -> AsrGraphInfo:
     """The metadata of a recogniser graph file, checked to be a ``role`` graph."""
     p = Path(path)
-    proto = read_onnx(p, load_external_data=False, check_io=False)
+    proto = read_onnx(p, load_external_data=False, check_io=False, export=ASR_EXPORT)
     info = AsrGraphInfo.from_proto(proto, str(p))
     if info.role != role:
         raise HBAFError(f"{p} is the recogniser's {info.role} graph, not its {role}; pass "
@@ -440,7 +441,7 @@ class GraphDecoderStep:
 def decoder_pair(path: str | Path) -> tuple[Path, Path, AsrGraphInfo]:
     """(first-step graph, step graph, metadata) from either file of the pair ``hbaf-export asr`` writes."""
     p = Path(path)
-    proto = read_onnx(p, load_external_data=False, check_io=False)
+    proto = read_onnx(p, load_external_data=False, check_io=False, export=ASR_EXPORT)
     info = AsrGraphInfo.from_proto(proto, str(p))
     if info.role == ASR_ENCODER:
         raise HBAFError(f"{p} is the recogniser's encoder graph, not its decoder; pass "

@@ -438,17 +438,18 @@ def first_line(err: BaseException, limit: int = 240) -> str:
     return (text.splitlines()[0] if text else type(err).__name__)[:limit]
 
 
-def read_onnx(path: str | os.PathLike, *, load_external_data: bool = True, check_io: bool = True):
-    """Load an ONNX file; a missing, empty, truncated or foreign file is a one-line HBAFError."""
+def read_onnx(path: str | os.PathLike, *, load_external_data: bool = True, check_io: bool = True, export: str | None = None):
+    """Load an ONNX file; a missing, empty, truncated or foreign file is a one-line HBAFError.
+    ``export``: the command that writes such a file (default: the fusion model's ``hbaf-export onnx``)."""
     import onnx
 
     p = Path(path)
     if not p.exists():
-        raise HBAFError(f"ONNX file not found: {p}; export one with `hbaf-export onnx --checkpoint DIR --out {p.name}`")
+        raise HBAFError(f"ONNX file not found: {p}; export one with `{export or f'hbaf-export onnx --checkpoint DIR --out {p.name}'}`")
     if p.is_dir():
         raise HBAFError(f"{p} is a folder; pass the .onnx file inside it")
     if p.stat().st_size == 0:
-        raise HBAFError(f"ONNX file {p} is empty (0 bytes); export it again with `hbaf-export onnx`")
+        raise HBAFError(f"ONNX file {p} is empty (0 bytes); export it again with `{export or 'hbaf-export onnx'}`")
     try:
         proto = onnx.load(str(p), load_external_data=load_external_data)
     except Exception as err:  # DecodeError, truncated protobuf, missing external data

@@ -183,8 +183,12 @@ def test_encoder_forms_refuse_the_wrong_file_in_one_line(graphs):
         OnnxEncoder(graphs / asr_graph_name("tiny.en", ASR_DECODER_STEP, "fp32"))
     with pytest.raises(HBAFError, match="not a recogniser graph .an HBAF fusion model"):
         OnnxEncoder(default_model_path())
-    with pytest.raises(HBAFError, match="not found"):
+    with pytest.raises(HBAFError, match="not found.*export one with `hbaf-export asr --out DIR`"):
         OnnxEncoder(graphs / "missing.onnx")
+    from edge_runtime.recogniser import onnx_decoder
+
+    with pytest.raises(HBAFError, match="not found.*export one with `hbaf-export asr --out DIR`"):
+        onnx_decoder(graphs / "missing.onnx")  # not the fusion model's `hbaf-export onnx`
 
 
 def test_export_cli_refuses_an_unknown_precision(tmp_path):
